@@ -1,0 +1,8 @@
+"""Exact tile-by-tile execution of a CNN trunk (streaming, Pinckaers et al., TPAMI 2020)."""
+
+from engine.streaming.module import StreamingModule, TilePlan
+from engine.streaming.sink import GradientRegion, InputGradientSink
+from engine.streaming.sources import CallableSource, RegionSource, TensorSource
+
+__all__ = ["StreamingModule", "TilePlan", "InputGradientSink", "GradientRegion", "RegionSource",
+           "TensorSource", "CallableSource"]

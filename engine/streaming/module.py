@@ -1,0 +1,356 @@
+"""StreamingModule: a trunk that runs tile by tile and behaves exactly like the trunk.
+
+Forward: the output map is cut into disjoint blocks; each block's input cone runs through the
+trunk without autograd and is written into the stitched map. Backward: the map's gradient is
+split over the same blocks; each block's cone is recomputed with autograd and back-propagates
+its own part of the gradient. Back-propagation is linear in the output gradient, so the sum over
+blocks of every parameter gradient and of the input gradient is the conventional gradient, up to
+floating-point summation order. Memory is one cone's activations plus the stitched map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from engine.errors import Cancelled, TileSizeError
+from engine.streaming.executor import _crop, run_block
+from engine.streaming.graph import FROZEN_MODULES, StreamGraph, trace_trunk
+from engine.streaming.plan import AxisGeometry, AxisPlan, Block, axis_blocks, axis_geometry, plan_axis
+from engine.streaming.sink import InputGradientSink
+from engine.streaming.sources import RegionSource, TensorSource
+
+ProgressFn = Callable[[str, int, int], None]  # (phase "forward"/"backward", blocks done, total)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """All blocks for one input size: per-axis blocks and plans, and the output size."""
+
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    rows: tuple[Block, ...]
+    cols: tuple[Block, ...]
+    row_plans: tuple[AxisPlan, ...]
+    col_plans: tuple[AxisPlan, ...]
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+
+class _StreamFunction(torch.autograd.Function):
+    """Autograd node: forward streams without a graph, backward recomputes cone by cone."""
+
+    @staticmethod
+    def forward(ctx, module: "StreamingModule", source, sink, x_anchor, *params):
+        ctx.module, ctx.source, ctx.sink = module, source, sink
+        ctx.autocast = _autocast_state(module.compute_device(source))
+        return module._forward_blocks(source)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        module: StreamingModule = ctx.module
+        need_x = ctx.needs_input_grad[3] or ctx.sink is not None
+        need_params = ctx.needs_input_grad[4:]
+        with torch.enable_grad(), _autocast_context(ctx.autocast):
+            grad_x, grad_params = module._backward_blocks(ctx.source, grad_out, need_x, need_params, ctx.sink)
+        if ctx.sink is not None or not ctx.needs_input_grad[3]:
+            grad_x = None
+        return (None, None, None, grad_x, *grad_params)
+
+
+def _autocast_state(device: torch.device):
+    kind = device.type
+    if torch.is_autocast_enabled(kind):
+        return kind, torch.get_autocast_dtype(kind)
+    return None
+
+
+class _autocast_context:
+    """Re-enter the forward's autocast state in backward, so recomputed cones match the forward."""
+
+    def __init__(self, state):
+        self._ctx = torch.autocast(state[0], dtype=state[1]) if state else None
+
+    def __enter__(self):
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+class StreamingModule(nn.Module):
+    """Wrap ``trunk`` so it runs tile by tile with results identical to ``trunk(x)``.
+
+    Args:
+        trunk: the local early layers of a CNN (convolutions, pools, pointwise layers, residual
+            blocks). Non-local layers are refused with :class:`~engine.errors.NotStreamableError`.
+        tile_size: the largest input window (pixels, int or (rows, cols)) one block may read.
+            Blocks of output cells are sized so their interior cone fits; must be at least the
+            trunk's receptive field. Larger tiles recompute less overlap.
+        memory_budget: alternatively, bytes one tile may use in training; the largest tile that
+            fits is chosen (see :meth:`estimate_tile_bytes`).
+        freeze_batchnorm: put BatchNorm and Dropout layers in eval mode and keep them there
+            (BatchNorm then uses its running statistics, which is local).
+        channels_last: feed tiles in channels-last memory format (faster convolutions on GPUs).
+        progress: optional ``fn(phase, done, total)`` called after each block.
+        should_stop: optional callable checked before each block; when it returns True the
+            pass stops by raising :class:`~engine.errors.Cancelled`.
+    """
+
+    def __init__(self, trunk: nn.Module, tile_size: int | Sequence[int] | None = None, *,
+                 memory_budget: int | None = None, freeze_batchnorm: bool = False,
+                 channels_last: bool = False, progress: ProgressFn | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        super().__init__()
+        self.trunk = trunk
+        self.freeze_batchnorm = freeze_batchnorm
+        self.graph: StreamGraph = trace_trunk(trunk, freeze_batchnorm=freeze_batchnorm)
+        self.geometry: tuple[AxisGeometry, AxisGeometry] = (axis_geometry(self.graph, 0), axis_geometry(self.graph, 1))
+        self.channels_last = channels_last
+        self.progress = progress
+        self.should_stop = should_stop
+        if tile_size is None and memory_budget is None:
+            raise TileSizeError("give tile_size (input pixels per tile) or memory_budget (bytes per tile)")
+        if tile_size is None:
+            tile_size = self.tile_for_budget(memory_budget)
+        tile = (int(tile_size), int(tile_size)) if isinstance(tile_size, (int, float)) else tuple(int(t) for t in tile_size)
+        self.tile_size: tuple[int, int] = tile
+        self.block_cells = (self.geometry[0].block_for_tile(tile[0]), self.geometry[1].block_for_tile(tile[1]))
+        self._plans: dict[tuple[int, int], TilePlan] = {}
+
+    # ----------------------------------------------------------------------------- geometry
+    @property
+    def receptive_field(self) -> tuple[int, int]:
+        return self.geometry[0].receptive_field, self.geometry[1].receptive_field
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        return self.geometry[0].stride, self.geometry[1].stride
+
+    def output_size(self, in_hw: tuple[int, int]) -> tuple[int, int]:
+        """Output map size (rows, cols) for an input of ``in_hw`` pixels."""
+        return self.graph.spatial_sizes(tuple(in_hw))[-1]
+
+    def tile_plan(self, in_hw: tuple[int, int]) -> TilePlan:
+        """Blocks and cones for an input of ``in_hw`` pixels (cached per size)."""
+        in_hw = (int(in_hw[0]), int(in_hw[1]))
+        plan = self._plans.get(in_hw)
+        if plan is None:
+            sizes = self.graph.spatial_sizes(in_hw)
+            out_hw = sizes[-1]
+            rows = tuple(axis_blocks(out_hw[0], self.block_cells[0]))
+            cols = tuple(axis_blocks(out_hw[1], self.block_cells[1]))
+            lens_h = [s[0] for s in sizes]
+            lens_w = [s[1] for s in sizes]
+            row_plans = tuple(plan_axis(self.graph, lens_h, 0, (b.start, b.end)) for b in rows)
+            col_plans = tuple(plan_axis(self.graph, lens_w, 1, (b.start, b.end)) for b in cols)
+            plan = TilePlan(in_hw, out_hw, rows, cols, row_plans, col_plans)
+            if len(self._plans) > 64:
+                self._plans.clear()
+            self._plans[in_hw] = plan
+        return plan
+
+    # ----------------------------------------------------------------------------- memory
+    def activation_elements_per_pixel(self) -> float:
+        """Sum over the trunk's layers of activation elements per input pixel, per image.
+
+        Measured once on a small probe cone (a few output cells), scaled by each layer's
+        stride; used to size tiles from a memory budget.
+        """
+        if not hasattr(self, "_act_per_px"):
+            probe = tuple(g.cone_len(4) for g in self.geometry)
+            p = next(iter(self.trunk.parameters()), None)
+            c_in = self._probe_channels()
+            x = torch.zeros(1, c_in, *probe, dtype=p.dtype if p is not None else torch.float32,
+                            device=p.device if p is not None else "cpu")
+            total = 0.0
+            with torch.no_grad():
+                plan = self.tile_plan(probe)
+                for node_out in self._all_node_outputs(x, plan):
+                    total += node_out.numel()
+            self._act_per_px = total / (probe[0] * probe[1])
+        return self._act_per_px
+
+    def _probe_channels(self) -> int:
+        for m in self.trunk.modules():
+            if isinstance(m, nn.Conv2d):
+                return m.in_channels
+        return 3
+
+    def _all_node_outputs(self, x, plan):
+        # Runs the graph keeping every output, to count activation sizes.
+        values = {0: x}
+        rp, cp = plan.row_plans[0], plan.col_plans[0]
+        for i in range(1, len(self.graph.nodes)):
+            node = self.graph.nodes[i]
+            if rp.regions[i] is None:
+                continue
+            if node.kind == "window":
+                s = node.inputs[0]
+                th, tw = rp.tiles[i], cp.tiles[i]
+                values[i] = node.run(_crop(values[s], rp.regions[s], cp.regions[s], (th.crop.start, th.crop.end),
+                                           (tw.crop.start, tw.crop.end)), th, tw)
+            else:
+                values[i] = node.run({s: _crop(values[s], rp.regions[s], cp.regions[s], rp.regions[i], cp.regions[i])
+                                      for s in node.inputs})
+        return list(values.values())
+
+    def estimate_tile_bytes(self, tile: int, *, batch: int = 1, element_bytes: int = 4, training: bool = True) -> int:
+        """Rough bytes one tile of ``tile`` x ``tile`` input pixels needs.
+
+        Training keeps every activation of the cone for backward plus their gradients
+        (about 2x); inference holds a few layers at a time (counted as 1x, a safe overestimate).
+        """
+        factor = 2.0 if training else 1.0
+        return int(factor * self.activation_elements_per_pixel() * tile * tile * batch * element_bytes)
+
+    def tile_for_budget(self, budget: int, **kw) -> int:
+        """Largest tile (multiple of the stride, at least the receptive field) within ``budget`` bytes."""
+        rf = max(g.receptive_field for g in self.geometry)
+        stride = max(g.stride for g in self.geometry)
+        if self.estimate_tile_bytes(rf, **kw) > budget:
+            raise TileSizeError(
+                f"a memory budget of {budget / 2**20:.0f} MiB is too small for even the smallest tile "
+                f"({rf} px, about {self.estimate_tile_bytes(rf, **kw) / 2**20:.0f} MiB). Raise the budget.")
+        per_px = self.estimate_tile_bytes(1, **kw) or 1
+        tile = int(math.sqrt(budget / per_px))
+        tile = max(rf, tile - (tile - rf) % stride)
+        return tile
+
+    # ----------------------------------------------------------------------------- running
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_batchnorm:
+            # Frozen means frozen: a training loop's model.train() must not bring back batch statistics.
+            for m in self.trunk.modules():
+                if isinstance(m, FROZEN_MODULES):
+                    m.eval()
+        return self
+
+    def compute_device(self, source=None) -> torch.device:
+        p = next(iter(self.trunk.parameters()), None)
+        if p is not None:
+            return p.device
+        if isinstance(source, TensorSource):
+            return source.tensor.device
+        return torch.device("cpu")
+
+    def forward(self, x: torch.Tensor | RegionSource, *, input_grad_sink: InputGradientSink | None = None) -> torch.Tensor:
+        """Return ``trunk(x)`` computed tile by tile.
+
+        ``x`` is an NCHW tensor or a :class:`~engine.streaming.sources.RegionSource` read lazily.
+        With ``input_grad_sink``, the input gradient is delivered to the sink region by region
+        during backward (and not stored in ``x.grad``); this also works for lazy sources.
+        """
+        self.graph.check_modes()
+        source = TensorSource(x) if isinstance(x, torch.Tensor) else x
+        if not isinstance(source, RegionSource):
+            raise TypeError(f"StreamingModule takes an NCHW tensor or a RegionSource, got {type(x).__name__}")
+        params = [p for p in self.trunk.parameters()]
+        if input_grad_sink is not None:
+            # The gradient goes to the sink, not to a tensor: a dummy leaf makes autograd call backward.
+            anchor = torch.zeros(0, requires_grad=True)
+        elif isinstance(source, TensorSource):
+            anchor = source.tensor
+        else:
+            anchor = torch.zeros(0)
+        grad_wanted = torch.is_grad_enabled() and (anchor.requires_grad or any(p.requires_grad for p in params))
+        if not grad_wanted:
+            return self._forward_blocks(source)
+        return _StreamFunction.apply(self, source, input_grad_sink, anchor, *params)
+
+    def _read(self, source, rows, cols) -> torch.Tensor:
+        x = source.read(rows, cols)
+        device = self.compute_device(source)
+        if x.device != device:
+            x = x.to(device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("streaming pass cancelled")
+
+    def _forward_blocks(self, source) -> torch.Tensor:
+        n, _, h, w = source.shape
+        plan = self.tile_plan((h, w))
+        out: torch.Tensor | None = None
+        done = 0
+        with torch.no_grad():
+            for rb, rp in zip(plan.rows, plan.row_plans):
+                for cb, cp in zip(plan.cols, plan.col_plans):
+                    self._check_stop()
+                    y = run_block(self.graph, self._read(source, rp.cone, cp.cone), rp, cp)
+                    if out is None:
+                        out = y.new_empty((y.shape[0], y.shape[1], *plan.out_hw))
+                    r0, c0 = rb.own_start - rb.start, cb.own_start - cb.start
+                    out[:, :, rb.own_start:rb.end, cb.own_start:cb.end] = y[:, :, r0:, c0:]
+                    done += 1
+                    if self.progress:
+                        self.progress("forward", done, plan.n_blocks)
+        return out
+
+    def _backward_blocks(self, source, grad_out: torch.Tensor, need_x: bool, need_params: Sequence[bool],
+                         sink: InputGradientSink | None):
+        n, c, h, w = source.shape
+        plan = self.tile_plan((h, w))
+        params = list(self.trunk.parameters())
+        wanted = [p for p, need in zip(params, need_params) if need]
+        grads: list[torch.Tensor | None] = [None] * len(wanted)
+        device = self.compute_device(source)
+        grad_x = None
+        if need_x and sink is None:
+            grad_x = torch.zeros(source.shape, dtype=source.dtype, device=device)
+        if sink is not None:
+            sink.begin(source.shape, [rp.cone for rp in plan.row_plans], [cp.cone for cp in plan.col_plans], device)
+        done = 0
+        for bi, (rb, rp) in enumerate(zip(plan.rows, plan.row_plans)):
+            for bj, (cb, cp) in enumerate(zip(plan.cols, plan.col_plans)):
+                self._check_stop()
+                g = self._block_grad(grad_out, rb, cb)
+                gx_block = None
+                if g is not None:
+                    x = self._read(source, rp.cone, cp.cone).detach()
+                    if need_x:
+                        x.requires_grad_(True)
+                    y = run_block(self.graph, x, rp, cp)
+                    targets = ([x] if need_x else []) + wanted
+                    result = torch.autograd.grad(y, targets, g.to(y.dtype), allow_unused=True)
+                    if need_x:
+                        gx_block, result = result[0], result[1:]
+                    for k, gk in enumerate(result):
+                        if gk is not None:
+                            grads[k] = gk if grads[k] is None else grads[k].add_(gk)
+                    if grad_x is not None and gx_block is not None:
+                        grad_x[:, :, rp.cone[0]:rp.cone[1], cp.cone[0]:cp.cone[1]] += gx_block.to(grad_x.dtype)
+                if sink is not None:
+                    sink.add(bi, bj, gx_block)
+                done += 1
+                if self.progress:
+                    self.progress("backward", done, plan.n_blocks)
+        it = iter(grads)
+        grad_params = [next(it) if need else None for need in need_params]
+        return grad_x, grad_params
+
+    @staticmethod
+    def _block_grad(grad_out: torch.Tensor, rb: Block, cb: Block) -> torch.Tensor | None:
+        """This block's share of the output gradient: its owned cells, zero where an earlier
+        block owns them. None when that share is all zero (e.g. a max-pool head's gradient
+        reaches a few cells only), which contributes nothing and is skipped."""
+        g = grad_out[:, :, rb.start:rb.end, cb.start:cb.end]
+        if rb.own_start != rb.start or cb.own_start != cb.start:
+            g = g.clone()
+            g[:, :, :rb.own_start - rb.start] = 0
+            g[:, :, :, :cb.own_start - cb.start] = 0
+        if not bool(g.any()):
+            return None
+        return g

@@ -1,0 +1,134 @@
+"""Plan tiles analytically: which input window (cone) each block of output cells depends on.
+
+Everything is separable by axis, so a plan is computed for rows and for columns independently
+and combined per block. Plans are pure interval arithmetic on the trunk's own layer geometry:
+nothing is measured by probing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import TileSizeError
+from engine.streaming.geometry import clip_span, union
+from engine.streaming.graph import StreamGraph
+from engine.streaming.window_ops import AxisTile
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """One axis of one block: each node's interval (its own plane) and each window's tile.
+
+    ``regions[i]`` is None for a node whose output this block does not need.
+    ``regions[0]`` is the block's input cone (input plane, clipped to the image).
+    """
+
+    regions: tuple[tuple[int, int] | None, ...]
+    tiles: tuple[AxisTile | None, ...]
+
+    @property
+    def cone(self) -> tuple[int, int]:
+        return self.regions[0]  # type: ignore[return-value]
+
+
+def plan_axis(graph: StreamGraph, lens: list[int], axis: int, out_span: tuple[int, int]) -> AxisPlan:
+    """Back-propagate the output interval ``out_span`` through the graph along ``axis``.
+
+    ``lens[i]`` is node i's global length along this axis. A node read by several consumers
+    computes the smallest interval covering all of them.
+    """
+    n = len(graph.nodes)
+    need: list[tuple[int, int] | None] = [None] * n
+    tiles: list[AxisTile | None] = [None] * n
+    need[-1] = out_span
+    for i in range(n - 1, 0, -1):
+        node, region = graph.nodes[i], need[i]
+        if region is None:
+            continue
+        if node.kind == "window":
+            src = node.inputs[0]
+            window = node.axes[axis]
+            crop = clip_span(window.in_span(*region), lens[src])
+            tiles[i] = AxisTile(region[0], region[1], crop, lens[src])
+            need[src] = union(need[src], (crop.start, crop.end))
+        else:
+            for src in node.inputs:
+                need[src] = union(need[src], region)
+    return AxisPlan(tuple(need), tuple(tiles))
+
+
+def unclipped_cone(graph: StreamGraph, axis: int, out_start: int, out_end: int) -> tuple[int, int]:
+    """Input interval of outputs ``[out_start, out_end)`` on an unbounded plane (no borders).
+
+    Used for the receptive field and stride, which are properties of the trunk alone.
+    """
+    n = len(graph.nodes)
+    need: list[tuple[int, int] | None] = [None] * n
+    need[-1] = (out_start, out_end)
+    for i in range(n - 1, 0, -1):
+        node, region = graph.nodes[i], need[i]
+        if region is None:
+            continue
+        if node.kind == "window":
+            need[node.inputs[0]] = union(need[node.inputs[0]], node.axes[axis].in_span(*region))
+        else:
+            for src in node.inputs:
+                need[src] = union(need[src], region)
+    return need[0]  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class AxisGeometry:
+    """The trunk's geometry along one axis: receptive field and total stride, in input pixels."""
+
+    receptive_field: int
+    stride: int
+
+    def cone_len(self, n_out: int) -> int:
+        """Input pixels an interior block of ``n_out`` output cells reads."""
+        return self.receptive_field + (n_out - 1) * self.stride
+
+    def block_for_tile(self, tile: int) -> int:
+        """Most output cells whose interior cone fits in ``tile`` input pixels."""
+        if tile < self.receptive_field:
+            raise TileSizeError(
+                f"tile size {tile} px is smaller than the trunk's receptive field "
+                f"({self.receptive_field} px): one output cell alone needs a {self.receptive_field}-px "
+                f"input window. Use a tile of at least {self.receptive_field} px (a few times more "
+                "keeps the recomputed overlap small).")
+        return (tile - self.receptive_field) // self.stride + 1
+
+
+def axis_geometry(graph: StreamGraph, axis: int) -> AxisGeometry:
+    # Far from any border so nothing depends on where the plane starts.
+    base = 1 << 20
+    a0, a1 = unclipped_cone(graph, axis, base, base + 1)
+    b0, _ = unclipped_cone(graph, axis, base + 1, base + 2)
+    return AxisGeometry(a1 - a0, b0 - a0)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block of output cells along one axis: it computes ``[start, end)`` and owns
+    ``[own_start, end)`` (the part no earlier block wrote). Blocks are uniform in size:
+    the last one is shifted inward instead of shrunk."""
+
+    start: int
+    end: int
+    own_start: int
+
+
+def axis_blocks(out_len: int, block: int) -> list[Block]:
+    """Cut ``[0, out_len)`` into disjoint owned parts of blocks of ``block`` cells each."""
+    if block >= out_len:
+        return [Block(0, out_len, 0)]
+    blocks = []
+    start = 0
+    while start < out_len:
+        end = start + block
+        if end > out_len:
+            blocks.append(Block(out_len - block, out_len, start))
+            break
+        blocks.append(Block(start, end, start))
+        start = end
+    return blocks
