@@ -57,9 +57,11 @@ class AxisWindow:
 class AxisCrop:
     """How a windowed layer reads its input for one tile along one axis.
 
-    ``[start, end)`` is the clipped input interval actually read (input plane);
-    ``pad_lo``/``pad_hi`` are how many padding elements the tile needs on each side.
-    Padding is non-zero only where the tile touches the true border of the feature map.
+    ``[start, end)`` is the clipped input interval actually read (input plane, never empty);
+    ``pad_lo``/``pad_hi`` are how many padding elements to add on each side to obtain the
+    window (negative: trim, which happens only for windows lying wholly in the padding, e.g. a
+    1x1 convolution with padding, where one real element is read and trimmed away).
+    Padding is added only where the window reaches past the true border of the feature map.
     """
 
     start: int
@@ -72,8 +74,8 @@ def clip_span(span: tuple[int, int], in_len: int) -> AxisCrop:
     """Clip an unclipped input interval to ``[0, in_len)`` and record the border padding."""
     start, end = span
     lo, hi = max(start, 0), min(end, in_len)
-    if hi <= lo:
-        raise ValueError(f"window {span} does not overlap an input of length {in_len}")
+    if hi <= lo:  # the window lies wholly in the padding: read the nearest element, trim it
+        lo, hi = (0, 1) if end <= 0 else (in_len - 1, in_len)
     return AxisCrop(lo, hi, lo - start, end - hi)
 
 

@@ -143,10 +143,11 @@ def _refuse(name: str, what: str) -> NotStreamableError:
 
 def _window_node(name: str, module: nn.Module) -> tuple[tuple[AxisWindow, AxisWindow], Callable]:
     if isinstance(module, nn.Conv2d):
-        if module.padding_mode == "circular":
+        if module.padding_mode != "zeros":
             raise NotStreamableError(
-                f"layer '{name}' (Conv2d) uses circular padding, which wraps the image around so its "
-                "border pixels depend on the opposite border. Use 'zeros', 'reflect' or 'replicate'.")
+                f"layer '{name}' (Conv2d) uses padding_mode='{module.padding_mode}'; streaming supports "
+                "zero padding only (circular padding is not local at all). Use padding_mode='zeros', or "
+                "pad the input image once instead.")
         k, s, d = module.kernel_size, module.stride, module.dilation
         if module.padding == "same":
             pads = []

@@ -172,9 +172,11 @@ class StreamingModule(nn.Module):
             x = torch.zeros(1, c_in, *probe, dtype=p.dtype if p is not None else torch.float32,
                             device=p.device if p is not None else "cpu")
             total = 0.0
+            sizes = self.graph.spatial_sizes(probe)
+            rp = plan_axis(self.graph, [s[0] for s in sizes], 0, (0, sizes[-1][0]))
+            cp = plan_axis(self.graph, [s[1] for s in sizes], 1, (0, sizes[-1][1]))
             with torch.no_grad():
-                plan = self.tile_plan(probe)
-                for node_out in self._all_node_outputs(x, plan):
+                for node_out in self._all_node_outputs(x, rp, cp):
                     total += node_out.numel()
             self._act_per_px = total / (probe[0] * probe[1])
         return self._act_per_px
@@ -185,10 +187,9 @@ class StreamingModule(nn.Module):
                 return m.in_channels
         return 3
 
-    def _all_node_outputs(self, x, plan):
+    def _all_node_outputs(self, x, rp: AxisPlan, cp: AxisPlan):
         # Runs the graph keeping every output, to count activation sizes.
         values = {0: x}
-        rp, cp = plan.row_plans[0], plan.col_plans[0]
         for i in range(1, len(self.graph.nodes)):
             node = self.graph.nodes[i]
             if rp.regions[i] is None:

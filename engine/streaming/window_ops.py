@@ -39,23 +39,21 @@ def _pads(th: AxisTile, tw: AxisTile) -> tuple[int, int, int, int]:
 
 def _symmetric(pads: tuple[int, int, int, int]) -> tuple[int, int] | None:
     left, right, top, bottom = pads
-    if left == right and top == bottom:
+    if left == right and top == bottom and left >= 0 and top >= 0:
         return top, left
     return None
 
 
 def conv_runner(conv: nn.Conv2d) -> Callable[[torch.Tensor, AxisTile, AxisTile], torch.Tensor]:
-    mode = conv.padding_mode
-
     def run(x: torch.Tensor, th: AxisTile, tw: AxisTile) -> torch.Tensor:
         pads = _pads(th, tw)
         padding: tuple[int, int] = (0, 0)
         if any(pads):
             sym = _symmetric(pads)
-            if mode == "zeros" and sym is not None:
+            if sym is not None:
                 padding = sym  # let the convolution pad: no copy of the tile
             else:
-                x = F.pad(x, pads, mode="constant" if mode == "zeros" else mode)
+                x = F.pad(x, pads)
         return F.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
 
     return run
