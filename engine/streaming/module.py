@@ -312,7 +312,8 @@ class StreamingModule(nn.Module):
         if need_x and sink is None:
             grad_x = torch.zeros(source.shape, dtype=source.dtype, device=device)
         if sink is not None:
-            sink.begin(source.shape, [rp.cone for rp in plan.row_plans], [cp.cone for cp in plan.col_plans], device)
+            sink.begin(source.shape, [rp.cone for rp in plan.row_plans], [cp.cone for cp in plan.col_plans], device,
+                       source.dtype)
         done = 0
         for bi, (rb, rp) in enumerate(zip(plan.rows, plan.row_plans)):
             for bj, (cb, cp) in enumerate(zip(plan.cols, plan.col_plans)):

@@ -44,8 +44,11 @@ class InputGradientSink:
         self.reduce = int(reduce)
 
     # The methods below are driven by StreamingModule's backward, in raster block order.
-    def begin(self, shape, row_cones: list[tuple[int, int]], col_cones: list[tuple[int, int]], device) -> None:
+    def begin(self, shape, row_cones: list[tuple[int, int]], col_cones: list[tuple[int, int]], device,
+              dtype: torch.dtype = torch.float32) -> None:
         f = self.reduce
+        # Accumulate in at least float32 (half-precision sums of many tiles lose the small terms).
+        self._dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self._n, self._c, self._h, self._w = shape
         self._rows_c, self._cols_c = _ceil_div(self._h, f), _ceil_div(self._w, f)
         # A cell is final once the next block row/column's cone starts at or past its end.
@@ -56,10 +59,10 @@ class InputGradientSink:
         self._band: torch.Tensor | None = None
         self._band_r0 = 0
 
-    def _ensure_band(self, row_end: int, dtype: torch.dtype) -> torch.Tensor:
+    def _ensure_band(self, row_end: int) -> torch.Tensor:
         rows = row_end - self._band_r0
         if self._band is None:
-            self._band = torch.zeros(self._n, self._c, rows, self._cols_c, dtype=dtype, device=self._device)
+            self._band = torch.zeros(self._n, self._c, rows, self._cols_c, dtype=self._dtype, device=self._device)
         elif self._band.shape[2] < rows:
             grow = torch.zeros(self._n, self._c, rows - self._band.shape[2], self._cols_c,
                                dtype=self._band.dtype, device=self._device)
@@ -72,13 +75,11 @@ class InputGradientSink:
         if grad is not None:
             (a, b), (c, d) = self._row_cones[bi], self._col_cones[bj]
             ca, cb, cc, cd = a // f, _ceil_div(b, f), c // f, _ceil_div(d, f)
-            grad = grad.detach()
-            if grad.dtype not in (torch.float32, torch.float64):
-                grad = grad.float()
+            grad = grad.detach().to(self._dtype)
             if f > 1:
                 pads = (c - cc * f, cd * f - d, a - ca * f, cb * f - b)
                 grad = F.avg_pool2d(F.pad(grad, pads), f, f, 0, False, True, 1)  # cell sums
-            band = self._ensure_band(cb, grad.dtype)
+            band = self._ensure_band(cb)
             band[:, :, ca - self._band_r0:cb - self._band_r0, cc:cd] += grad
         r0 = self._row_final[bi - 1] if bi else 0
         c0 = self._col_final[bj - 1] if bj else 0
@@ -94,7 +95,7 @@ class InputGradientSink:
         if r1 <= r0 or c1 <= c0:
             return
         f = self.reduce
-        band = self._ensure_band(r1, self._band.dtype if self._band is not None else torch.float32)
+        band = self._ensure_band(r1)
         sums = band[:, :, r0 - self._band_r0:r1 - self._band_r0, c0:c1]
         rows = torch.clamp(torch.arange(r0 + 1, r1 + 1) * f, max=self._h) - torch.arange(r0, r1) * f
         cols = torch.clamp(torch.arange(c0 + 1, c1 + 1) * f, max=self._w) - torch.arange(c0, c1) * f
