@@ -118,10 +118,16 @@ class Block:
     own_start: int
 
 
-def axis_blocks(out_len: int, block: int) -> list[Block]:
-    """Cut ``[0, out_len)`` into disjoint owned parts of blocks of ``block`` cells each."""
-    if block >= out_len:
+def axis_blocks(out_len: int, max_block: int) -> list[Block]:
+    """Cut ``[0, out_len)`` into as few blocks of at most ``max_block`` cells as possible.
+
+    All blocks get the same size (the fewest blocks, evened out), so cones are uniform and
+    the last block, shifted inward, recomputes fewer than one cell per block.
+    """
+    if max_block >= out_len:
         return [Block(0, out_len, 0)]
+    count = -(-out_len // max_block)
+    block = -(-out_len // count)
     blocks = []
     start = 0
     while start < out_len:

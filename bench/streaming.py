@@ -1,0 +1,226 @@
+"""Streaming vs conventional vs torch.utils.checkpoint: time, memory and gradient error.
+
+Each configuration runs in a fresh process (so peak RSS is its own), all in one run of this
+script (so ratios compare like with like on a shared, noisy machine). Prints one table.
+
+    python bench/streaming.py --quick          # 1024-2048 px, a few minutes on 2 cores
+    python bench/streaming.py                  # up to 4096 px
+    python bench/streaming.py --sizes 2048 8192 --models resnet34-layer2 --tiles 2048
+
+Columns: s/step is one training step (trunk forward, head, loss, backward); s/infer one
+inference pass under no_grad; x conv is the ratio to conventional at the same size; floor is
+the recompute floor of streaming (one extra forward plus the overlap area) for that tile;
+peak MiB is the process's peak RSS above its RSS before the step (the input tensor and model
+are already allocated then); grad err is the max relative error of every parameter gradient and
+the input gradient against conventional back-propagation in the same precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODELS = {
+    # name: (registry name, split, kwargs)
+    "resnet34-layer2": ("resnet34", "layer2", {}),
+    "smallnet": ("smallnet", "stage4", {"width": 16}),
+}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(cfg: dict) -> dict:
+    import torch
+    from torch import nn
+
+    from engine.models import create_model
+    from engine.streaming import CallableSource, StreamingModule
+
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    arch, split, kw = MODELS[cfg["model"]]
+    model = create_model(arch, split=split, num_classes=2, **kw).eval()
+    for m in model.modules():  # checkpoint_sequential cannot recompute through in-place ReLUs
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    trunk, head = model.trunk(), model.head()
+    size, method, mode = cfg["size"], cfg["method"], cfg["mode"]
+    lazy = method == "stream-lazy"
+
+    def make_tile(rows, cols):
+        # A deterministic synthetic image computed per tile: nothing of full size exists.
+        r = torch.arange(rows[0], rows[1], dtype=torch.float32)[:, None]
+        c = torch.arange(cols[0], cols[1], dtype=torch.float32)[None, :]
+        ch = torch.arange(3, dtype=torch.float32)[:, None, None]
+        return torch.sin(r * 0.013 + ch) * torch.cos(c * 0.007 - ch)[None].expand(1, 3, -1, -1)
+
+    x = None if lazy else make_tile((0, size), (0, size)).contiguous()
+    if x is not None and mode == "train":
+        x.requires_grad_(True)
+    target = torch.tensor([1])
+    out: dict = {}
+
+    if method.startswith("stream"):
+        stream = StreamingModule(trunk, cfg["tile"])
+        run_trunk = stream
+        inp = CallableSource((1, 3, size, size), make_tile) if lazy else x
+        out["floor"] = _floor(stream, size)
+    elif method == "checkpoint":
+        from torch.utils.checkpoint import checkpoint_sequential
+        children = list(trunk.children())
+        run_trunk = lambda t: checkpoint_sequential(nn.Sequential(*children), 4, t, use_reentrant=False)  # noqa: E731
+        inp = x
+    else:
+        run_trunk, inp = trunk, x
+
+    def step(inp):
+        if mode == "train":
+            fmap = run_trunk(inp)
+            nn.functional.cross_entropy(head(fmap), target).backward()
+        else:
+            with torch.no_grad():
+                fmap = run_trunk(inp)
+                head(fmap)
+        return fmap
+
+    # Warm up on a small input: one-time costs (library init, tracing, kernel selection) are not
+    # what a whole-slide step costs.
+    warm = make_tile((0, 512), (0, 512)).requires_grad_(mode == "train")
+    step(CallableSource(warm.shape, make_tile) if lazy else warm)
+    model.zero_grad(set_to_none=True)
+
+    base = _rss_mib()
+    t0 = time.perf_counter()
+    fmap = step(inp)
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_mib"] = _peak_mib() - base
+    out["map_mib"] = fmap.numel() * fmap.element_size() / 2**20
+    out["total_peak_mib"] = _peak_mib()
+
+    if mode == "train":
+        grads = {n: p.grad for n, p in trunk.named_parameters()}
+        if x is not None:
+            grads["input"] = x.grad
+        ref = Path(cfg["ref_dir"]) / f"{cfg['model']}-{size}.pt"
+        if method == "conventional":
+            torch.save(grads, ref)
+        elif ref.exists():  # a lazy input has no input tensor: its parameter gradients are compared
+            want = torch.load(ref, weights_only=True)
+            err = 0.0
+            for n, g in grads.items():
+                if g is None:
+                    continue
+                w = want[n]
+                err = max(err, ((g - w).abs().max() / w.abs().max().clamp_min(1e-30)).item())
+            out["grad_err"] = err
+    return out
+
+
+def _floor(stream, size: int) -> dict:
+    """Recomputed area over image area, from the tile plan (the overlap cost of streaming)."""
+    plan = stream.tile_plan((size, size))
+    area = sum((rp.cone[1] - rp.cone[0]) * (cp.cone[1] - cp.cone[0]) for rp in plan.row_plans for cp in plan.col_plans)
+    return {"overlap": area / size ** 2, "blocks": plan.n_blocks}
+
+
+def run_config(cfg: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+        return {"error": tail[0][:80] + (" (killed: out of memory?)" if proc.returncode < 0 else "")}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="sizes 1024 and 2048, tile 1024")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--sizes", nargs="+", type=int)
+    ap.add_argument("--tiles", nargs="+", type=int)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
+    ap.add_argument("--no-conventional-above", type=int, default=4096,
+                    help="skip conventional/checkpoint rows above this size (they need tens of GB)")
+    ap.add_argument("--json", type=Path, help="also write all rows as JSON here")
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    sizes = args.sizes or ([1024, 2048] if args.quick else [1024, 2048, 4096])
+    tiles = args.tiles or ([1024] if args.quick else [1024, 2048])
+    rows = []
+    with tempfile.TemporaryDirectory() as ref_dir:
+        for model in args.models:
+            for size in sizes:
+                methods = []
+                if size <= args.no_conventional_above:
+                    methods += [("conventional", None), ("conventional-alt", None), ("checkpoint", None)]
+                methods += [("stream", t) for t in tiles if t <= size] + [("stream-lazy", max(t for t in tiles if t <= size))]
+                for mode in args.modes:
+                    for method, tile in methods:
+                        if mode == "infer" and method in ("checkpoint", "conventional-alt"):
+                            continue  # checkpointing changes nothing without autograd
+                        cfg = dict(model=model, size=size, method=method, tile=tile, mode=mode,
+                                   threads=args.threads, ref_dir=ref_dir)
+                        res = run_config(cfg)
+                        rows.append({**cfg, **res})
+                        _print_row(rows, rows[-1])
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print()
+    _print_table(rows)
+    return 0
+
+
+HEADER = ("| model | size | mode | method | tile | s | x conv | floor | peak MiB | map MiB | grad err |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _fmt(rows, r) -> str:
+    if "error" in r:
+        return (f"| {r['model']} | {r['size']}² | {r['mode']} | {r['method']} | {r['tile'] or ''} | failed: "
+                f"{r['error']} | | | | | |")
+    conv = next((c for c in rows if c["model"] == r["model"] and c["size"] == r["size"] and c["mode"] == r["mode"]
+                 and c["method"] == "conventional" and "seconds" in c), None)
+    ratio = f"{r['seconds'] / conv['seconds']:.2f}" if conv else "–"
+    floor = ""
+    if "floor" in r:
+        ov = r["floor"]["overlap"]
+        # train: conventional = 1 forward + 2 backward; streaming = 1 forward + (1 + 2) x overlap
+        floor = f"{(1 * ov + 3 * ov) / 3:.2f}" if r["mode"] == "train" else f"{ov:.2f}"
+    err = f"{r['grad_err']:.1e}" if "grad_err" in r else ""
+    return (f"| {r['model']} | {r['size']}² | {r['mode']} | {r['method']} | {r['tile'] or ''} | {r['seconds']:.2f} | "
+            f"{ratio} | {floor} | {r['peak_mib']:.0f} | {r['map_mib']:.0f} | {err} |")
+
+
+def _print_row(rows, r) -> None:
+    print(_fmt(rows, r), flush=True)
+
+
+def _print_table(rows) -> None:
+    print(HEADER)
+    for r in rows:
+        print(_fmt(rows, r))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
