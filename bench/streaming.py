@@ -82,6 +82,8 @@ def worker(cfg: dict) -> dict:
         run_trunk = stream
         inp = CallableSource((1, 3, size, size), make_tile) if lazy else x
         out["floor"] = _floor(stream, size)
+    elif method == "lightstream":
+        run_trunk, inp = _lightstream_runner(trunk, cfg["tile"], mode, x, out), x
     elif method == "checkpoint":
         from torch.utils.checkpoint import checkpoint_sequential
         children = list(trunk.children())
@@ -133,6 +135,47 @@ def worker(cfg: dict) -> dict:
     return out
 
 
+def _lightstream_runner(trunk, tile: int, mode: str, x, out: dict):
+    """The published peer (lightstream 1.0.7), driven as its documentation says, on CPU.
+
+    It calls ``.cuda()`` unconditionally, so that is made a no-op while it is built; its
+    statistics pass (seconds per tile size) is set-up, reported apart and not timed in the step.
+    """
+    import torch
+    from lightstream.core.constructor import StreamingConstructor
+    from torch import nn
+
+    real_cuda = nn.Module.cuda
+    nn.Module.cuda = lambda self, *a, **k: self
+    try:
+        t0 = time.perf_counter()
+        peer = StreamingConstructor(trunk, tile, verbose=False, saliency=mode == "train", copy_to_gpu=False,
+                                    statistics_on_cpu=True, normalize_on_gpu=False).prepare_streaming_model()
+        out["setup_seconds"] = time.perf_counter() - t0
+    finally:
+        nn.Module.cuda = real_cuda
+    peer.device = torch.device("cpu")
+
+    class Run(torch.autograd.Function):
+        # The peer's own protocol (forward without a graph, then backward(image, map gradient)),
+        # wrapped so the step below reads the same for every method.
+        @staticmethod
+        def forward(ctx, image, *params):
+            ctx.image = image
+            return peer.forward(image.detach())
+
+        @staticmethod
+        def backward(ctx, grad):
+            with torch.enable_grad():  # autograd runs backward without a graph; the peer recomputes tiles
+                peer.backward(ctx.image.detach(), grad)
+            if ctx.image.requires_grad:
+                ctx.image.grad = peer.saliency_map.to(ctx.image.dtype)
+            return (None,) + (None,) * len(list(trunk.parameters()))
+
+    params = [p for p in trunk.parameters()]
+    return lambda image: Run.apply(image, *params)
+
+
 def _floor(stream, size: int) -> dict:
     """Recomputed area over image area, from the tile plan (the overlap cost of streaming)."""
     plan = stream.tile_plan((size, size))
@@ -140,8 +183,8 @@ def _floor(stream, size: int) -> dict:
     return {"overlap": area / size ** 2, "blocks": plan.n_blocks}
 
 
-def run_config(cfg: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True)
+def run_config(cfg: dict, python: str = sys.executable) -> dict:
+    proc = subprocess.run([python, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         return {"error": tail[0][:80] + (" (killed: out of memory?)" if proc.returncode < 0 else "")}
@@ -160,11 +203,17 @@ def main(argv=None) -> int:
     ap.add_argument("--no-conventional-above", type=int, default=4096,
                     help="skip conventional/checkpoint rows above this size (they need tens of GB)")
     ap.add_argument("--json", type=Path, help="also write all rows as JSON here")
+    ap.add_argument("--peer-python", default=None,
+                    help="a Python with lightstream installed (default: this one, if it has lightstream)")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
 
+    peer = args.peer_python
+    if peer is None:
+        has = subprocess.run([sys.executable, "-c", "import lightstream"], capture_output=True).returncode == 0
+        peer = sys.executable if has else None
     sizes = args.sizes or ([1024, 2048] if args.quick else [1024, 2048, 4096])
     tiles = args.tiles or ([1024] if args.quick else [1024, 2048])
     rows = []
@@ -175,13 +224,15 @@ def main(argv=None) -> int:
                 if size <= args.no_conventional_above:
                     methods += [("conventional", None), ("conventional-alt", None), ("checkpoint", None)]
                 methods += [("stream", t) for t in tiles if t <= size] + [("stream-lazy", max(t for t in tiles if t <= size))]
+                if peer:
+                    methods += [("lightstream", t) for t in tiles if t <= size]
                 for mode in args.modes:
                     for method, tile in methods:
                         if mode == "infer" and method in ("checkpoint", "conventional-alt"):
                             continue  # checkpointing changes nothing without autograd
                         cfg = dict(model=model, size=size, method=method, tile=tile, mode=mode,
                                    threads=args.threads, ref_dir=ref_dir)
-                        res = run_config(cfg)
+                        res = run_config(cfg, peer if method == "lightstream" else sys.executable)
                         rows.append({**cfg, **res})
                         _print_row(rows, rows[-1])
     if args.json:
