@@ -222,13 +222,13 @@ def main(argv=None) -> int:
             for size in sizes:
                 methods = []
                 if size <= args.no_conventional_above:
-                    methods += [("conventional", None), ("conventional-alt", None), ("checkpoint", None)]
+                    methods += [("conventional", None), ("checkpoint", None)]
                 methods += [("stream", t) for t in tiles if t <= size] + [("stream-lazy", max(t for t in tiles if t <= size))]
                 if peer:
                     methods += [("lightstream", t) for t in tiles if t <= size]
                 for mode in args.modes:
                     for method, tile in methods:
-                        if mode == "infer" and method in ("checkpoint", "conventional-alt"):
+                        if mode == "infer" and method == "checkpoint":
                             continue  # checkpointing changes nothing without autograd
                         cfg = dict(model=model, size=size, method=method, tile=tile, mode=mode,
                                    threads=args.threads, ref_dir=ref_dir)
