@@ -106,3 +106,46 @@ def corrupt_tile_slide(tmp_path) -> Path:
         f.seek(offset)
         f.write(b"\x00" * min(64, count))
     return path
+
+
+# --- viewer fixtures ---------------------------------------------------------------------
+WORKER_THREAD_PREFIXES = ("streamslide-",)
+
+
+def leftover_worker_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith(WORKER_THREAD_PREFIXES) and t.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def no_worker_thread_left_running():
+    """Every test must shut down the pools it started: a live worker after a test fails it."""
+    yield
+    left = leftover_worker_threads()
+    assert not left, f"worker threads still running after the test: {[t.name for t in left]}"
+
+
+@pytest.fixture
+def tile_machinery():
+    from viewer.tiles import TileCache, TileLoader
+
+    loader = TileLoader(workers=2)
+    cache = TileCache(max_bytes=256 * 2**20)
+    yield loader, cache
+    loader.shutdown()
+
+
+@pytest.fixture
+def slide_view(qtbot, tile_machinery):
+    from viewer.slide_view import SlideView
+
+    loader, cache = tile_machinery
+    view = SlideView(loader, cache)
+    qtbot.addWidget(view)
+    view.resize(800, 600)
+    view.show()
+    qtbot.waitExposed(view)
+    yield view
+    if view.shared is not None:
+        view.shared.close_when_idle()
