@@ -30,6 +30,9 @@ from engine.errors import RegionError, SlideOpenError, SlideReadError
 #: allocates ``w*h*4`` up front and would happily try tens of gigabytes.
 DEFAULT_MAX_REGION_BYTES = 256 * 1024 * 1024
 
+#: Reopens one OpenSlide source may do before it gives up on the file altogether.
+MAX_REOPENS = 64
+
 #: Extensions opened with PIL, never with OpenSlide.
 PLAIN_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 #: TIFFs OpenSlide refuses (untiled) fall back to PIL, loaded eagerly so truncation shows.
@@ -200,10 +203,12 @@ class OpenSlideSource(SlideSource):
     """A slide read through ``openslide.OpenSlide`` (never ``openslide.open_slide``, which
     silently opens truncated files as PIL images).
 
-    OpenSlide errors are sticky on a handle: after one failed read every later read fails.
-    The first failure reopens the file once and retries; a failure after that raises
-    :class:`SlideReadError`. Retired handles stay open until :meth:`close`, because another
-    thread may still be inside a read on them.
+    OpenSlide errors are sticky on a handle: after one failed read every later read fails,
+    good regions included. A failed read therefore reopens the file once and retries; if the
+    retry fails too, that read raises :class:`SlideReadError` (the region is corrupt) and the
+    next read starts on a fresh handle again, so the rest of the slide stays readable.
+    Retired handles stay open until :meth:`close`, because another thread may still be
+    inside a read on them.
     """
 
     def __init__(self, path: str | os.PathLike, *, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES) -> None:
@@ -215,7 +220,7 @@ class OpenSlideSource(SlideSource):
         self._lock = threading.Lock()
         self._handle = self._open_handle()
         self._retired: list = []
-        self._reopened = False
+        self.reopen_count = 0
         self._failed_message: str | None = None
         h = self._handle
         props = dict(h.properties)
@@ -245,9 +250,9 @@ class OpenSlideSource(SlideSource):
 
     def _read(self, l0_x, l0_y, level, lv_w, lv_h) -> np.ndarray:
         with self._lock:
-            handle = self._handle
             if self._failed_message:
                 raise SlideReadError(self._failed_message)
+            handle = self._handle
         try:
             return np.asarray(handle.read_region((l0_x, l0_y), level, (lv_w, lv_h)))
         except self._openslide.OpenSlideError as first:
@@ -255,27 +260,29 @@ class OpenSlideSource(SlideSource):
         try:
             return np.asarray(handle.read_region((l0_x, l0_y), level, (lv_w, lv_h)))
         except self._openslide.OpenSlideError as second:
-            with self._lock:
-                self._failed_message = (
-                    f"{self.path}: reading level {level} at l0 ({l0_x}, {l0_y}) failed again after reopening "
-                    f"the file ({second}); the file is probably corrupt there"
-                )
-                raise SlideReadError(self._failed_message) from second
+            raise SlideReadError(
+                f"{self.path}: reading level {level} at l0 ({l0_x}, {l0_y}) failed again after reopening "
+                f"the file ({second}); the file is probably corrupt there. Other regions stay readable."
+            ) from second
 
     def _reopen_after(self, failed_handle, error: Exception):
-        """Swap in a fresh handle once per source; later failures are final."""
+        """Swap in a fresh handle (the failed one is poisoned for every later read).
+
+        Threads that failed on the same handle share one reopen. After ``MAX_REOPENS`` the
+        file is given up on: something worse than one bad tile is wrong with it.
+        """
         with self._lock:
             if self._handle is not failed_handle:  # another thread already reopened
                 return self._handle
-            if self._reopened:
-                self._failed_message = f"{self.path}: reads keep failing ({error}); the file is probably corrupt"
+            if self.reopen_count >= MAX_REOPENS:
+                self._failed_message = f"{self.path}: reads keep failing ({error}); giving up on this file"
                 raise SlideReadError(self._failed_message) from error
-            self._reopened = True
             try:
                 fresh = self._open_handle()
             except SlideOpenError as exc:
-                self._failed_message = f"{self.path}: a read failed ({error}) and the file could not be reopened"
+                self._failed_message = f"{self.path}: a read failed ({error}) and the file could not be reopened: {exc}"
                 raise SlideReadError(self._failed_message) from exc
+            self.reopen_count += 1
             self._retired.append(self._handle)
             self._handle = fresh
             return fresh

@@ -133,15 +133,30 @@ def test_plain_png_opens_as_array_slide_with_levels(tmp_path):
         assert slide.read_region(int(100 * ds), 100, coarsest, 1, 1)[0, 0, 1] == 0
 
 
-def test_corrupt_tile_reopens_once_then_reports(corrupt_tile_slide):
+def test_corrupt_tile_reopens_once_then_reports_and_good_regions_stay_readable(corrupt_tile_slide):
     with open_slide(corrupt_tile_slide) as slide:
         assert slide.read_region(0, 0, 0, 64, 64)[5, 5, 3] == 255
-        with pytest.raises(SlideReadError, match="corrupt") as info:
+        with pytest.raises(SlideReadError, match="corrupt there") as info:
             slide.read_region(256 + 10, 256 + 10, 0, 16, 16)
         assert str(corrupt_tile_slide) in str(info.value)
-        assert slide._reopened  # it tried a fresh handle before giving up
-        with pytest.raises(SlideReadError):
-            slide.read_region(0, 0, 0, 64, 64)  # final: reported, not retried forever
+        assert slide.reopen_count == 1  # one fresh handle tried before reporting
+        # The retry poisoned the fresh handle; the next good read reopens and succeeds.
+        assert slide.read_region(0, 0, 0, 64, 64)[5, 5, 3] == 255
+        assert slide.reopen_count == 2
+
+
+def test_a_file_that_keeps_failing_is_given_up_on(corrupt_tile_slide, monkeypatch):
+    import engine.slides
+
+    monkeypatch.setattr(engine.slides, "MAX_REOPENS", 2)
+    with open_slide(corrupt_tile_slide) as slide:
+        for _ in range(2):
+            with pytest.raises(SlideReadError, match="corrupt there"):
+                slide.read_region(266, 266, 0, 16, 16)
+        with pytest.raises(SlideReadError, match="giving up"):
+            slide.read_region(266, 266, 0, 16, 16)
+        with pytest.raises(SlideReadError, match="giving up"):
+            slide.read_region(0, 0, 0, 16, 16)  # final, without touching the file again
 
 
 def test_a_sticky_error_on_a_good_region_is_cured_by_the_reopen(corrupt_tile_slide):
@@ -152,7 +167,7 @@ def test_a_sticky_error_on_a_good_region_is_cured_by_the_reopen(corrupt_tile_sli
             slide._handle.read_region((266, 266), 0, (16, 16))  # poison the handle behind its back
         # The next good read fails on the poisoned handle, reopens, and succeeds.
         assert slide.read_region(0, 0, 0, 8, 8)[4, 4, 3] == 255
-        assert slide._reopened
+        assert slide.reopen_count == 1
 
 
 def test_reads_after_close_raise_slide_read_error(synthetic_slide_path):

@@ -225,7 +225,7 @@ class MainWindow(QMainWindow):
         self.properties.set_slide(source)
         self.associated.set_names(source.associated_image_names)
         self.overview.set_slide(source.dimensions)
-        self.runner.submit(make_overview_image, entry.shared, OVERVIEW_PX, on_done=self._on_overview, on_error=self.report_error)
+        self.runner.submit(make_overview_image, entry.shared, OVERVIEW_PX, on_done=self._on_overview, on_error=self._on_overview_failed)
         self.slide_combo.setCurrentIndex(self.slide_combo.findData(key))
         self.browser.set_current(key)
         self._update_actions()
@@ -261,6 +261,10 @@ class MainWindow(QMainWindow):
         if entry is not None and entry.shared.slide_id == slide_id:
             self.overview.set_thumbnail(image)
             self.overview_ready.emit()
+
+    def _on_overview_failed(self, message: str) -> None:
+        # The same damage shows in the view and is reported there once; say it quietly here.
+        self.statusBar().showMessage(f"No overview: {message}", 15_000)
 
     def _request_associated(self, name: str) -> None:
         entry = self._current_entry()

@@ -45,7 +45,7 @@ class SlideView(QWidget):
     cursor_moved = Signal(object)
     #: Every tile the current view needs at its target level is in the cache.
     tiles_complete = Signal()
-    #: Reads on the shown slide failed for good (the message names the file).
+    #: A read on a slide failed (once per slide; the message names the file).
     slide_failed = Signal(str)
 
     def __init__(self, loader: TileLoader, cache: TileCache, parent: QWidget | None = None) -> None:
@@ -56,7 +56,8 @@ class SlideView(QWidget):
         self._overlays: list[OverlayLayer] = []
         self._pin_level: int | None = None
         self._drag_from: QPointF | None = None
-        self._failed_ids: set[int] = set()
+        self._failed_keys: set[TileKey] = set()
+        self._reported_ids: set[int] = set()
         self.painter_calls = 0  # QPainter calls made by paintEvent (soak test and benchmark)
         self.smooth = True
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
@@ -66,7 +67,7 @@ class SlideView(QWidget):
         self._request_timer = QTimer(self, singleShot=True, interval=0)
         self._request_timer.timeout.connect(self._send_requests)
         loader.tile_ready.connect(self._on_tile_ready)
-        loader.slide_failed.connect(self._on_slide_failed)
+        loader.tile_failed.connect(self._on_tile_failed)
 
     # -- slide and viewport -------------------------------------------------------------
     @property
@@ -168,11 +169,11 @@ class SlideView(QWidget):
         if self._shared is None or self._viewport is None:
             return []
         keys = self._visible_keys(self.target_level(), self._viewport.l0_visible_box())
-        return [k for k in keys if k not in self.cache]
+        return [k for k in keys if k not in self.cache and k not in self._failed_keys]
 
     @Slot()
     def _send_requests(self) -> None:
-        if self._shared is None or self._viewport is None or self._shared.slide_id in self._failed_ids:
+        if self._shared is None or self._viewport is None:
             return
         src = self._shared.source
         level = self.target_level()
@@ -187,7 +188,7 @@ class SlideView(QWidget):
         ring_margin = self.loader.tile * src.level_downsamples[level]
         seen = set(visible)
         wanted += [k for k in self._visible_keys(level, l0_vis.expand(ring_margin)) if k not in seen and k not in self.cache]
-        self.loader.request(self._shared, wanted)
+        self.loader.request(self._shared, [k for k in wanted if k not in self._failed_keys])
 
     @Slot(object, object)
     def _on_tile_ready(self, key: TileKey, image: QImage) -> None:
@@ -205,12 +206,11 @@ class SlideView(QWidget):
             if key.level == self.target_level() and not self.missing_visible_tiles():
                 self.tiles_complete.emit()
 
-    @Slot(int, str)
-    def _on_slide_failed(self, slide_id: int, message: str) -> None:
-        if slide_id in self._failed_ids:
-            return
-        self._failed_ids.add(slide_id)
-        if self._shared is not None and slide_id == self._shared.slide_id:
+    @Slot(object, str)
+    def _on_tile_failed(self, key: TileKey, message: str) -> None:
+        self._failed_keys.add(key)  # painted from coarser levels from now on, never re-read
+        if key.slide_id not in self._reported_ids:
+            self._reported_ids.add(key.slide_id)  # one report per slide, not one per tile
             self.slide_failed.emit(message)
 
     # -- painting -----------------------------------------------------------------------

@@ -147,8 +147,8 @@ class TileLoader(QObject):
 
     #: (TileKey, QImage): a tile is decoded. Emitted on a worker; connect to UI-thread slots.
     tile_ready = Signal(object, object)
-    #: (slide_id, message): reads on this slide failed for good; stop asking for its tiles.
-    slide_failed = Signal(int, str)
+    #: (TileKey, message): this tile cannot be read (after the source's reopen-and-retry).
+    tile_failed = Signal(object, str)
 
     def __init__(self, workers: int = 2, tile: int = TILE_SIZE, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -199,11 +199,10 @@ class TileLoader(QObject):
                 with shared as source:
                     image = read_tile(source, key.level, key.col, key.row, self.tile)
             except SlideError as exc:
-                # Sticky failures already went through the source's reopen-once; tell the
-                # view once and drop the rest of this slide's queue.
-                self.cancel_slide(key.slide_id)
+                # The source already reopened and retried; the view paints this tile from a
+                # coarser level and stops asking for it. Other tiles keep loading.
                 if not shared.closing:
-                    self.slide_failed.emit(key.slide_id, str(exc))
+                    self.tile_failed.emit(key, str(exc))
             else:
                 self.reads += 1
                 self.tile_ready.emit(key, image)
