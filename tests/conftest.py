@@ -32,10 +32,10 @@ BLOCK_COLOURS = (
     ((250, 140, 30), (120, 60, 20), (140, 140, 250), (90, 150, 90)),
 )
 SYNTH_L0_SIZE = (BLOCK * 4, BLOCK * 3)
-#: Inside block (row 1, col 3) level 0 holds 8-px black/white vertical stripes; every
+#: Inside block (row 1, col 3) level 0 holds 2-px black/white vertical stripes; every
 #: coarser level averages them to grey, so a pixel there tells which level was painted.
 STRIPE_BLOCK = (1, 3)
-STRIPE = 8
+STRIPE = 2
 
 
 def block_colour(l0_x: float, l0_y: float) -> tuple[int, int, int]:
