@@ -16,6 +16,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, Signal, Slot
 
 from engine.errors import StreamSlideError
+from viewer.tiles import lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class BackgroundRunner(QObject):
 
     def __init__(self, workers: int = 1, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=THREAD_PREFIX)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=THREAD_PREFIX, initializer=lower_thread_priority)
         self._ids = itertools.count(1)
         self._callbacks: dict[int, tuple[Callable[[Any], None], Callable[[str], None] | None]] = {}
         self._closed = False

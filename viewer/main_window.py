@@ -76,7 +76,7 @@ class MainWindow(QMainWindow):
         self._shut = False
         cache_bytes = cache_bytes or int(self.settings.value("cache/max_bytes", default_cache_bytes()))
         self.runner = BackgroundRunner(workers=1, parent=self)
-        self.loader = TileLoader(workers=2, parent=self)
+        self.loader = TileLoader(parent=self)
         self.cache = TileCache(cache_bytes)
         self.recent = RecentFiles(list(self.settings.value("recent_files", []) or []))
 

@@ -169,7 +169,7 @@ class SlideView(QWidget):
             self.update()
 
     # -- tile requests ------------------------------------------------------------------
-    def _visible_keys(self, level: int, l0_box: Box) -> list[TileKey]:
+    def _visible_keys(self, level: int, l0_box: Box, ordered: bool = True) -> list[TileKey]:
         src = self._shared.source
         l0_box = l0_box.intersect(Box(0, 0, *src.dimensions))
         if l0_box.is_empty:
@@ -180,6 +180,8 @@ class SlideView(QWidget):
         cx, cy = lv_box.center
         grid = level_grid(src, level, self.loader.tile)
         keys = [TileKey(sid, level, c, r) for c, r in grid.tiles_in(lv_box)]
+        if not ordered:
+            return keys
         t = grid.tile
         keys.sort(key=lambda k: ((k.col + 0.5) * t - cx) ** 2 + ((k.row + 0.5) * t - cy) ** 2)
         return keys
@@ -246,31 +248,37 @@ class SlideView(QWidget):
         self._tiles_drawn = 0
         painter = QPainter(self)
         try:
-            self.paint_view(painter, event.rect())
+            # Tiles arriving one by one dirty small rects; painting just those (not their
+            # bounding box) keeps a paint during loading to a few tiles.
+            self.paint_view(painter, list(event.region()))
         finally:
             painter.end()
         end = time.perf_counter()
         self.paint_log.append((end, (end - start) * 1000, self._tiles_drawn))
 
-    def paint_view(self, painter: QPainter, clip: QRect) -> None:
-        """Paint the view into ``painter`` (a widget or an export image of the widget's size)."""
-        painter.fillRect(clip, OUTSIDE_COLOUR)
-        self.painter_calls += 1
+    def paint_view(self, painter: QPainter, clip_rects: list[QRect]) -> None:
+        """Paint the parts of the view under ``clip_rects`` (widget pixels) into ``painter``."""
+        for rect in clip_rects:
+            painter.fillRect(rect, OUTSIDE_COLOUR)
+        self.painter_calls += len(clip_rects)
         if self._shared is None or self._viewport is None or self._shared.source.closed:
             return
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.smooth and not self._moving)
         t = self._viewport.transform()
         src = self._shared.source
         l0_slide = Box(0, 0, *src.dimensions)
-        l0_clip = Box(*t.to_l0(clip.left(), clip.top()), *t.to_l0(clip.right() + 1, clip.bottom() + 1))
+        slide_rect = self._screen_rect(t, l0_slide)
         bg = QColor(*src.background_rgb)
-        slide_rect = self._screen_rect(t, l0_slide).intersected(clip)
-        painter.fillRect(slide_rect, bg)
-        self.painter_calls += 1
         level = self.target_level()
         ds = src.level_downsamples[level]
         grid = level_grid(src, level, self.loader.tile)
-        for key in self._visible_keys(level, l0_clip):
+        keys: dict[TileKey, None] = {}  # ordered set: a tile under two rects is drawn once
+        for rect in clip_rects:
+            painter.fillRect(slide_rect.intersected(rect), bg)
+            l0_clip = Box(*t.to_l0(rect.left(), rect.top()), *t.to_l0(rect.right() + 1, rect.bottom() + 1))
+            keys.update(dict.fromkeys(self._visible_keys(level, l0_clip, ordered=False)))
+        self.painter_calls += len(clip_rects)
+        for key in keys:
             l0_tile = lv_to_l0(grid.tile_box(key.col, key.row), ds)
             image = self.cache.get(key)
             if image is not None:
@@ -313,7 +321,7 @@ class SlideView(QWidget):
         image = QImage(self.size(), QImage.Format.Format_RGB32)
         painter = QPainter(image)
         try:
-            self.paint_view(painter, image.rect())
+            self.paint_view(painter, [image.rect()])
         finally:
             painter.end()
         return image
