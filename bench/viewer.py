@@ -90,25 +90,31 @@ def open_and_time(window: MainWindow, path: Path) -> tuple[float, float]:
     view = window.view
     start = time.perf_counter()
     window.show_or_open(str(path))
-    run_until(lambda: window.current_path is not None and any(t >= start and n > 0 for t, _, n in view.paint_log), 30)
-    first = min(t for t, _, n in view.paint_log if t >= start and n > 0)
+    run_until(lambda: window.current_path is not None and any(t >= start and n > 0 for t, _, n, _ in view.paint_log), 30)
+    first = min(t for t, _, n, _ in view.paint_log if t >= start and n > 0)
     run_until(lambda: not view.missing_visible_tiles(), 60)
     sharp = time.perf_counter()
     return (first - start) * 1000, (sharp - start) * 1000
 
 
-def pan_script(window: MainWindow, l0_start: tuple[float, float]) -> list[float]:
-    """Pan right at PAN_SPEED for PAN_SECONDS, ticking every FRAME_MS; returns paint ms per frame."""
+def pan_script(window: MainWindow, l0_start: tuple[float, float]) -> tuple[list[float], int, float]:
+    """Pan right at PAN_SPEED for PAN_SECONDS, ticking every FRAME_MS.
+
+    Returns the paint ms of each full frame, the number of partial paints (tiles arriving),
+    and the share of ticks at which some visible tile was still painted from a coarser level.
+    """
     view = window.view
     view.center_on(*l0_start)
     run_until(lambda: not view.missing_visible_tiles(), 60)
     n_before = len(view.paint_log)
     loop = QEventLoop()
     start = time.perf_counter()
-    state = {"last": start}
+    state = {"last": start, "ticks": 0, "blurred": 0}
 
     def tick():
         now = time.perf_counter()
+        state["ticks"] += 1
+        state["blurred"] += bool(view.missing_visible_tiles())
         view.pan_by(-PAN_SPEED * (now - state["last"]), 0)  # content moves left: the view goes right
         state["last"] = now
         if now - start >= PAN_SECONDS:
@@ -120,7 +126,9 @@ def pan_script(window: MainWindow, l0_start: tuple[float, float]) -> list[float]
     timer.start()
     loop.exec()
     timer.stop()
-    return [ms for _, ms, _ in list(view.paint_log)[n_before:]]
+    paints = list(view.paint_log)[n_before:]
+    frames = [ms for _, ms, _, area in paints if area >= 0.9]
+    return frames, len(paints) - len(frames), state["blurred"] / max(1, state["ticks"])
 
 
 def navigation_script(window: MainWindow) -> None:
@@ -130,7 +138,8 @@ def navigation_script(window: MainWindow) -> None:
     for mag, x, y in stops:
         view.set_magnification(mag)
         view.center_on(x, y)
-        run_until(lambda: not view.missing_visible_tiles(), 60)
+        painted = len(view.paint_log)  # wait for a paint too: a warm stop needs no tile at all
+        run_until(lambda: len(view.paint_log) > painted and not view.missing_visible_tiles(), 60)
 
 
 def fill_cache(window: MainWindow, n_views: int) -> None:
@@ -179,13 +188,13 @@ def main() -> None:
     view = window.view
     view.set_magnification(20)
     probe.start()
-    cold = pan_script(window, (12_000, 20_000))
+    cold, cold_partial, cold_blurred = pan_script(window, (12_000, 20_000))
     pan_stall = probe.stop()
-    window.cache.reset_stats()
-    warm = pan_script(window, (12_000, 20_000))
+    warm, _, warm_blurred = pan_script(window, (12_000, 20_000))
     rows.append(("pan frame (paint) time, cold cache (p50 / p95 / max)", f"{pct(cold, 50):.1f} / {pct(cold, 95):.1f} / {max(cold):.1f} ms", "-"))
     rows.append(("pan frame (paint) time, warm cache (p50 / p95 / max)", f"{pct(warm, 50):.1f} / {pct(warm, 95):.1f} / {max(warm):.1f} ms", "p95 <= 16.7 ms"))
-    rows.append(("frames painted in 5 s of panning (cold / warm)", f"{len(cold)} / {len(warm)}", "-"))
+    rows.append(("full frames in 5 s of panning, cold (+ tile touch-ups) / warm", f"{len(cold)} (+{cold_partial}) / {len(warm)}", "-"))
+    rows.append(("pan ticks showing a coarser level somewhere, cold / warm", f"{100 * cold_blurred:.0f} % / {100 * warm_blurred:.0f} %", "-"))
     rows.append(("worst event-loop stall (5 ms probe), opening / cold pan", f"{max(open_stalls):.0f} / {pan_stall:.0f} ms", "<= 50 ms"))
 
     # 3. Cache hit rate when a navigation tour is replayed.

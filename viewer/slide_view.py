@@ -64,8 +64,9 @@ class SlideView(QWidget):
         self._failed_keys: set[TileKey] = set()
         self._reported_ids: set[int] = set()
         self.painter_calls = 0  # QPainter calls made by paintEvent (soak test and benchmark)
-        #: (perf_counter at the end, milliseconds, tiles drawn) of recent paintEvents.
-        self.paint_log: deque[tuple[float, float, int]] = deque(maxlen=20_000)
+        #: (perf_counter at the end, milliseconds, tiles drawn, fraction of the widget
+        #: painted) of recent paintEvents: full frames and tile-arrival touch-ups apart.
+        self.paint_log: deque[tuple[float, float, int, float]] = deque(maxlen=20_000)
         self._tiles_drawn = 0
         self.smooth = True  # filter scaled tiles once the view is still
         self._moving = False
@@ -247,14 +248,16 @@ class SlideView(QWidget):
         start = time.perf_counter()
         self._tiles_drawn = 0
         painter = QPainter(self)
+        rects = list(event.region())
         try:
             # Tiles arriving one by one dirty small rects; painting just those (not their
             # bounding box) keeps a paint during loading to a few tiles.
-            self.paint_view(painter, list(event.region()))
+            self.paint_view(painter, rects)
         finally:
             painter.end()
         end = time.perf_counter()
-        self.paint_log.append((end, (end - start) * 1000, self._tiles_drawn))
+        area = sum(r.width() * r.height() for r in rects) / max(1, self.width() * self.height())
+        self.paint_log.append((end, (end - start) * 1000, self._tiles_drawn, area))
 
     def paint_view(self, painter: QPainter, clip_rects: list[QRect]) -> None:
         """Paint the parts of the view under ``clip_rects`` (widget pixels) into ``painter``."""
