@@ -220,7 +220,7 @@ def main() -> None:
     open_and_time(window, slide)
 
     # 5. RSS against the cache cap after filling the cache past it.
-    fill_cache(window, n_views=int(cap / (45 * 256 * 256 * 4)) + 10)
+    fill_cache(window, n_views=int(1.5 * cap / (30 * 256 * 256 * 4)) + 10)  # ~30 new tiles per view
     rss = rss_mb()
     rows.append(("cache bytes / cap", f"{window.cache.bytes_used / 2**20:.0f} / {args.cache_mb} MiB", "<= cap"))
     rows.append(("RSS with a full cache", f"{rss:.0f} MiB (cap + {rss - args.cache_mb:.0f})", "<= cap + 300 MB"))
