@@ -1,0 +1,119 @@
+"""Boxes, tile grids and level conversions (torch-free, Qt-free).
+
+A :class:`Box` carries no plane of its own: the variable name says it (``l0_box`` is in
+level-0 pixels, ``lv_box`` in the pixels of one pyramid level, ``out_box`` in an output
+map). All conversions between planes live here so that no module invents its own rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class Box:
+    """A half-open axis-aligned box ``[x0, x1) x [y0, y1)`` in one coordinate plane."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def is_empty(self) -> bool:
+        return self.x1 <= self.x0 or self.y1 <= self.y0
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2)
+
+    def scale(self, factor: float) -> "Box":
+        """The same box in a plane whose unit is ``1 / factor`` of this one's."""
+        return Box(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor)
+
+    def translate(self, dx: float, dy: float) -> "Box":
+        return Box(self.x0 + dx, self.y0 + dy, self.x1 + dx, self.y1 + dy)
+
+    def intersect(self, other: "Box") -> "Box":
+        """The overlap; an empty box (``is_empty``) when they do not overlap."""
+        return Box(max(self.x0, other.x0), max(self.y0, other.y0), min(self.x1, other.x1), min(self.y1, other.y1))
+
+    def union(self, other: "Box") -> "Box":
+        """The smallest box holding both (empty boxes are ignored)."""
+        if self.is_empty:
+            return other
+        if other.is_empty:
+            return self
+        return Box(min(self.x0, other.x0), min(self.y0, other.y0), max(self.x1, other.x1), max(self.y1, other.y1))
+
+    def contains(self, x: float, y: float) -> bool:
+        return self.x0 <= x < self.x1 and self.y0 <= y < self.y1
+
+    def expand(self, margin: float) -> "Box":
+        return Box(self.x0 - margin, self.y0 - margin, self.x1 + margin, self.y1 + margin)
+
+    def outer_int(self) -> "Box":
+        """The smallest box with integer corners that holds this one."""
+        return Box(math.floor(self.x0), math.floor(self.y0), math.ceil(self.x1), math.ceil(self.y1))
+
+
+def l0_to_lv(l0_box: Box, downsample: float) -> Box:
+    """Level-0 box -> the same area in the pixels of a level with this downsample."""
+    return l0_box.scale(1.0 / downsample)
+
+
+def lv_to_l0(lv_box: Box, downsample: float) -> Box:
+    """Level box -> the same area in level-0 pixels."""
+    return lv_box.scale(downsample)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A regular grid of ``tile`` x ``tile`` tiles over one level of ``lv_width`` x ``lv_height``.
+
+    Tiles on the right and bottom edges are clipped to the level, never padded, so every
+    tile box lies inside the level and a slide read of it is always in bounds.
+    """
+
+    lv_width: int
+    lv_height: int
+    tile: int
+
+    def __post_init__(self) -> None:
+        if self.tile <= 0 or self.lv_width <= 0 or self.lv_height <= 0:
+            raise ValueError(f"TileGrid needs positive sizes, got {self.lv_width}x{self.lv_height} tile {self.tile}")
+
+    @property
+    def cols(self) -> int:
+        return -(-self.lv_width // self.tile)
+
+    @property
+    def rows(self) -> int:
+        return -(-self.lv_height // self.tile)
+
+    def tile_box(self, col: int, row: int) -> Box:
+        """The tile's box in this level's pixels (integer corners, clipped at the edges)."""
+        if not (0 <= col < self.cols and 0 <= row < self.rows):
+            raise IndexError(f"tile ({col}, {row}) outside a {self.cols}x{self.rows} grid")
+        x0, y0 = col * self.tile, row * self.tile
+        return Box(x0, y0, min(x0 + self.tile, self.lv_width), min(y0 + self.tile, self.lv_height))
+
+    def tiles_in(self, lv_box: Box) -> Iterator[tuple[int, int]]:
+        """(col, row) of every tile that overlaps ``lv_box`` (clipped to the grid), row by row."""
+        c0 = max(0, math.floor(lv_box.x0 / self.tile))
+        r0 = max(0, math.floor(lv_box.y0 / self.tile))
+        c1 = min(self.cols, math.ceil(lv_box.x1 / self.tile))
+        r1 = min(self.rows, math.ceil(lv_box.y1 / self.tile))
+        for row in range(r0, r1):
+            for col in range(c0, c1):
+                yield col, row

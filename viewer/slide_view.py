@@ -1,0 +1,379 @@
+"""The pyramid painting widget: tiles of the level the zoom needs, coarser tiles where those
+are missing, overlay layers in the level-0 plane, then screen-space decorations.
+
+The widget never reads a slide: it asks the :class:`~viewer.tiles.TileLoader` for tiles
+(visible ones first, from the centre out, then a prefetch ring) and paints whatever the
+:class:`~viewer.tiles.TileCache` holds. A raster ``QPainter`` path on purpose: a
+``QOpenGLWidget`` does not work on the offscreen platform the tests and benchmarks use.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Protocol
+
+from PySide6.QtCore import QPointF, QRect, QRectF, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QResizeEvent, QWheelEvent
+from PySide6.QtWidgets import QWidget
+
+from engine.geometry import Box, l0_to_lv, lv_to_l0
+from viewer.sources import SharedSource
+from viewer.state import ViewTransform, Viewport, native_magnification
+from viewer.tiles import TileCache, TileKey, TileLoader, level_grid
+from viewer.widgets.scale_bar import paint_scale_bar
+
+OUTSIDE_COLOUR = QColor(48, 48, 52)
+#: Wheel: one notch (120 units) zooms by sqrt(2); keys zoom by this factor.
+KEY_ZOOM = 1.5
+#: Arrow keys pan by this fraction of the widget.
+KEY_PAN_FRACTION = 0.2
+#: While the view moves, tiles are scaled without filtering (3x cheaper: ~3 ms instead of
+#: ~10 ms for a full 20x view here); this long after the last move it repaints smoothly.
+SETTLE_MS = 150
+
+
+class OverlayLayer(Protocol):
+    """Something painted above the slide in the level-0 plane (saliency maps, annotations).
+
+    ``paint`` runs on the UI thread inside ``paintEvent``: it must only draw ready-made
+    images or shapes. Map level-0 coordinates with ``view.to_screen`` / ``view.box_to_screen``.
+    """
+
+    def paint(self, painter: QPainter, l0_visible_box: Box, view: ViewTransform) -> None: ...
+
+
+class SlideView(QWidget):
+    viewport_changed = Signal()
+    #: (l0_x, l0_y) under the mouse, or None when it is off the slide.
+    cursor_moved = Signal(object)
+    #: Every tile the current view needs at its target level is in the cache.
+    tiles_complete = Signal()
+    #: A read on a slide failed (once per slide; the message names the file).
+    slide_failed = Signal(str)
+
+    def __init__(self, loader: TileLoader, cache: TileCache, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.loader, self.cache = loader, cache
+        self._shared: SharedSource | None = None
+        self._viewport: Viewport | None = None
+        self._overlays: list[OverlayLayer] = []
+        self._pin_level: int | None = None
+        self._drag_from: QPointF | None = None
+        self._failed_keys: set[TileKey] = set()
+        self._reported_ids: set[int] = set()
+        self.painter_calls = 0  # QPainter calls made by paintEvent (soak test and benchmark)
+        #: (perf_counter at the end, milliseconds, tiles drawn, fraction of the widget
+        #: painted) of recent paintEvents: full frames and tile-arrival touch-ups apart.
+        self.paint_log: deque[tuple[float, float, int, float]] = deque(maxlen=20_000)
+        self._tiles_drawn = 0
+        self.smooth = True  # filter scaled tiles once the view is still
+        self._moving = False
+        self._settle_timer = QTimer(self, singleShot=True, interval=SETTLE_MS)
+        self._settle_timer.timeout.connect(self._settle)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setMouseTracking(True)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        self.setMinimumSize(200, 150)
+        self._request_timer = QTimer(self, singleShot=True, interval=0)
+        self._request_timer.timeout.connect(self._send_requests)
+        loader.tile_ready.connect(self._on_tile_ready)
+        loader.tile_failed.connect(self._on_tile_failed)
+
+    # -- slide and viewport -------------------------------------------------------------
+    @property
+    def shared(self) -> SharedSource | None:
+        return self._shared
+
+    @property
+    def viewport(self) -> Viewport | None:
+        return self._viewport
+
+    def set_slide(self, shared: SharedSource | None, viewport: Viewport | None = None) -> Viewport | None:
+        """Show ``shared`` with ``viewport`` (a new fitted one when None); returns the viewport."""
+        if self._shared is not None and self._shared is not shared:
+            self.loader.cancel_slide(self._shared.slide_id)
+        self._shared = shared
+        if shared is None:
+            self._viewport = None
+        else:
+            src = shared.source
+            self._viewport = viewport or Viewport(*src.dimensions, self.width(), self.height())
+            self._viewport.resize(self.width(), self.height())
+            coarsest = src.level_count - 1
+            w, h = src.level_dimensions[coarsest]
+            # Pin the coarsest level when it is small next to the cache, so there is always
+            # something to paint; a huge single-level image is only cached like any level.
+            self._pin_level = coarsest if w * h * 4 <= self.cache.max_bytes // 4 else None
+        self._view_changed()
+        return self._viewport
+
+    def add_overlay(self, layer: OverlayLayer) -> None:
+        self._overlays.append(layer)
+        self.update()
+
+    def remove_overlay(self, layer: OverlayLayer) -> None:
+        self._overlays.remove(layer)
+        self.update()
+
+    def target_level(self) -> int:
+        """The pyramid level the current zoom paints from (finest with downsample <= the view's)."""
+        return self._shared.source.get_best_level_for_downsample(self._viewport.downsample)
+
+    def native_magnification(self) -> float | None:
+        src = self._shared.source if self._shared else None
+        return native_magnification(src.objective_power, src.mpp) if src else None
+
+    # -- navigation ---------------------------------------------------------------------
+    def zoom_by(self, factor: float, screen_pos: QPointF | None = None) -> None:
+        if self._viewport is None:
+            return
+        pos = screen_pos or QPointF(self.width() / 2, self.height() / 2)
+        self._viewport.zoom_about(pos.x(), pos.y(), factor)
+        self._view_changed()
+
+    def fit(self) -> None:
+        if self._viewport is not None:
+            self._viewport.fit()
+            self._view_changed()
+
+    def set_magnification(self, mag: float) -> None:
+        """Zoom so that the view shows the slide at ``mag`` (e.g. 20x) around its centre."""
+        native = self.native_magnification()
+        if self._viewport is not None and native:
+            self._viewport.set_scale(mag / native)
+            self._view_changed()
+
+    def pan_by(self, screen_dx: float, screen_dy: float) -> None:
+        if self._viewport is not None:
+            self._viewport.pan_screen(screen_dx, screen_dy)
+            self._view_changed()
+
+    def center_on(self, l0_x: float, l0_y: float) -> None:
+        if self._viewport is not None:
+            self._viewport.center_on(l0_x, l0_y)
+            self._view_changed()
+
+    def _view_changed(self) -> None:
+        self._moving = True
+        self._settle_timer.start()
+        self.update()
+        if not self._request_timer.isActive():
+            self._request_timer.start()  # coalesce a burst of moves into one request
+        self.viewport_changed.emit()
+
+    @Slot()
+    def _settle(self) -> None:
+        self._moving = False
+        if self.smooth:
+            self.update()
+
+    # -- tile requests ------------------------------------------------------------------
+    def _visible_keys(self, level: int, l0_box: Box, ordered: bool = True) -> list[TileKey]:
+        src = self._shared.source
+        l0_box = l0_box.intersect(Box(0, 0, *src.dimensions))
+        if l0_box.is_empty:
+            return []
+        ds = src.level_downsamples[level]
+        lv_box = l0_to_lv(l0_box, ds)
+        sid = self._shared.slide_id
+        cx, cy = lv_box.center
+        grid = level_grid(src, level, self.loader.tile)
+        keys = [TileKey(sid, level, c, r) for c, r in grid.tiles_in(lv_box)]
+        if not ordered:
+            return keys
+        t = grid.tile
+        keys.sort(key=lambda k: ((k.col + 0.5) * t - cx) ** 2 + ((k.row + 0.5) * t - cy) ** 2)
+        return keys
+
+    def missing_visible_tiles(self) -> list[TileKey]:
+        if self._shared is None or self._viewport is None:
+            return []
+        keys = self._visible_keys(self.target_level(), self._viewport.l0_visible_box())
+        return [k for k in keys if k not in self.cache and k not in self._failed_keys]
+
+    @Slot()
+    def _send_requests(self) -> None:
+        if self._shared is None or self._viewport is None:
+            return
+        src = self._shared.source
+        level = self.target_level()
+        l0_vis = self._viewport.l0_visible_box()
+        wanted: list[TileKey] = []
+        if self._pin_level is not None:
+            whole = Box(0, 0, *src.dimensions)
+            wanted += [k for k in self._visible_keys(self._pin_level, whole) if k not in self.cache]
+        visible = self._visible_keys(level, l0_vis)
+        wanted += [k for k in visible if k not in self.cache]
+        # Prefetch a ring one tile wide around the view, at the same level.
+        ring_margin = self.loader.tile * src.level_downsamples[level]
+        seen = set(visible)
+        wanted += [k for k in self._visible_keys(level, l0_vis.expand(ring_margin)) if k not in seen and k not in self.cache]
+        self.loader.request(self._shared, [k for k in wanted if k not in self._failed_keys])
+
+    @Slot(object, object)
+    def _on_tile_ready(self, key: TileKey, image: QImage) -> None:
+        if self._shared is None or key.slide_id != self._shared.slide_id:
+            return  # a tile of a slide no longer shown: it would only take cache space
+        self.cache.put(key, image, pinned=key.level == self._pin_level)
+        if self._viewport is None:
+            return
+        src = self._shared.source
+        ds = src.level_downsamples[key.level]
+        l0_tile = lv_to_l0(level_grid(src, key.level, self.loader.tile).tile_box(key.col, key.row), ds)
+        rect = self._screen_rect(self._viewport.transform(), l0_tile)
+        if rect.intersects(self.rect()):
+            self.update(rect.adjusted(-1, -1, 1, 1))
+            if key.level == self.target_level() and not self.missing_visible_tiles():
+                self.tiles_complete.emit()
+
+    @Slot(object, str)
+    def _on_tile_failed(self, key: TileKey, message: str) -> None:
+        self._failed_keys.add(key)  # painted from coarser levels from now on, never re-read
+        if key.slide_id not in self._reported_ids:
+            self._reported_ids.add(key.slide_id)  # one report per slide, not one per tile
+            self.slide_failed.emit(message)
+
+    # -- painting -----------------------------------------------------------------------
+    @staticmethod
+    def _screen_rect(t: ViewTransform, l0_box: Box) -> QRect:
+        # Round each edge on its own so neighbouring tiles share edges: no seams, no overlap.
+        x0, y0 = t.to_screen(l0_box.x0, l0_box.y0)
+        x1, y1 = t.to_screen(l0_box.x1, l0_box.y1)
+        left, top = round(x0), round(y0)
+        return QRect(left, top, round(x1) - left, round(y1) - top)
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        start = time.perf_counter()
+        self._tiles_drawn = 0
+        painter = QPainter(self)
+        rects = list(event.region())
+        try:
+            # Tiles arriving one by one dirty small rects; painting just those (not their
+            # bounding box) keeps a paint during loading to a few tiles.
+            self.paint_view(painter, rects)
+        finally:
+            painter.end()
+        end = time.perf_counter()
+        area = sum(r.width() * r.height() for r in rects) / max(1, self.width() * self.height())
+        self.paint_log.append((end, (end - start) * 1000, self._tiles_drawn, area))
+
+    def paint_view(self, painter: QPainter, clip_rects: list[QRect]) -> None:
+        """Paint the parts of the view under ``clip_rects`` (widget pixels) into ``painter``."""
+        for rect in clip_rects:
+            painter.fillRect(rect, OUTSIDE_COLOUR)
+        self.painter_calls += len(clip_rects)
+        if self._shared is None or self._viewport is None or self._shared.source.closed:
+            return
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.smooth and not self._moving)
+        t = self._viewport.transform()
+        src = self._shared.source
+        l0_slide = Box(0, 0, *src.dimensions)
+        slide_rect = self._screen_rect(t, l0_slide)
+        bg = QColor(*src.background_rgb)
+        level = self.target_level()
+        ds = src.level_downsamples[level]
+        grid = level_grid(src, level, self.loader.tile)
+        keys: dict[TileKey, None] = {}  # ordered set: a tile under two rects is drawn once
+        for rect in clip_rects:
+            painter.fillRect(slide_rect.intersected(rect), bg)
+            l0_clip = Box(*t.to_l0(rect.left(), rect.top()), *t.to_l0(rect.right() + 1, rect.bottom() + 1))
+            keys.update(dict.fromkeys(self._visible_keys(level, l0_clip, ordered=False)))
+        self.painter_calls += len(clip_rects)
+        for key in keys:
+            l0_tile = lv_to_l0(grid.tile_box(key.col, key.row), ds)
+            image = self.cache.get(key)
+            if image is not None:
+                painter.drawImage(self._screen_rect(t, l0_tile), image)
+                self.painter_calls += 1
+                self._tiles_drawn += 1
+            else:
+                self._paint_from_coarser(painter, t, l0_tile, level + 1)
+        l0_visible = self._viewport.l0_visible_box().intersect(l0_slide)
+        for layer in self._overlays:
+            layer.paint(painter, l0_visible, t)
+        if src.mpp:
+            self.painter_calls += paint_scale_bar(painter, self.rect(), src.mpp[0] / t.scale)
+
+    def _paint_from_coarser(self, painter: QPainter, t: ViewTransform, l0_box: Box, first_level: int) -> None:
+        """Fill ``l0_box`` from the finest coarser level whose covering tiles are all cached."""
+        src = self._shared.source
+        sid = self._shared.slide_id
+        for level in range(first_level, src.level_count):
+            ds = src.level_downsamples[level]
+            grid = level_grid(src, level, self.loader.tile)
+            cells = list(grid.tiles_in(l0_to_lv(l0_box, ds)))
+            images = [self.cache.peek(TileKey(sid, level, c, r)) for c, r in cells]
+            if not cells or any(img is None for img in images):
+                continue
+            for (col, row), image in zip(cells, images):
+                lv_tile = grid.tile_box(col, row)
+                l0_part = lv_to_l0(lv_tile, ds).intersect(l0_box)
+                if l0_part.is_empty:
+                    continue
+                lv_part = l0_to_lv(l0_part, ds)
+                source = QRectF(lv_part.x0 - lv_tile.x0, lv_part.y0 - lv_tile.y0, lv_part.width, lv_part.height)
+                painter.drawImage(QRectF(self._screen_rect(t, l0_part)), image, source)
+                self.painter_calls += 1
+                self._tiles_drawn += 1
+            return
+
+    def render_image(self) -> QImage:
+        """The view as an image of the widget's size, painted from the cache (UI thread)."""
+        image = QImage(self.size(), QImage.Format.Format_RGB32)
+        painter = QPainter(image)
+        try:
+            self.paint_view(painter, [image.rect()])
+        finally:
+            painter.end()
+        return image
+
+    # -- input --------------------------------------------------------------------------
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        if self._viewport is not None:
+            self._viewport.resize(self.width(), self.height())
+            self._view_changed()
+        super().resizeEvent(event)
+
+    def wheelEvent(self, event: QWheelEvent) -> None:
+        notches = event.angleDelta().y() / 120
+        if notches:
+            self.zoom_by(math.sqrt(2) ** notches, event.position())
+        event.accept()
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._drag_from = event.position()
+            self.setCursor(Qt.CursorShape.ClosedHandCursor)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        pos = event.position()
+        if self._drag_from is not None and event.buttons() & Qt.MouseButton.LeftButton:
+            delta = pos - self._drag_from
+            self._drag_from = pos
+            self.pan_by(delta.x(), delta.y())
+        if self._viewport is not None:
+            l0_x, l0_y = self._viewport.transform().to_l0(pos.x(), pos.y())
+            on_slide = 0 <= l0_x < self._viewport.l0_width and 0 <= l0_y < self._viewport.l0_height
+            self.cursor_moved.emit((l0_x, l0_y) if on_slide else None)
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._drag_from = None
+            self.unsetCursor()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        key = event.key()
+        step_x, step_y = self.width() * KEY_PAN_FRACTION, self.height() * KEY_PAN_FRACTION
+        pans = {Qt.Key.Key_Left: (step_x, 0), Qt.Key.Key_Right: (-step_x, 0), Qt.Key.Key_Up: (0, step_y), Qt.Key.Key_Down: (0, -step_y)}
+        if key in pans:
+            self.pan_by(*pans[key])
+        elif key in (Qt.Key.Key_Plus, Qt.Key.Key_Equal):
+            self.zoom_by(KEY_ZOOM)
+        elif key in (Qt.Key.Key_Minus, Qt.Key.Key_Underscore):
+            self.zoom_by(1 / KEY_ZOOM)
+        elif key == Qt.Key.Key_0:
+            self.fit()
+        else:
+            super().keyPressEvent(event)
