@@ -15,7 +15,7 @@ from torch import nn
 
 from engine.models import create_model
 
-GREY = (128, 128, 128)
+GREY = (235, 235, 235)  # glass background, as on real slides
 GREEN = (0, 255, 0)
 CLASSES = ("other", "green")
 #: Green squares of the positive test slide: level-0 boxes (x0, y0, x1, y1).
@@ -34,7 +34,7 @@ def green_detector() -> nn.Module:
                 m.running_var.fill_(1.0)
                 m.weight.fill_(1.0)
                 m.bias.zero_()
-        # Input normalised to [-1, 1]: green (-1, 1, -1) gives 4, grey 0, white 0, pink < 0.
+        # Input normalised to [-1, 1]: green (-1, 1, -1) gives 4, any grey or white 0, purple < 0.
         net.stage1[0].weight[0, :, 1, 1] = torch.tensor([-1.0, 2.0, -1.0])
         net.stage1[1].bias[0] = -1.0  # green: 3; anything else: <= -1, cut by the ReLU
         for stage in (net.stage2, net.stage3, net.stage4):
