@@ -103,12 +103,16 @@ class StreamingModule(nn.Module):
         progress: optional ``fn(phase, done, total)`` called after each block.
         should_stop: optional callable checked before each block; when it returns True the
             pass stops by raising :class:`~engine.errors.Cancelled`.
+        on_block: optional ``fn(rows, cols, values)`` called after each forward block with the
+            block's owned output cells (``rows``/``cols`` are output-plane intervals), e.g. to
+            show a map growing while the pass runs.
     """
 
     def __init__(self, trunk: nn.Module, tile_size: int | Sequence[int] | None = None, *,
                  memory_budget: int | None = None, freeze_batchnorm: bool = False,
                  channels_last: bool = False, progress: ProgressFn | None = None,
-                 should_stop: Callable[[], bool] | None = None):
+                 should_stop: Callable[[], bool] | None = None,
+                 on_block: Callable[[tuple[int, int], tuple[int, int], torch.Tensor], None] | None = None):
         super().__init__()
         self.trunk = trunk
         self.freeze_batchnorm = freeze_batchnorm
@@ -117,6 +121,7 @@ class StreamingModule(nn.Module):
         self.channels_last = channels_last
         self.progress = progress
         self.should_stop = should_stop
+        self.on_block = on_block
         if tile_size is None and memory_budget is None:
             raise TileSizeError("give tile_size (input pixels per tile) or memory_budget (bytes per tile)")
         if tile_size is None:
@@ -295,6 +300,8 @@ class StreamingModule(nn.Module):
                         out = y.new_empty((y.shape[0], y.shape[1], *plan.out_hw))
                     r0, c0 = rb.own_start - rb.start, cb.own_start - cb.start
                     out[:, :, rb.own_start:rb.end, cb.own_start:cb.end] = y[:, :, r0:, c0:]
+                    if self.on_block is not None:
+                        self.on_block((rb.own_start, rb.end), (cb.own_start, cb.end), y[:, :, r0:, c0:])
                     done += 1
                     if self.progress:
                         self.progress("forward", done, plan.n_blocks)

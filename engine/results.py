@@ -1,0 +1,129 @@
+"""Write and read a job's maps: ``maps.npz`` (float arrays with level-0 geometry), one tiled
+TIFF image per layer (colour-mapped, openable by this viewer and other tools), ``prediction.json``.
+
+Every file is written to a temporary name in its folder, fsynced and moved into place, so a
+crash or a full disk never leaves a half-written result under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import StreamSlideError
+from engine.jobs import L0Box, Prediction
+
+#: Viridis at ten evenly spaced stops (perceptually uniform, colour-blind safe), interpolated.
+_VIRIDIS = np.array([
+    [68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
+    [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43], [253, 231, 37]], dtype=np.float64)
+
+
+class ResultsError(StreamSlideError):
+    """Maps could not be written or read (disk full, unreadable or foreign file)."""
+
+
+@dataclass(frozen=True)
+class MapLayer:
+    """A whole map: ``values`` ((K, h, w) or (h, w) float32) covering ``l0_box`` on the slide."""
+
+    values: np.ndarray
+    l0_box: L0Box
+
+
+def colorize(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(h, w) floats to (h, w, 3) uint8 viridis, ``lo``..``hi`` mapped to the ends; NaN is black."""
+    t = np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    pos = np.nan_to_num(t, nan=0.0) * (len(_VIRIDIS) - 1)
+    i = np.minimum(pos.astype(np.int64), len(_VIRIDIS) - 2)
+    f = (pos - i)[..., None]
+    rgb = _VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f
+    rgb[np.isnan(values)] = 0
+    return np.round(rgb).astype(np.uint8)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_maps(out_dir: str | os.PathLike, layers: dict[str, MapLayer], *, slide_path: str,
+               classes: tuple[str, ...], prediction: Prediction | None, slide_mpp: float | None = None,
+               extra: dict | None = None) -> dict[str, str]:
+    """Write the maps and the prediction; returns ``{kind: path}`` of what was written."""
+    from engine.svs import write_svs_array
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written: dict[str, str] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for name, layer in layers.items():
+            arrays[f"{name}"] = np.asarray(layer.values, dtype=np.float32)
+            arrays[f"{name}_l0_box"] = np.asarray(layer.l0_box, dtype=np.float64)
+        meta = {"slide": str(slide_path), "classes": list(classes), "layers": sorted(layers),
+                **(extra or {})}
+        arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        npz = out / "maps.npz"
+        _atomic_write(npz, lambda f: np.savez_compressed(f, **arrays))
+        written["maps_npz"] = str(npz)
+
+        for name, layer in layers.items():
+            for k, (label, plane) in enumerate(_planes(name, layer.values, classes)):
+                hi = 1.0 if name == "prediction" else float(np.nanmax(plane)) if np.isfinite(plane).any() else 1.0
+                rgb = colorize(plane, 0.0, hi)
+                cell_l0 = (layer.l0_box[2] - layer.l0_box[0]) / plane.shape[1]
+                tif = out / f"{label}.tif"
+                mpp = slide_mpp * cell_l0 if slide_mpp else None
+                # write_svs_array is itself atomic (temporary name, then os.replace).
+                write_svs_array(tif, np.ascontiguousarray(rgb), mpp=mpp, app_mag=None, tile=256)
+                written[f"{label}_tiff"] = str(tif)
+
+        if prediction is not None:
+            doc = {"slide": str(slide_path), "classes": list(prediction.classes),
+                   "probabilities": list(prediction.probabilities), "label": prediction.label, **(extra or {})}
+            pj = out / "prediction.json"
+            _atomic_write(pj, lambda f: f.write(json.dumps(doc, indent=2).encode()))
+            written["prediction_json"] = str(pj)
+        return written
+    except OSError as exc:
+        raise ResultsError(f"could not write results to {out}: {exc.strerror or exc}. Free disk space or "
+                           "choose another folder; nothing half-written was left under the final names.") from exc
+
+
+def _planes(name: str, values: np.ndarray, classes: tuple[str, ...]):
+    if values.ndim == 3:
+        for k in range(values.shape[0]):
+            cls = classes[k] if k < len(classes) else str(k)
+            yield f"{name}_{cls}", values[k]
+    else:
+        yield name, values
+
+
+def read_maps(path: str | os.PathLike) -> tuple[dict[str, MapLayer], dict]:
+    """Read ``maps.npz`` (or the folder holding it) back into layers and its metadata."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "maps.npz"
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta_json"]).decode())
+            layers = {name: MapLayer(data[name], tuple(float(v) for v in data[f"{name}_l0_box"]))
+                      for name in meta["layers"]}
+    except (OSError, KeyError, ValueError) as exc:
+        raise ResultsError(f"{p} is not a StreamSlide maps file ({type(exc).__name__}: {exc}); "
+                           "choose the maps.npz a job wrote") from exc
+    return layers, meta
