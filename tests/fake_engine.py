@@ -25,8 +25,9 @@ def cell_value(map_r: int, map_c: int) -> float:
 
 
 class FakeRunner:
-    def __init__(self, *, l0_cell: int = 64, block_cells: int = 4, gate: threading.Event | None = None, fail: str | None = None) -> None:
-        self.l0_cell, self.block_cells = l0_cell, block_cells
+    def __init__(self, *, l0_cell: int = 64, block_cells: int = 4, gate: threading.Event | None = None, fail: str | None = None,
+                 l0_size: tuple[int, int] = (4096, 3072)) -> None:
+        self.l0_cell, self.block_cells, self.l0_size = l0_cell, block_cells, l0_size
         self.gate, self.fail = gate, fail
         self.started = threading.Event()
         self.calls: list[InferenceSpec] = []
@@ -39,7 +40,7 @@ class FakeRunner:
             raise CheckpointError(f"{spec.model_path}: not a StreamSlide model (no model.json beside it); choose a checkpoint folder")
         if self.fail == "slide":
             raise SlideError(f"{spec.slide_path}: the slide could not be read (truncated file)")
-        x0, y0, x1, y1 = spec.l0_region
+        x0, y0, x1, y1 = spec.l0_region or (0, 0, *self.l0_size)  # the engine would use the tissue box
         cell = self.l0_cell
         map_h, map_w = (y1 - y0) // cell, (x1 - x0) // cell
         map_box = (x0, y0, x0 + map_w * cell, y0 + map_h * cell)

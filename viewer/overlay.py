@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from PySide6.QtCore import QObject, QRectF, Signal
+from PySide6.QtCore import QObject, QRectF, QTimer, Signal, Slot
 from PySide6.QtGui import QImage, QPainter
 
 from engine.geometry import Box
@@ -209,6 +209,11 @@ class OverlayStack(QObject):
         self.styles: dict[str, LayerStyle] = {}
         self.active: str | None = None
         self.generation = 0
+        self._defaulted: set[str] = set()  # names whose style nobody has set yet
+        # Patches of one burst repaint once: their boxes are merged until the event loop turns.
+        self._dirty_l0: Box | None = None
+        self._flush_timer = QTimer(self, singleShot=True, interval=0)
+        self._flush_timer.timeout.connect(self._flush_dirty)
 
     # -- generations and patches -----------------------------------------------------------
     def begin(self, generation: int) -> None:
@@ -227,34 +232,55 @@ class OverlayStack(QObject):
         for part in patch.layers:
             layer = self.layers.get(part.name)
             if layer is None:
-                layer = MapOverlay(part.name, patch.geometry, self.style_for(part.name))
-                self.layers[part.name] = layer
+                layer = self._new_layer(part.name, patch.geometry)
                 added = True
             layer.write(patch.map_r0, patch.map_c0, part)
             self._grow_auto_range(layer)
             self._schedule_recolour(layer)
         if added:
-            if self.active not in self.layers:
-                self.active = next(iter(self.layers))
             self.layers_changed.emit()
             self.changed.emit(None)
         else:
-            self.changed.emit(patch.l0_box)
+            self._dirty_l0 = patch.l0_box if self._dirty_l0 is None else self._dirty_l0.union(patch.l0_box)
+            if not self._flush_timer.isActive():
+                self._flush_timer.start()
         return True
+
+    @Slot()
+    def _flush_dirty(self) -> None:
+        box, self._dirty_l0 = self._dirty_l0, None
+        if box is not None:
+            self.changed.emit(box)
 
     def add_layer(self, name: str, geometry: MapGeometry, values: np.ndarray, value_range: tuple[float, float]) -> None:
         """Show a whole float map (a reloaded ``maps.npz``; ``value_range`` from
         :func:`finite_range` on the worker that read it); colour-mapped on a worker."""
-        layer = MapOverlay(name, geometry, self.style_for(name))
+        layer = self._new_layer(name, geometry)
         layer.values = np.ascontiguousarray(values, np.float32)
         layer.note_range(*value_range)
-        self.layers[name] = layer
         layer.needs_recolour = True
         self._grow_auto_range(layer)
         self._schedule_recolour(layer)
-        if self.active not in self.layers:
-            self.active = name
         self.layers_changed.emit()
+
+    def _new_layer(self, name: str, geometry: MapGeometry) -> MapOverlay:
+        """A fresh layer. Until the user styles them, only the last class's probability is
+        shown (classes arrive in order, and the last is usually the positive one; several
+        translucent layers at once only muddle), and it is the active layer, whose legend
+        is drawn. Saliency starts hidden."""
+        if name not in self.styles:
+            shown = name.startswith("prediction")
+            self._set_default_style(name, default_style(name).changed(visible=shown))
+            if shown:
+                for other in self.layers:
+                    if other in self._defaulted and other.startswith("prediction"):
+                        self._set_default_style(other, self.styles[other].changed(visible=False))
+                        self.layers[other].style = self.styles[other]
+        layer = MapOverlay(name, geometry, self.style_for(name))
+        self.layers[name] = layer
+        if self.active not in self.layers or (layer.style.visible and not self.layers[self.active].style.visible):
+            self.active = name
+        return layer
 
     def clear(self) -> None:
         self.layers.clear()
@@ -263,7 +289,13 @@ class OverlayStack(QObject):
         self.changed.emit(None)
 
     # -- styles ------------------------------------------------------------------------------
+    def _set_default_style(self, name: str, style: LayerStyle) -> None:
+        self.styles = {**self.styles, name: style}
+        self._defaulted.add(name)
+
     def set_style(self, name: str, **changes) -> LayerStyle:
+        """Change a layer's style (the user's edits; also the auto range)."""
+        self._defaulted.discard(name)
         style = self.style_for(name).changed(**changes)
         self.styles = {**self.styles, name: style}
         layer = self.layers.get(name)

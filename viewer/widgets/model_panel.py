@@ -25,6 +25,12 @@ def describe_input(card) -> str:
     return f"level {getattr(card, 'input_level', 0) or 0}"
 
 
+def describe_provenance(provenance) -> str:
+    if isinstance(provenance, dict):
+        return "; ".join(f"{k}: {v}" for k, v in provenance.items()) or "—"
+    return str(provenance or "—")
+
+
 class ModelPanel(QWidget):
     model_chosen = Signal(str)
     #: "slide", "view" or "region" (a rectangle, once drawn).
@@ -114,7 +120,7 @@ class ModelPanel(QWidget):
         f["Classes"].setText(", ".join(card.classes))
         f["Input"].setText(describe_input(card))
         f["Tile size"].setText(f"{card.tile_size} px" if card.tile_size else "—")
-        f["From"].setText(str(card.provenance or "—"))
+        f["From"].setText(describe_provenance(card.provenance))
         f["SHA-256"].setText(f"{card.sha256[:16]}…" if card.sha256 else "—")
         f["SHA-256"].setToolTip(card.sha256 or "")
         self.status.setText(f"Loaded {path}")
