@@ -97,9 +97,12 @@ class MainWindow(QMainWindow):
                  self._dock("Overlays", self.live.overlay_panel, Qt.DockWidgetArea.RightDockWidgetArea),
                  self._dock("Properties", self.properties, Qt.DockWidgetArea.RightDockWidgetArea),
                  self._dock("Associated images", self.associated, Qt.DockWidgetArea.RightDockWidgetArea)]
-        self.tabifyDockWidget(right[2], right[3])
-        right[2].raise_()
-        self.resizeDocks(left + right[:3], [300, 300, 380, 380, 380], Qt.Orientation.Horizontal)
+        # Model, Properties and Associated images share one tab group, so the view keeps its width
+        # and the docks their height; the overlay controls stay visible beside the slide.
+        self.tabifyDockWidget(right[0], right[2])
+        self.tabifyDockWidget(right[0], right[3])
+        right[0].raise_()
+        self.resizeDocks(left + right[:2], [300, 300, 380, 380], Qt.Orientation.Horizontal)
         self.position_label = QLabel()
         self.zoom_label = QLabel()
         self.statusBar().addPermanentWidget(self.live.readout)

@@ -129,6 +129,11 @@ class SlideView(QWidget):
             return
         rect = self._screen_rect(self._viewport.transform(), l0_box).adjusted(-1, -1, 1, 1)
         if rect.intersects(self.rect()):
+            # Repaint the tiles under live map patches unfiltered, like a moving view (about
+            # 3x cheaper; a filtered paint of a single-level slide took 220 ms here), and
+            # smoothly once patches pause.
+            self._moving = True
+            self._settle_timer.start()
             self.update(rect)
 
     def set_region_mode(self, on: bool) -> None:

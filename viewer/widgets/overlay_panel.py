@@ -22,8 +22,8 @@ INTERPOLATIONS = ("Nearest", "Smooth")
 
 def _spin() -> QDoubleSpinBox:
     spin = QDoubleSpinBox()
-    spin.setDecimals(4)
-    spin.setRange(-1e9, 1e9)
+    spin.setDecimals(3)
+    spin.setRange(-1e6, 1e6)
     spin.setSingleStep(0.05)
     spin.setKeyboardTracking(False)  # one change per edit, not one per keystroke
     return spin
