@@ -117,6 +117,11 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
                 prediction_patch(probs.cpu().numpy().astype(np.float32), rows, cols, out_hw, cell)
 
         stream.on_block = on_block
+        if spec.priority_l0_box is not None:
+            px0, py0, px1, py1 = spec.priority_l0_box
+            ds = region.downsample
+            stream.forward_priority = (((py0 + py1) / 2 / ds - region.lv_y0) / cell[0],
+                                       ((px0 + px1) / 2 / ds - region.lv_x0) / cell[1])
         autocast = torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
             if device.type == "cuda" else _null()
         prediction = None

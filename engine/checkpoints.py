@@ -114,7 +114,8 @@ def _validate_card(card: ModelCard, source: str) -> None:
     """Check types and ranges in place, normalising JSON lists to tuples and ints to floats."""
 
     def bad(name: str, why: str) -> CheckpointError:
-        return CheckpointError(f"{source}: field '{name}' {why} (got {getattr(card, name)!r}); fix or re-export the card")
+        return CheckpointError(f"{source}: field '{name}' {why} (got {getattr(card, name)!r}); "
+                               "fix or re-export the card")
 
     def put(name: str, value: Any) -> None:
         object.__setattr__(card, name, value)  # frozen: normalise once, here
@@ -309,8 +310,8 @@ def load_checkpoint(path: str | Path, *, device: str = "cpu") -> tuple[SplitNet,
     Verifies the weights' sha256 against the card, then that their keys and shapes are exactly
     those of the card's architecture.
     """
-    import safetensors.torch
     from safetensors import SafetensorError
+    from safetensors.torch import load as safetensors_load
 
     card = read_model_card(path)
     _, weights_path = _card_and_weights(path)
@@ -325,7 +326,7 @@ def load_checkpoint(path: str | Path, *, device: str = "cpu") -> tuple[SplitNet,
                               f"replaced without its {CARD_NAME} (expected {card.sha256[:12]}…, "
                               f"got {digest[:12]}…); re-export the model")
     try:
-        state = safetensors.torch.load(data)
+        state = safetensors_load(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({e}); re-export the model") from e
     model = build_model(card)
@@ -403,12 +404,12 @@ def import_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if path.suffix == ".safetensors":
-        import safetensors.torch
         from safetensors import SafetensorError
+        from safetensors.torch import load as safetensors_load
 
         data = _read_bytes(path, "weights file")
         try:
-            obj = safetensors.torch.load(data)
+            obj = safetensors_load(data)
         except (SafetensorError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated; "
                                   "download or export it again") from e
@@ -416,8 +417,9 @@ def import_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         data = _read_bytes(path, "weights file")
         _refuse_unsafe_pickle(data, path)
         try:
-            # weights_only=True written explicitly: torch ignores TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD then.
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            # weights_only=True written explicitly: torch ignores TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD then;
+            # mmap=False so a global torch.utils.serialization config cannot change how bytes are read.
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True, mmap=False)
         except Exception as e:  # noqa: BLE001 -- torch raises many types for bad input; each one is re-raised
             # torch's message advises weights_only=False; keep only the diagnosis, not that advice.
             names = re.findall(r"GLOBAL (\S+) was not an allowed global", str(e))
@@ -457,7 +459,7 @@ def _refuse_unsafe_pickle(data: bytes, path: Path) -> None:
     """Refuse, before any unpickling, a file whose pickle names globals outside the weights-only allowlist.
 
     The weights-only unpickler would refuse them too; checking first means the refusal does not
-    depend on how torch.load is configured, and the error can name every offending global.
+    depend on how torch's loader is configured, and the error can name every offending global.
     """
     import torch
 
@@ -498,7 +500,9 @@ def _pickle_globals(data: bytes) -> set[str]:
     found: set[str] = set()
     for blob in pkls:
         stream = io.BytesIO(blob)
-        for _ in range(8):  # a legacy file is five pickles, then raw storage bytes
+        # A legacy file is exactly five pickles, then raw storage bytes; stopping at five keeps
+        # tensor data (which may happen to start like a pickle) from being read as opcodes.
+        for _ in range(5):
             memo: dict[int, Any] = {}
             recent: list[Any] = []
             try:

@@ -27,6 +27,7 @@ class InferenceSpec:
     available), "cpu", "cuda" or "cuda:N". With ``saliency``, the input gradient of the class score
     (``saliency_class``, default the predicted class) is streamed and averaged over
     ``saliency_cell`` x ``saliency_cell`` input pixels. With ``out_dir``, results are written there.
+    ``priority_l0_box`` makes the prediction map start where the user is looking.
     """
 
     slide_path: str
@@ -40,6 +41,8 @@ class InferenceSpec:
     saliency_class: int | None = None
     saliency_cell: int = 8
     out_dir: str | None = None
+    #: Level-0 box to compute first (e.g. the view on screen); the rest of the region follows.
+    priority_l0_box: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -215,3 +215,14 @@ def test_gradients_are_not_all_zero(small_trunk):
     x = torch.randn(1, 3, 128, 128, dtype=torch.float64, requires_grad=True)
     StreamingModule(small_trunk, 64)(x).sum().backward()
     assert (x.grad != 0).float().mean() > 0.9
+
+
+def test_forward_priority_reorders_blocks_without_changing_the_result(small_trunk):
+    x = torch.randn(1, 3, 300, 260, dtype=torch.float64)
+    seen = []
+    stream = StreamingModule(small_trunk, 64, on_block=lambda rows, cols, y: seen.append((rows, cols)))
+    stream.forward_priority = (1e9, 1e9)  # bottom-right first
+    y = stream(x)
+    assert seen[0][0][1] == y.shape[2] and seen[0][1][1] == y.shape[3]
+    assert len(seen) == stream.tile_plan((300, 260)).n_blocks
+    assert rel_err(y, small_trunk(x)) < 1e-12

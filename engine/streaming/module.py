@@ -122,6 +122,10 @@ class StreamingModule(nn.Module):
         self.progress = progress
         self.should_stop = should_stop
         self.on_block = on_block
+        #: Output-plane (row, col) to start the forward pass from: blocks nearest to it run first
+        #: (e.g. what is on screen). Forward blocks are independent, so any order is exact; the
+        #: backward pass keeps raster order, which the input-gradient sink relies on.
+        self.forward_priority: tuple[float, float] | None = None
         if tile_size is None and memory_budget is None:
             raise TileSizeError("give tile_size (input pixels per tile) or memory_budget (bytes per tile)")
         if tile_size is None:
@@ -291,20 +295,29 @@ class StreamingModule(nn.Module):
         plan = self.tile_plan((h, w))
         out: torch.Tensor | None = None
         done = 0
+        order = [(i, j) for i in range(len(plan.rows)) for j in range(len(plan.cols))]
+        if self.forward_priority is not None:
+            pr, pc = self.forward_priority
+
+            def distance(ij):
+                rb, cb = plan.rows[ij[0]], plan.cols[ij[1]]
+                return ((rb.start + rb.end) / 2 - pr) ** 2 + ((cb.start + cb.end) / 2 - pc) ** 2
+
+            order.sort(key=distance)
         with torch.no_grad():
-            for rb, rp in zip(plan.rows, plan.row_plans):
-                for cb, cp in zip(plan.cols, plan.col_plans):
-                    self._check_stop()
-                    y = run_block(self.graph, self._read(source, rp.cone, cp.cone), rp, cp)
-                    if out is None:
-                        out = y.new_empty((y.shape[0], y.shape[1], *plan.out_hw))
-                    r0, c0 = rb.own_start - rb.start, cb.own_start - cb.start
-                    out[:, :, rb.own_start:rb.end, cb.own_start:cb.end] = y[:, :, r0:, c0:]
-                    if self.on_block is not None:
-                        self.on_block((rb.own_start, rb.end), (cb.own_start, cb.end), y[:, :, r0:, c0:])
-                    done += 1
-                    if self.progress:
-                        self.progress("forward", done, plan.n_blocks)
+            for i, j in order:
+                rb, rp, cb, cp = plan.rows[i], plan.row_plans[i], plan.cols[j], plan.col_plans[j]
+                self._check_stop()
+                y = run_block(self.graph, self._read(source, rp.cone, cp.cone), rp, cp)
+                if out is None:
+                    out = y.new_empty((y.shape[0], y.shape[1], *plan.out_hw))
+                r0, c0 = rb.own_start - rb.start, cb.own_start - cb.start
+                out[:, :, rb.own_start:rb.end, cb.own_start:cb.end] = y[:, :, r0:, c0:]
+                if self.on_block is not None:
+                    self.on_block((rb.own_start, rb.end), (cb.own_start, cb.end), y[:, :, r0:, c0:])
+                done += 1
+                if self.progress:
+                    self.progress("forward", done, plan.n_blocks)
         return out
 
     def _backward_blocks(self, source, grad_out: torch.Tensor, need_x: bool, need_params: Sequence[bool],
