@@ -66,7 +66,8 @@ def worker(cfg: dict) -> dict:
     # (a head with more stages costs the same with and without streaming, and hides the ratio).
     channels = [m for m in trunk.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
     fc = nn.Linear(channels, 2)
-    head = lambda fmap: fc(fmap.amax(dim=(2, 3)))  # noqa: E731
+    # adaptive_max_pool2d back-propagates by index (no map-sized masks as amax would make).
+    head = lambda fmap: fc(nn.functional.adaptive_max_pool2d(fmap, 1).flatten(1))  # noqa: E731
     size, method, mode = cfg["size"], cfg["method"], cfg["mode"]
     lazy = method == "stream-lazy"
 
@@ -218,6 +219,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-conventional-above", type=int, default=4096,
                     help="skip conventional/checkpoint rows above this size (they need tens of GB)")
     ap.add_argument("--json", type=Path, help="also write all rows as JSON here")
+    ap.add_argument("--peer-max-size", type=int, default=4096, help="largest size to run the peer at")
     ap.add_argument("--peer-python", default=None,
                     help="a Python with lightstream installed (default: this one, if it has lightstream)")
     args = ap.parse_args(argv)
@@ -238,8 +240,10 @@ def main(argv=None) -> int:
                 methods = []
                 if size <= args.no_conventional_above:
                     methods += [("conventional", None), ("checkpoint", None)]
-                methods += [("stream", t) for t in tiles if t <= size] + [("stream-lazy", max(t for t in tiles if t <= size))]
-                if peer:
+                # The lazy rows use the smallest tile, so their cones are equal across sizes
+                # (compare their memory: it should not grow with the image).
+                methods += [("stream", t) for t in tiles if t <= size] + [("stream-lazy", min(t for t in tiles if t <= size))]
+                if peer and size <= args.peer_max_size:
                     methods += [("lightstream", t) for t in tiles if t <= size]
                 for mode in args.modes:
                     for method, tile in methods:
