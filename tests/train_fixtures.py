@@ -14,7 +14,7 @@ import numpy as np
 
 GLASS = (235, 235, 235)
 TISSUE = (170, 110, 180)
-LESION = (40, 40, 150)
+LESION = (10, 10, 50)
 
 
 def slide_rgb(size: int, positive: bool, rng: np.random.Generator, lesion: int = 12) -> np.ndarray:
