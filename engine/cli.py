@@ -109,8 +109,8 @@ class TrainingReport:
     """The CLI's adapter for training events: a progress bar on stderr, one line per validation,
     checkpoint and skipped step on stdout (the metrics log file holds every step)."""
 
-    def __init__(self, stream=sys.stdout):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
         self.bar = ProgressBar("train")
         self._epoch = 0
 
