@@ -135,6 +135,14 @@ class Trainer:
         self.spec, self.on_event, self.cancel = spec, on_event, cancel
         device = resolve_device(spec.device)
         self.ctx = distributed.init_from_env(device)
+        try:
+            self._build(device)
+        except BaseException:
+            distributed.shutdown(self.ctx)
+            raise
+
+    def _build(self, device: torch.device) -> None:
+        spec = self.spec
         self.device = distributed.device_for_rank(device, self.ctx)
         self.dtype = DTYPES[spec.dtype]
         self.out = Path(spec.out_dir)

@@ -106,7 +106,10 @@ def find_checkpoint(directory: str | Path) -> Path | None:
     directory = Path(directory)
     _, old = _side_names(directory)
     if not directory.exists() and (old / STATE_JSON).exists():
-        os.replace(old, directory)
+        try:
+            os.replace(old, directory)
+        except FileNotFoundError:  # another rank recovered it first
+            pass
     return directory if (directory / STATE_JSON).exists() else None
 
 
