@@ -194,7 +194,8 @@ def _floor(stream, size: int) -> dict:
     """Recomputed area over image area, from the tile plan (the overlap cost of streaming)."""
     plan = stream.tile_plan((size, size))
     area = sum((rp.cone[1] - rp.cone[0]) * (cp.cone[1] - cp.cone[0]) for rp in plan.row_plans for cp in plan.col_plans)
-    return {"overlap": area / size ** 2, "blocks": plan.n_blocks}
+    cone = max(rp.cone[1] - rp.cone[0] for rp in plan.row_plans)
+    return {"overlap": area / size ** 2, "blocks": plan.n_blocks, "cone": cone}
 
 
 def run_config(cfg: dict, python: str = sys.executable) -> dict:
@@ -256,7 +257,7 @@ def main(argv=None) -> int:
     return 0
 
 
-HEADER = ("| model | size | mode | method | tile | s | x conv | floor | peak MiB | work MiB | map MiB | grad err |\n"
+HEADER = ("| model | size | mode | method | tile (cone) | s | x conv | floor | peak MiB | work MiB | map MiB | grad err |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -273,7 +274,8 @@ def _fmt(rows, r) -> str:
         # train: conventional = 1 forward + 2 backward; streaming = 1 forward + (1 + 2) x overlap
         floor = f"{(1 * ov + 3 * ov) / 3:.2f}" if r["mode"] == "train" else f"{ov:.2f}"
     err = f"{r['grad_err']:.1e}" if "grad_err" in r else ""
-    return (f"| {r['model']} | {r['size']}² | {r['mode']} | {r['method']} | {r['tile'] or ''} | {r['seconds']:.2f} | "
+    tile = str(r["tile"] or "") + (f" ({r['floor']['cone']})" if "cone" in r.get("floor", {}) else "")
+    return (f"| {r['model']} | {r['size']}² | {r['mode']} | {r['method']} | {tile} | {r['seconds']:.2f} | "
             f"{ratio} | {floor} | {r['peak_mib']:.0f} | {r['work_mib']:.0f} | {r['map_mib']:.0f} | {err} |")
 
 

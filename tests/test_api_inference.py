@@ -147,3 +147,19 @@ def test_priority_box_is_computed_first(workdir):
     assert first.l0_box[2] >= 900 and first.l0_box[3] >= 700
     _, plain = _run(workdir, saliency=False)
     assert next(e for e in plain if isinstance(e, MapPatch)).l0_box[:2] == (0.0, 0.0)
+
+
+def test_cancel_during_saliency_keeps_prediction_and_finished_saliency(workdir):
+    token = CancelToken()
+    seen = []
+
+    def on_event(e):
+        seen.append(e)
+        if isinstance(e, MapPatch) and e.layer == "saliency":
+            token.cancel()
+
+    spec = InferenceSpec(slide_path=str(workdir / "green.svs"), model_path=str(workdir / "model"),
+                         l0_region=(0, 0, 1024, 768))
+    result = run_inference(spec, on_event, token)
+    assert result.cancelled and result.prediction is not None
+    assert len([e for e in seen if isinstance(e, MapPatch) and e.layer == "saliency"]) == 1

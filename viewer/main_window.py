@@ -16,6 +16,8 @@ from engine.slides import SlideSource, open_slide
 from viewer import export
 from viewer.background import BackgroundRunner
 from viewer.images import array_to_qimage
+from viewer.jobs import Runner, engine_runner
+from viewer.live_maps import LiveMaps
 from viewer.slide_view import SlideView
 from viewer.sources import SharedSource
 from viewer.state import MAGNIFICATION_PRESETS, RecentFiles, Viewport, available_presets, format_length_um
@@ -64,7 +66,8 @@ class MainWindow(QMainWindow):
     export_done = Signal(str)
     error_reported = Signal(str)
 
-    def __init__(self, *, settings: QSettings | None = None, cache_bytes: int | None = None, popups: bool = True) -> None:
+    def __init__(self, *, settings: QSettings | None = None, cache_bytes: int | None = None, popups: bool = True,
+                 runner: Runner = engine_runner) -> None:
         super().__init__()
         self.setWindowTitle("StreamSlide")
         self.settings = settings or QSettings("StreamSlide", "viewer")
@@ -88,11 +91,21 @@ class MainWindow(QMainWindow):
         self.associated = AssociatedImagesPanel()
         left = [self._dock("Overview", self.overview, Qt.DockWidgetArea.LeftDockWidgetArea),
                 self._dock("Slide browser", self.browser, Qt.DockWidgetArea.LeftDockWidgetArea)]
-        right = [self._dock("Properties", self.properties, Qt.DockWidgetArea.RightDockWidgetArea),
+        # Model maps: the panels live in LiveMaps; the window only docks them.
+        self.live = LiveMaps(self.view, self.report_error, self.settings, runner=runner, parent=self)
+        right = [self._dock("Model", self.live.model_widget, Qt.DockWidgetArea.RightDockWidgetArea),
+                 self._dock("Overlays", self.live.overlay_panel, Qt.DockWidgetArea.RightDockWidgetArea),
+                 self._dock("Properties", self.properties, Qt.DockWidgetArea.RightDockWidgetArea),
                  self._dock("Associated images", self.associated, Qt.DockWidgetArea.RightDockWidgetArea)]
-        self.resizeDocks(left + right, [300, 300, 380, 380], Qt.Orientation.Horizontal)
+        # Model, Properties and Associated images share one tab group, so the view keeps its width
+        # and the docks their height; the overlay controls stay visible beside the slide.
+        self.tabifyDockWidget(right[0], right[2])
+        self.tabifyDockWidget(right[0], right[3])
+        right[0].raise_()
+        self.resizeDocks(left + right[:2], [300, 300, 380, 380], Qt.Orientation.Horizontal)
         self.position_label = QLabel()
         self.zoom_label = QLabel()
+        self.statusBar().addPermanentWidget(self.live.readout)
         self.statusBar().addPermanentWidget(self.position_label)
         self.statusBar().addPermanentWidget(self.zoom_label)
         self._build_actions()
@@ -134,6 +147,9 @@ class MainWindow(QMainWindow):
         file_menu.addActions([self.export_action, self.close_action])
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
+
+        model_menu = self.menuBar().addMenu("&Model")
+        model_menu.addActions(self.live.actions)
 
         view_menu = self.menuBar().addMenu("&View")
         self.fit_action = self._action("&Fit (0)", self.view.fit)
@@ -221,6 +237,7 @@ class MainWindow(QMainWindow):
         self.current_path = key
         source = entry.shared.source
         entry.viewport = self.view.set_slide(entry.shared, entry.viewport)
+        self.live.set_slide(key)
         self.setWindowTitle(f"{source.name} — StreamSlide")
         self.properties.set_slide(source)
         self.associated.set_names(source.associated_image_names)
@@ -240,6 +257,7 @@ class MainWindow(QMainWindow):
         self.slide_combo.removeItem(self.slide_combo.findData(key))
         self.current_path = None
         self.view.set_slide(None)
+        self.live.slide_closed(key)
         self.cache.drop_slide(entry.shared.slide_id)
         entry.shared.close_when_idle()  # the last worker inside it closes it; never blocks here
         if self.slides:
@@ -383,6 +401,7 @@ class MainWindow(QMainWindow):
             return
         self._shut = True
         self.view.set_slide(None)
+        self.live.shutdown()
         self.loader.shutdown()
         self.runner.shutdown()
         for entry in self.slides.values():

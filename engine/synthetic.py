@@ -1,0 +1,148 @@
+"""Synthetic H&E-like whole-slide images with small lesions, deterministic by seed.
+
+A slide has white glass, a tissue blob with a ragged outline, pink fibrous stroma with scattered
+small purple nuclei and, on positive slides, a few lesions: round clusters (a few hundred µm)
+of larger, darker, crowded cells. Only the image-level label is meant for training; the lesion
+mask is written beside it for evaluating saliency. Slides are tiled pyramidal Aperio SVS files
+that OpenSlide reads, rendered tile by tile so large slides never sit in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.geometry import Box
+
+GLASS = np.array([242, 240, 244], np.float32)
+STROMA = np.array([233, 160, 196], np.float32)
+NUCLEUS = np.array([95, 55, 150], np.float32)
+LESION_CELL = np.array([70, 40, 125], np.float32)
+
+
+@dataclass(frozen=True)
+class SlideRecipe:
+    """Everything that decides a slide's pixels (level-0 pixels unless named otherwise)."""
+
+    seed: int
+    size: tuple[int, int] = (4096, 4096)
+    mpp: float = 0.5
+    positive: bool = False
+    lesions: int = 3
+    lesion_radius_um: float = 120.0
+    nucleus_spacing_px: float = 22.0
+
+
+@dataclass(frozen=True)
+class Lesion:
+    l0_x: float
+    l0_y: float
+    l0_radius: float
+
+
+class _Scene:
+    """The slide's geometry: tissue field, nuclei and lesion cells, computed once from the seed."""
+
+    def __init__(self, recipe: SlideRecipe):
+        self.recipe = recipe
+        rng = np.random.default_rng(recipe.seed)
+        w, h = recipe.size
+        # Tissue: smooth random field on a coarse grid, thresholded; bilinear upsampling per tile.
+        self.grid_step = 64
+        gh, gw = h // self.grid_step + 2, w // self.grid_step + 2
+        field = rng.normal(size=(gh, gw)).astype(np.float32)
+        for _ in range(6):  # cheap smoothing: repeated 3x3 box blur
+            field = (field + np.roll(field, 1, 0) + np.roll(field, -1, 0) + np.roll(field, 1, 1) + np.roll(field, -1, 1)) / 5
+        yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+        cy, cx = (gh - 1) / 2, (gw - 1) / 2
+        radial = 1.0 - np.hypot((yy - cy) / (gh / 2), (xx - cx) / (gw / 2))  # favour a central blob
+        self.tissue_field = radial + 2.5 * field
+        spacing = recipe.nucleus_spacing_px
+        n = int(w * h / spacing ** 2)
+        self.nuclei = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n), rng.uniform(2.0, 3.5, n)], axis=1)
+        self.lesions: list[Lesion] = []
+        cells = []
+        if recipe.positive:
+            r = recipe.lesion_radius_um / recipe.mpp
+            for _ in range(recipe.lesions):
+                for _attempt in range(200):  # place lesions inside tissue, not on glass
+                    x, y = rng.uniform(r, w - r), rng.uniform(r, h - r)
+                    if self._tissue_at(np.array([[y]]), np.array([[x]]))[0, 0]:
+                        break
+                self.lesions.append(Lesion(float(x), float(y), float(r)))
+                m = int(np.pi * r * r / (0.45 * spacing) ** 2)
+                ang, rad = rng.uniform(0, 2 * np.pi, m), r * np.sqrt(rng.uniform(0, 1, m))
+                cells.append(np.stack([x + rad * np.cos(ang), y + rad * np.sin(ang), rng.uniform(4.0, 6.0, m)], axis=1))
+        self.cells = np.concatenate(cells) if cells else np.zeros((0, 3))
+
+    def _tissue_at(self, l0_y: np.ndarray, l0_x: np.ndarray) -> np.ndarray:
+        gy, gx = l0_y / self.grid_step, l0_x / self.grid_step
+        y0, x0 = np.floor(gy).astype(int), np.floor(gx).astype(int)
+        fy, fx = gy - y0, gx - x0
+        f = self.tissue_field
+        v = (f[y0, x0] * (1 - fy) * (1 - fx) + f[y0 + 1, x0] * fy * (1 - fx)
+             + f[y0, x0 + 1] * (1 - fy) * fx + f[y0 + 1, x0 + 1] * fy * fx)
+        return v > 0.35
+
+    def render(self, downsample: float, lv_box: Box) -> np.ndarray:
+        """RGB uint8 of a level box (engine.svs's renderer contract)."""
+        x0, y0, x1, y1 = int(lv_box.x0), int(lv_box.y0), int(lv_box.x1), int(lv_box.y1)
+        ly = (np.arange(y0, y1, dtype=np.float32) + 0.5) * downsample
+        lx = (np.arange(x0, x1, dtype=np.float32) + 0.5) * downsample
+        tissue = self._tissue_at(ly[:, None], lx[None, :])
+        fibres = 0.5 + 0.5 * np.sin(lx[None, :] * 0.05 + 3 * np.sin(ly[:, None] * 0.013))
+        rgb = np.where(tissue[..., None], STROMA - 18 * fibres[..., None], GLASS)
+        dark = np.zeros(tissue.shape, np.float32)
+        lesion = np.zeros(tissue.shape, np.float32)
+        for points, target in ((self.nuclei, dark), (self.cells, lesion)):
+            self._stamp(points, target, lx, ly, downsample)
+        dark *= tissue
+        lesion *= tissue  # lesions grow in tissue, never on the glass
+        rgb = rgb * (1 - dark[..., None]) + NUCLEUS * dark[..., None]
+        rgb = rgb * (1 - lesion[..., None]) + LESION_CELL * lesion[..., None]
+        return np.clip(rgb, 0, 255).astype(np.uint8)
+
+    @staticmethod
+    def _stamp(points: np.ndarray, target: np.ndarray, lx: np.ndarray, ly: np.ndarray, ds: float) -> None:
+        if not len(points):
+            return
+        bx0, bx1, by0, by1 = lx[0] - 8 * ds, lx[-1] + 8 * ds, ly[0] - 8 * ds, ly[-1] + 8 * ds
+        inside = (points[:, 0] > bx0) & (points[:, 0] < bx1) & (points[:, 1] > by0) & (points[:, 1] < by1)
+        for px, py, pr in points[inside]:
+            c0, c1 = np.searchsorted(lx, [px - pr - ds, px + pr + ds])
+            r0, r1 = np.searchsorted(ly, [py - pr - ds, py + pr + ds])
+            if c1 <= c0 or r1 <= r0:
+                continue
+            d = np.hypot(lx[None, c0:c1] - px, ly[r0:r1, None] - py)
+            # Anti-aliased disc: coverage falls from 1 to 0 over one level pixel at the rim.
+            cover = np.clip((pr - d) / ds + 0.5, 0, 1)
+            np.maximum(target[r0:r1, c0:c1], cover, out=target[r0:r1, c0:c1])
+
+    def lesion_mask(self, cell: int) -> np.ndarray:
+        """Boolean (h/cell, w/cell) mask of lesion discs, for evaluation only."""
+        w, h = self.recipe.size
+        ys = (np.arange(0, h, cell) + cell / 2)[:, None]
+        xs = (np.arange(0, w, cell) + cell / 2)[None, :]
+        mask = np.zeros((len(ys), xs.shape[1]), bool)
+        for les in self.lesions:
+            mask |= np.hypot(xs - les.l0_x, ys - les.l0_y) <= les.l0_radius
+        return mask
+
+
+def write_synthetic_slide(path: str | os.PathLike, recipe: SlideRecipe, *, mask_cell: int = 16) -> dict:
+    """Write the slide (SVS) and, beside it, ``<stem>.mask.npz`` (lesion mask at ``mask_cell``
+    level-0 pixels per cell) and ``<stem>.json`` (recipe, lesions). Returns that JSON."""
+    from engine.svs import write_svs
+
+    path = Path(path)
+    scene = _Scene(recipe)
+    write_svs(path, recipe.size, scene.render, mpp=recipe.mpp, app_mag=20 * 0.5 / recipe.mpp, tile=256)
+    mask = scene.lesion_mask(mask_cell)
+    np.savez_compressed(path.with_suffix(".mask.npz"), mask=mask, cell=np.int64(mask_cell))
+    info = {"recipe": asdict(recipe), "label": int(recipe.positive), "lesions": [asdict(le) for le in scene.lesions]}
+    path.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    return info

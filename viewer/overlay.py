@@ -1,0 +1,393 @@
+"""Map layers drawn over the slide: assembled float maps, their colour images, and styles.
+
+Planes: ``l0_`` is level-0 slide pixels; ``map_`` cells index a layer's (h, w) map, whose
+cells tile ``MapGeometry.l0_box`` evenly. A layer keeps the float map (for the value readout,
+exports and re-colouring) and a premultiplied BGRA image of the same shape. Patches arrive
+already colour-mapped by the job worker; the UI thread only copies their bytes in. A style
+change that alters the colours re-maps the whole layer on a worker, never in a slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PySide6.QtCore import QObject, QRectF, QTimer, Signal, Slot
+from PySide6.QtGui import QImage, QPainter
+
+from engine.geometry import Box
+from viewer.colormaps import LayerStyle, colourize
+from viewer.state import ViewTransform
+
+log = logging.getLogger(__name__)
+
+#: Auto-ranged layers (saliency) grow their range in steps of this factor, so a job re-maps a
+#: layer only a handful of times however many patches raise the maximum.
+AUTO_RANGE_HEADROOM = 1.5
+
+Submit = Callable[..., object]  # BackgroundRunner.submit's shape: (fn, *args, on_done=, on_error=)
+
+
+@dataclass(frozen=True)
+class MapGeometry:
+    """Where a map lies: ``shape`` (h, w) cells evenly covering ``l0_box``."""
+
+    l0_box: Box
+    shape: tuple[int, int]
+
+    @property
+    def l0_cell(self) -> tuple[float, float]:
+        """(width, height) of one map cell in level-0 pixels."""
+        return self.l0_box.width / self.shape[1], self.l0_box.height / self.shape[0]
+
+    def cells_to_l0(self, map_c0: int, map_r0: int, map_c1: int, map_r1: int) -> Box:
+        cw, ch = self.l0_cell
+        return Box(self.l0_box.x0 + map_c0 * cw, self.l0_box.y0 + map_r0 * ch, self.l0_box.x0 + map_c1 * cw, self.l0_box.y0 + map_r1 * ch)
+
+    def l0_to_cells(self, l0_box: Box) -> tuple[int, int, int, int]:
+        """(c0, r0, c1, r1): the cells touching ``l0_box``, clipped to the map (may be empty)."""
+        cw, ch = self.l0_cell
+        h, w = self.shape
+        c0 = min(max(math.floor((l0_box.x0 - self.l0_box.x0) / cw), 0), w)
+        r0 = min(max(math.floor((l0_box.y0 - self.l0_box.y0) / ch), 0), h)
+        c1 = min(max(math.ceil((l0_box.x1 - self.l0_box.x0) / cw), 0), w)
+        r1 = min(max(math.ceil((l0_box.y1 - self.l0_box.y0) / ch), 0), h)
+        return c0, r0, c1, r1
+
+    def cell_at(self, l0_x: float, l0_y: float) -> tuple[int, int] | None:
+        """(row, col) of the cell under a level-0 point, or None off the map."""
+        if not self.l0_box.contains(l0_x, l0_y):
+            return None
+        cw, ch = self.l0_cell
+        return min(int((l0_y - self.l0_box.y0) / ch), self.shape[0] - 1), min(int((l0_x - self.l0_box.x0) / cw), self.shape[1] - 1)
+
+
+@dataclass(frozen=True)
+class LayerPatch:
+    """One layer's piece of a patch, colour-mapped on the worker with style ``version``."""
+
+    name: str
+    values: np.ndarray  # (h, w) float32
+    bgra: np.ndarray  # (h, w, 4) uint8 premultiplied
+    version: int
+    finite_min: float  # for auto ranges and "fit range"; NaN when the patch has no finite value
+    finite_max: float
+
+
+@dataclass(frozen=True)
+class ColouredPatch:
+    """A :class:`engine.jobs.MapPatch` split into display layers, ready for the UI thread.
+    ``map_r0, map_c0``: the patch's first cell in the map."""
+
+    generation: int
+    geometry: MapGeometry
+    map_r0: int
+    map_c0: int
+    layers: tuple[LayerPatch, ...]
+
+    @property
+    def l0_box(self) -> Box:
+        h, w = self.layers[0].values.shape
+        return self.geometry.cells_to_l0(self.map_c0, self.map_r0, self.map_c0 + w, self.map_r0 + h)
+
+
+def layer_names(source: str, classes: tuple[str, ...]) -> list[str]:
+    """Display layers a map source splits into: one per class for "prediction"."""
+    if source == "prediction":
+        return [f"prediction: {c}" for c in classes]
+    return [source]
+
+
+def default_style(name: str) -> LayerStyle:
+    if name == "saliency":
+        return LayerStyle(colormap="magma", vmin=0.0, vmax=1.0, opacity=0.6, auto_range=True)
+    return LayerStyle(colormap="viridis", vmin=0.0, vmax=1.0, opacity=0.5)
+
+
+def finite_range(values: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite values, NaN when there are none (worker threads)."""
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (float("nan"), float("nan"))
+
+
+def recolour(values: np.ndarray, style: LayerStyle) -> np.ndarray:
+    """Worker job: the whole layer's BGRA under ``style``."""
+    return colourize(values, style)
+
+
+class MapOverlay:
+    """One display layer (a class's probability, or saliency). Lives on the UI thread."""
+
+    def __init__(self, name: str, geometry: MapGeometry, style: LayerStyle) -> None:
+        self.name, self.geometry, self.style = name, geometry, style
+        h, w = geometry.shape
+        self.values = np.full((h, w), np.nan, np.float32)
+        self.data_min = self.data_max = float("nan")
+        self.auto_ranged = False  # the auto range has been fitted to this layer's data once
+        self._set_bgra(np.zeros((h, w, 4), np.uint8))
+        self.recolour_in_flight = False
+        self.needs_recolour = False
+        #: Map regions (r0, r1, c0, c1, style version) written since the in-flight re-map read the map.
+        self.written_since_recolour: list[tuple[int, int, int, int, int]] = []
+
+    def _set_bgra(self, bgra: np.ndarray) -> None:
+        # The QImage borrows the array's memory: keep both, so patches are plain numpy copies.
+        self.bgra = np.ascontiguousarray(bgra)
+        h, w = self.bgra.shape[:2]
+        self.image = QImage(self.bgra.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied)
+
+    def write(self, map_r0: int, map_c0: int, part: LayerPatch) -> None:
+        h, w = part.values.shape
+        self.values[map_r0 : map_r0 + h, map_c0 : map_c0 + w] = part.values
+        self.bgra[map_r0 : map_r0 + h, map_c0 : map_c0 + w] = part.bgra
+        if self.recolour_in_flight:
+            self.written_since_recolour.append((map_r0, map_r0 + h, map_c0, map_c0 + w, part.version))
+        elif part.version != self.style.version:
+            self.needs_recolour = True
+        self.note_range(part.finite_min, part.finite_max)
+
+    def note_range(self, finite_min: float, finite_max: float) -> None:
+        if not math.isnan(finite_max):
+            self.data_min = finite_min if math.isnan(self.data_min) else min(self.data_min, finite_min)
+            self.data_max = finite_max if math.isnan(self.data_max) else max(self.data_max, finite_max)
+
+    def take_recolour(self, version: int, bgra: np.ndarray) -> None:
+        """Install a whole-layer re-map made with style ``version``."""
+        self.recolour_in_flight = False
+        writes, self.written_since_recolour = self.written_since_recolour, []
+        if version != self.style.version:
+            self.needs_recolour = True  # the style moved on while it ran
+            return
+        for r0, r1, c0, c1, patch_version in writes:
+            if patch_version == version:
+                bgra[r0:r1, c0:c1] = self.bgra[r0:r1, c0:c1]  # newer cells, already right
+            else:
+                self.needs_recolour = True
+        self._set_bgra(bgra)
+
+    def value_at(self, l0_x: float, l0_y: float) -> float | None:
+        cell = self.geometry.cell_at(l0_x, l0_y)
+        if cell is None:
+            return None
+        value = float(self.values[cell])
+        return None if math.isnan(value) else value
+
+    def paint(self, painter: QPainter, l0_visible_box: Box, view: ViewTransform) -> None:
+        if not self.style.visible or self.style.opacity <= 0:
+            return
+        c0, r0, c1, r1 = self.geometry.l0_to_cells(l0_visible_box)
+        if c1 <= c0 or r1 <= r0:
+            return
+        # Draw only the visible cells: the target rect is those cells' exact level-0 box in
+        # screen space (unrounded), so each cell lands where the map says at every zoom.
+        screen = view.box_to_screen(self.geometry.cells_to_l0(c0, r0, c1, r1))
+        painter.save()
+        painter.setOpacity(self.style.opacity)
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.style.smooth)
+        painter.drawImage(QRectF(screen.x0, screen.y0, screen.width, screen.height), self.image, QRectF(c0, r0, c1 - c0, r1 - r0))
+        painter.restore()
+
+
+class OverlayStack(QObject):
+    """All map layers of one slide, drawn bottom to top, and the legend of the active layer.
+
+    ``changed`` carries the level-0 box that needs repainting (None: everything). Styles are
+    also published as an immutable dict (:attr:`styles`) that job workers read without locks:
+    the dict is replaced, never mutated.
+    """
+
+    changed = Signal(object)
+    layers_changed = Signal()
+
+    def __init__(self, submit: Submit, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._submit = submit
+        self.layers: dict[str, MapOverlay] = {}
+        self.styles: dict[str, LayerStyle] = {}
+        self.active: str | None = None
+        self.generation = 0
+        self._defaulted: set[str] = set()  # names whose style nobody has set yet
+        # Patches of one burst repaint once: their boxes are merged until the event loop turns.
+        self._dirty_l0: Box | None = None
+        self._flush_timer = QTimer(self, singleShot=True, interval=0)
+        self._flush_timer.timeout.connect(self._flush_dirty)
+
+    # -- generations and patches -----------------------------------------------------------
+    def begin(self, generation: int) -> None:
+        """Accept patches of ``generation`` only, from now on, into fresh layers."""
+        self.generation = generation
+        self.clear()
+
+    def style_for(self, name: str) -> LayerStyle:
+        return self.styles.get(name) or default_style(name)
+
+    def add_patch(self, patch: ColouredPatch) -> bool:
+        """Copy a coloured patch in; False (and nothing changes) when its generation is stale."""
+        if patch.generation != self.generation:
+            return False
+        added = False
+        for part in patch.layers:
+            layer = self.layers.get(part.name)
+            if layer is None:
+                layer = self._new_layer(part.name, patch.geometry)
+                added = True
+            layer.write(patch.map_r0, patch.map_c0, part)
+            self._grow_auto_range(layer)
+            self._schedule_recolour(layer)
+        if added:
+            self.layers_changed.emit()
+            self.changed.emit(None)
+        else:
+            self._dirty_l0 = patch.l0_box if self._dirty_l0 is None else self._dirty_l0.union(patch.l0_box)
+            if not self._flush_timer.isActive():
+                self._flush_timer.start()
+        return True
+
+    @Slot()
+    def _flush_dirty(self) -> None:
+        box, self._dirty_l0 = self._dirty_l0, None
+        if box is not None:
+            self.changed.emit(box)
+
+    def add_layer(self, name: str, geometry: MapGeometry, values: np.ndarray, value_range: tuple[float, float]) -> None:
+        """Show a whole float map (a reloaded ``maps.npz``; ``value_range`` from
+        :func:`finite_range` on the worker that read it); colour-mapped on a worker."""
+        layer = self._new_layer(name, geometry)
+        layer.values = np.ascontiguousarray(values, np.float32)
+        layer.note_range(*value_range)
+        layer.needs_recolour = True
+        self._grow_auto_range(layer)
+        self._schedule_recolour(layer)
+        self.layers_changed.emit()
+
+    def _new_layer(self, name: str, geometry: MapGeometry) -> MapOverlay:
+        """A fresh layer. Until the user styles them, only the last class's probability is
+        shown (classes arrive in order, and the last is usually the positive one; several
+        translucent layers at once only muddle), and it is the active layer, whose legend
+        is drawn. Saliency starts hidden."""
+        if name not in self.styles:
+            shown = name.startswith("prediction")
+            self._set_default_style(name, default_style(name).changed(visible=shown))
+            if shown:
+                for other in self.layers:
+                    if other in self._defaulted and other.startswith("prediction"):
+                        self._set_default_style(other, self.styles[other].changed(visible=False))
+                        self.layers[other].style = self.styles[other]
+        layer = MapOverlay(name, geometry, self.style_for(name))
+        self.layers[name] = layer
+        if self.active not in self.layers or (layer.style.visible and not self.layers[self.active].style.visible):
+            self.active = name
+        return layer
+
+    def clear(self) -> None:
+        self.layers.clear()
+        self.active = None
+        self.layers_changed.emit()
+        self.changed.emit(None)
+
+    # -- styles ------------------------------------------------------------------------------
+    def _set_default_style(self, name: str, style: LayerStyle) -> None:
+        self.styles = {**self.styles, name: style}
+        self._defaulted.add(name)
+
+    def set_style(self, name: str, **changes) -> LayerStyle:
+        """Change a layer's style (the user's edits; also the auto range)."""
+        self._defaulted.discard(name)
+        style = self.style_for(name).changed(**changes)
+        self.styles = {**self.styles, name: style}
+        layer = self.layers.get(name)
+        if layer is not None:
+            remap = not style.maps_like(layer.style)
+            layer.style = style
+            if remap:
+                layer.needs_recolour = True
+                self._schedule_recolour(layer)
+            self.changed.emit(None)
+        return style
+
+    def set_active(self, name: str | None) -> None:
+        self.active = name
+        self.changed.emit(None)
+
+    def _grow_auto_range(self, layer: MapOverlay) -> None:
+        style = layer.style
+        if not style.auto_range or math.isnan(layer.data_max) or layer.data_max <= style.vmin:
+            return
+        if layer.data_max > style.vmax or not layer.auto_ranged:
+            # The first fit is tight; later ones grow geometrically while tiles finish.
+            vmax = layer.data_max * (AUTO_RANGE_HEADROOM if layer.auto_ranged else 1.0)
+            layer.auto_ranged = True
+            self.set_style(layer.name, vmax=vmax, auto_range=True)
+
+    def fit_range(self, name: str) -> None:
+        """Set the range to the layer's data so far (0 .. max for non-negative maps)."""
+        layer = self.layers.get(name)
+        if layer is not None and not math.isnan(layer.data_max):
+            vmin = min(0.0, layer.data_min)
+            self.set_style(name, vmin=vmin, vmax=max(layer.data_max, vmin + 1e-12), auto_range=False)
+
+    def _schedule_recolour(self, layer: MapOverlay) -> None:
+        if not layer.needs_recolour or layer.recolour_in_flight:
+            return
+        layer.needs_recolour = False
+        layer.recolour_in_flight = True
+        # No copy of the float map: only this (UI) thread writes it, and any region it
+        # writes while the worker reads is listed in written_since_recolour and fixed up.
+        self._submit(recolour, layer.values, layer.style, on_done=_RecolourDone(self, layer, layer.style.version), on_error=self._recolour_failed)
+
+    def _recolour_failed(self, message: str) -> None:
+        # Only a bug gets here (recolour is plain numpy on a valid style); keep it visible.
+        log.error("re-colouring a map layer failed: %s", message)
+
+    def take_recolour(self, layer: MapOverlay, version: int, bgra: np.ndarray) -> None:
+        if self.layers.get(layer.name) is not layer:
+            return  # the layer was replaced by a newer run meanwhile
+        layer.take_recolour(version, bgra)
+        self._schedule_recolour(layer)
+        self.changed.emit(None)
+
+    # -- reading -----------------------------------------------------------------------------
+    def values_at(self, l0_x: float, l0_y: float) -> list[tuple[str, float]]:
+        """(layer, value) of the visible layers under a level-0 point (None-valued ones left out)."""
+        out = []
+        for layer in self.layers.values():
+            value = layer.value_at(l0_x, l0_y) if layer.style.visible else None
+            if value is not None:
+                out.append((layer.name, value))
+        return out
+
+    def l0_bounds(self) -> Box | None:
+        boxes = [layer.geometry.l0_box for layer in self.layers.values()]
+        return boxes[0] if len(boxes) == 1 else (None if not boxes else _union(boxes))
+
+    # -- painting ------------------------------------------------------------------------------
+    def paint(self, painter: QPainter, l0_visible_box: Box, view: ViewTransform) -> None:
+        from viewer.widgets.colorbar import paint_legend  # widgets import this module
+
+        for layer in self.layers.values():
+            layer.paint(painter, l0_visible_box, view)
+        active = self.layers.get(self.active) if self.active else None
+        if active is not None and active.style.visible:
+            paint_legend(painter, painter.device().width(), active.name, active.style)
+
+
+def _union(boxes: list[Box]) -> Box:
+    out = boxes[0]
+    for box in boxes[1:]:
+        out = out.union(box)
+    return out
+
+
+class _RecolourDone:
+    """A re-map's result, bound to the layer and style version it was made for. A callable
+    object rather than a lambda, so the background runner calls a plain bound method on
+    the UI thread."""
+
+    def __init__(self, stack: OverlayStack, layer: MapOverlay, version: int) -> None:
+        self.stack, self.layer, self.version = stack, layer, version
+
+    def __call__(self, bgra: np.ndarray) -> None:
+        self.stack.take_recolour(self.layer, self.version, bgra)

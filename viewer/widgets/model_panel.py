@@ -1,0 +1,146 @@
+"""The model panel: choose a model (file dialog or recent models), see its card, and ask
+for a run on the whole slide, the current view or a drawn rectangle.
+
+The panel reads nothing itself: it asks for a card through ``model_chosen`` and shows what
+comes back (:meth:`show_card` / :meth:`show_card_error`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget,
+)
+
+MODEL_FILTER = "StreamSlide models (*.json *.safetensors);;All files (*)"
+DEVICES = ("auto", "cpu", "cuda")
+#: Run scopes, as ``run_requested`` names them.
+SCOPES = ("slide", "view", "region")
+
+
+def describe_input(card) -> str:
+    if getattr(card, "input_mpp", None):
+        return f"{card.input_mpp:g} µm/px"
+    return f"level {getattr(card, 'input_level', 0) or 0}"
+
+
+def describe_provenance(provenance) -> str:
+    if isinstance(provenance, dict):
+        return "; ".join(f"{k}: {v}" for k, v in provenance.items()) or "—"
+    return str(provenance or "—")
+
+
+class ModelPanel(QWidget):
+    model_chosen = Signal(str)
+    #: "slide", "view" or "region" (a rectangle, once drawn).
+    run_requested = Signal(str)
+    #: The "Draw region" button was toggled.
+    region_mode_toggled = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model_path: str | None = None
+        self.card = None
+        self.recent = QComboBox()
+        self.recent.setToolTip("Recently used models")
+        self.recent.setMinimumContentsLength(12)
+        self.recent.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.load_button = QPushButton("Load model…")
+        self.card_fields = {name: QLabel("—") for name in ("Architecture", "Classes", "Input", "Tile size", "From", "SHA-256")}
+        card_box = QGroupBox("Model card")
+        form = QFormLayout(card_box)
+        for name, label in self.card_fields.items():
+            label.setWordWrap(True)
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            form.addRow(name, label)
+        self.status = QLabel("No model loaded")
+        self.status.setWordWrap(True)
+
+        self.slide_button = QPushButton("Whole slide")
+        self.view_button = QPushButton("Current view")
+        self.region_button = QPushButton("Draw region")
+        self.region_button.setCheckable(True)
+        self.region_button.setToolTip("Drag a rectangle on the slide to run on it (or shift-drag at any time)")
+        self.saliency = QCheckBox("Saliency map")
+        self.saliency.setChecked(True)
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.device.setToolTip("auto: the GPU when there is one")
+
+        top = QHBoxLayout()
+        top.addWidget(self.recent, 1)
+        top.addWidget(self.load_button)
+        run_box = QGroupBox("Run on")
+        runs = QHBoxLayout()
+        for button in (self.slide_button, self.view_button, self.region_button):
+            runs.addWidget(button)
+        options = QHBoxLayout()
+        options.addWidget(self.saliency)
+        options.addStretch(1)
+        options.addWidget(QLabel("Device"))
+        options.addWidget(self.device)
+        run_layout = QVBoxLayout(run_box)
+        run_layout.addLayout(runs)
+        run_layout.addLayout(options)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(top)
+        layout.addWidget(card_box)
+        layout.addWidget(self.status)
+        layout.addWidget(run_box)
+        layout.addStretch(1)
+
+        self.load_button.clicked.connect(self.choose_model)
+        self.recent.activated.connect(self._on_recent)
+        self.slide_button.clicked.connect(self._run_slide)
+        self.view_button.clicked.connect(self._run_view)
+        self.region_button.toggled.connect(self.region_mode_toggled)
+        self.set_runnable(False)
+
+    # -- choosing ------------------------------------------------------------------------------
+    def set_recent(self, paths: list[str]) -> None:
+        self.recent.clear()
+        for path in paths:
+            self.recent.addItem(Path(path).name if Path(path).name != "model.json" else Path(path).parent.name, path)
+            self.recent.setItemData(self.recent.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
+
+    def choose_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a model", "", MODEL_FILTER)
+        if path:
+            self.model_chosen.emit(path)
+
+    def _on_recent(self, index: int) -> None:
+        self.model_chosen.emit(self.recent.itemData(index))
+
+    def show_card(self, path: str, card) -> None:
+        self.model_path, self.card = path, card
+        f = self.card_fields
+        f["Architecture"].setText(str(card.architecture))
+        f["Classes"].setText(", ".join(card.classes))
+        f["Input"].setText(describe_input(card))
+        f["Tile size"].setText(f"{card.tile_size} px" if card.tile_size else "—")
+        f["From"].setText(describe_provenance(card.provenance))
+        f["SHA-256"].setText(f"{card.sha256[:16]}…" if card.sha256 else "—")
+        f["SHA-256"].setToolTip(card.sha256 or "")
+        self.status.setText(f"Loaded {path}")
+        self.set_runnable(True)
+
+    def show_card_error(self, message: str) -> None:
+        self.status.setText(f"Could not load the model: {message}")
+
+    # -- running -------------------------------------------------------------------------------
+    def set_runnable(self, has_slide_and_model: bool) -> None:
+        enabled = has_slide_and_model and self.model_path is not None
+        for button in (self.slide_button, self.view_button, self.region_button):
+            button.setEnabled(enabled)
+
+    def _run_slide(self) -> None:
+        self.run_requested.emit("slide")
+
+    def _run_view(self) -> None:
+        self.run_requested.emit("view")
+
+    def region_done(self) -> None:
+        """The rectangle was drawn: leave region mode."""
+        self.region_button.setChecked(False)
