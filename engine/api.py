@@ -180,7 +180,7 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
 def run_training(spec: TrainingSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
     """Train (fine-tune) a classifier on whole slides with slide-level labels, the trunk streamed.
 
-    Emits :class:`~engine.jobs.Progress` (phase "train"/"val", slides of the epoch),
+    Emits :class:`~engine.jobs.Progress` (phase "train": optimiser steps of the epoch; "val": slides),
     :class:`~engine.jobs.Metrics` per optimiser step and per validation,
     :class:`~engine.jobs.CheckpointSaved` and :class:`~engine.jobs.StepSkipped`; returns (and
     emits) ``Finished`` whose ``outputs`` name the ``last`` and ``best`` checkpoints and the
