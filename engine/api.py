@@ -11,7 +11,8 @@ import time
 import numpy as np
 
 from engine.errors import Cancelled, CheckpointError
-from engine.jobs import CancelToken, EventCallback, Finished, InferenceSpec, MapPatch, Prediction, Progress
+from engine.jobs import (CancelToken, EventCallback, Finished, InferenceSpec, MapPatch, Prediction, Progress,
+                         TrainingSpec)
 from engine.results import MapLayer, write_maps
 
 
@@ -174,6 +175,24 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
     done = Finished(cancelled, outputs, prediction)
     on_event(done)
     return done
+
+
+def run_training(spec: TrainingSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
+    """Train (fine-tune) a classifier on whole slides with slide-level labels, the trunk streamed.
+
+    Emits :class:`~engine.jobs.Progress` (phase "train": optimiser steps of the epoch; "val": slides),
+    :class:`~engine.jobs.Metrics` per optimiser step and per validation,
+    :class:`~engine.jobs.CheckpointSaved` and :class:`~engine.jobs.StepSkipped`; returns (and
+    emits) ``Finished`` whose ``outputs`` name the ``last`` and ``best`` checkpoints and the
+    metrics log. A cancel saves ``last`` at the next step (or tile) and returns
+    ``Finished(cancelled=True)``. Under ``torchrun`` the same call trains with DDP (slides
+    sharded across ranks, only rank 0 writes and emits). Raises
+    :class:`~engine.errors.LabelsError`, :class:`~engine.errors.SlideError`,
+    :class:`~engine.errors.CheckpointError` or :class:`~engine.errors.TrainingError`.
+    """
+    from engine.train import Trainer
+
+    return Trainer(spec, on_event, cancel or CancelToken()).run()
 
 
 class _null:

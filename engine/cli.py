@@ -1,7 +1,8 @@
 """``python -m engine``: headless commands on the same API the viewer uses.
 
 Exit codes: 0 done; 2 bad arguments; 3 at least one slide could not be read (the others were
-done); 4 the model could not be loaded; 5 cancelled (Ctrl-C); 6 results could not be written.
+done); 4 the model could not be loaded; 5 cancelled (Ctrl-C, or SIGTERM for ``train``); 6 results
+could not be written; 7 training stopped on repeated non-finite losses or gradients.
 Under ``torchrun --nproc_per_node=N`` the slides are sharded across ranks (rank r takes every
 N-th slide from r), each rank on its own GPU when there are GPUs.
 """
@@ -14,11 +15,11 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.errors import CheckpointError, SlideError, StreamSlideError
-from engine.jobs import CancelToken, Finished, InferenceSpec, Progress
+from engine.errors import CheckpointError, SlideError, StreamSlideError, TrainingError
+from engine.jobs import CancelToken, CheckpointSaved, Finished, InferenceSpec, Metrics, Progress, StepSkipped, TrainingSpec
 from engine.results import ResultsError
 
-EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE = 0, 2, 3, 4, 5, 6
+EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE, EXIT_DIVERGED = 0, 2, 3, 4, 5, 6, 7
 
 
 class ProgressBar:
@@ -104,6 +105,139 @@ def _run_one(spec: InferenceSpec, bar: ProgressBar, token: CancelToken):
     return run_inference(spec, bar, token)
 
 
+class TrainingReport:
+    """The CLI's adapter for training events: a progress bar on stderr, one line per validation,
+    checkpoint and skipped step on stdout (the metrics log file holds every step)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.bar = ProgressBar("train")
+        self._epoch = 0
+
+    def __call__(self, event) -> None:
+        if isinstance(event, Progress):
+            self.bar.label = f"epoch {self._epoch + 1}"
+            self.bar(event)
+        elif isinstance(event, Metrics):
+            self._epoch = event.epoch
+            if event.phase == "val":
+                values = " ".join(f"{k}={v:.4f}" for k, v in event.values.items())
+                self._line(f"epoch {event.epoch + 1} validation: {values}")
+        elif isinstance(event, CheckpointSaved):
+            self._line(f"saved {event.kind} checkpoint (step {event.step}) -> {event.path}")
+        elif isinstance(event, StepSkipped):
+            self._line(f"skipped step {event.step}: {event.reason}")
+
+    def _line(self, text: str) -> None:
+        sys.stderr.write("\n")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _model_arg(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    for convert in (int, float):
+        try:
+            return key, convert(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _class_weights(text: str):
+    if text == "balanced":
+        return text
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'balanced' or comma-separated numbers, got '{text}'") from None
+
+
+def _add_train_parser(sub) -> None:
+    d = TrainingSpec(labels="", out_dir="")  # the defaults live in the spec, shown here
+    p = sub.add_parser("train", help="fine-tune a classifier on slide-level labels (trunk streamed)")
+    p.add_argument("--labels", required=True, help="CSV slide,label[,split] (paths relative to it) or a folder per class")
+    p.add_argument("--out", required=True, help="run folder: last/, best/, metrics.jsonl, spec.json")
+    p.add_argument("--model", default=d.model, help=f"architecture (default {d.model})")
+    p.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="extra builder argument, e.g. width=8 for smallnet (repeatable)")
+    p.add_argument("--split", help="last streamed stage (default: the architecture's)")
+    p.add_argument("--pool", default=d.pool, choices=("max", "avg"))
+    p.add_argument("--pretrained", help="state dict (torchvision/timm names) to start from")
+    p.add_argument("--level", type=int, help="pyramid level to read")
+    p.add_argument("--mpp", type=float, help="read the level nearest this µm/px")
+    p.add_argument("--input-size", type=int, help="pad or crop every slide to this square size (level px)")
+    p.add_argument("--no-tissue-crop", action="store_true", help="use the whole slide, not its tissue box")
+    p.add_argument("--tile", type=int, default=d.tile_size, help=f"streaming tile, input px (default {d.tile_size})")
+    p.add_argument("--no-streaming", action="store_true", help="run the trunk conventionally (for comparison)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--optimizer", default=d.optimizer, choices=("sgd", "adamw"))
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--schedule", default=d.schedule, choices=("cosine", "constant"))
+    p.add_argument("--warmup", type=int, default=d.warmup_steps, help="linear warm-up steps")
+    p.add_argument("--accumulate", type=int, default=d.accumulate, help="slides per optimiser step (per rank)")
+    p.add_argument("--class-weights", type=_class_weights, help="'balanced' or one weight per class, comma-separated")
+    p.add_argument("--no-augment", action="store_true", help="no flips, rotations or colour jitter")
+    p.add_argument("--colour-jitter", type=float, default=d.colour_jitter)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="for slides without a split")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"))
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last when it exists")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="also save last every N steps")
+    p.add_argument("--monitor", default=d.monitor, choices=("auc", "accuracy", "loss"))
+    p.add_argument("--max-nonfinite", type=int, default=d.max_nonfinite)
+
+
+def _train(args) -> int:
+    spec = TrainingSpec(
+        labels=args.labels, out_dir=args.out, model=args.model, split=args.split, pool=args.pool,
+        model_kwargs=dict(args.model_arg), pretrained=args.pretrained, level=args.level, mpp=args.mpp,
+        input_size=args.input_size, tissue_crop=not args.no_tissue_crop, augment=not args.no_augment,
+        colour_jitter=args.colour_jitter, val_fraction=args.val_fraction, streaming=not args.no_streaming,
+        tile_size=args.tile, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, momentum=args.momentum, schedule=args.schedule,
+        warmup_steps=args.warmup, accumulate=args.accumulate, class_weights=args.class_weights,
+        device=_device_for_rank(args.device), dtype=args.dtype, mixed_precision=not args.no_amp,
+        seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every, monitor=args.monitor,
+        max_nonfinite=args.max_nonfinite)
+    token = CancelToken()
+
+    def on_signal(signum, frame):
+        if signum == signal.SIGINT and token.cancelled:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        token.cancel()
+        sys.stderr.write("\nsaving a checkpoint at the next step, then stopping...\n")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        from engine.api import run_training  # torch loads here, not for --help
+
+        result = run_training(spec, TrainingReport(), token)
+    except TrainingError as exc:
+        print(f"training stopped: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except SlideError as exc:
+        print(f"cannot read a slide: {exc}", file=sys.stderr)
+        return EXIT_SLIDE
+    except CheckpointError as exc:
+        print(f"checkpoint problem: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if result.cancelled:
+        print(f"cancelled; resume with --resume (checkpoint in {result.outputs.get('last')})", file=sys.stderr)
+        return EXIT_CANCELLED
+    print("done: " + ", ".join(f"{k} {v}" for k, v in result.outputs.items()))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m engine", description="StreamSlide engine commands")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -120,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--cell", type=int, default=8, help="saliency map cell, input pixels (default 8)")
         p.add_argument("--saliency-class", type=int, help="class index for saliency (default: predicted)")
+    _add_train_parser(sub)
     try:
         args = ap.parse_args(argv)
     except SystemExit as exc:
@@ -128,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         from engine import demo_check
         return demo_check.main()
     try:
+        if args.command == "train":
+            return _train(args)
         return _run_slides(args, saliency=args.command == "saliency")
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)

@@ -45,3 +45,11 @@ class CheckpointError(StreamSlideError):
 
 class Cancelled(StreamSlideError):
     """A job stopped because its cancel token was set; finished work was kept."""
+
+
+class LabelsError(StreamSlideError, ValueError):
+    """A labels CSV or class-folder tree is malformed; the message names the file and line."""
+
+
+class TrainingError(StreamSlideError):
+    """Training could not go on: repeated non-finite losses or gradients, or a resume that does not fit."""

@@ -97,7 +97,105 @@ class Finished:
     prediction: Prediction | None = None
 
 
-Event = Union[Progress, MapPatch, Prediction, Finished]
+@dataclass(frozen=True)
+class TrainingSpec:
+    """What to train: a labelled slide set, a model, and how (one place decides every default).
+
+    Data: ``labels`` is a CSV ``slide,label[,split]`` (paths relative to it) or a folder per class;
+    slides without a split go to validation with probability ``val_fraction`` (stratified, seeded).
+    Each slide is read at ``level`` or the level nearest ``mpp`` (µm/px), cropped to its tissue
+    box when ``tissue_crop``, and padded or cropped to ``input_size`` x ``input_size`` level pixels
+    (None: its own size). ``augment`` draws flips, 90° rotations and per-channel colour gains and
+    offsets of at most ``colour_jitter`` (on RGB in [0, 1]).
+    Model: ``model`` is a registered architecture split after stage ``split`` (None: its default)
+    into a streamed trunk (``tile_size`` input pixels per tile; ``streaming=False`` runs it
+    conventionally) and a conventional head; ``pretrained`` is a state-dict file (torchvision /
+    timm names) loaded before training. BatchNorm in the trunk is frozen (running statistics).
+    Optimisation: ``optimizer`` "sgd" or "adamw"; ``schedule`` "cosine" or "constant" after
+    ``warmup_steps`` linear warm-up steps; one optimiser step per ``accumulate`` slides (per rank);
+    ``class_weights`` None, "balanced", or one weight per class.
+    Numerics: ``dtype`` "float32" or "float64" (exactness checks); on GPU ``mixed_precision``
+    (bf16, else fp16 with loss scaling) and ``channels_last``.
+    Run: ``out_dir`` receives ``last/`` and ``best/`` (chosen by validation ``monitor``: "auc",
+    "accuracy" or "loss"), ``metrics.jsonl`` and ``spec.json``; ``resume`` continues from
+    ``out_dir/last``; ``checkpoint_every`` also saves ``last`` every N optimiser steps (0: at epoch
+    ends only); ``max_nonfinite`` consecutive skipped steps stop the run.
+    """
+
+    labels: str
+    out_dir: str
+    model: str = "resnet34"
+    split: str | None = None
+    pool: str = "max"
+    model_kwargs: dict = field(default_factory=dict)
+    pretrained: str | None = None
+    classes: tuple[str, ...] | None = None
+    level: int | None = None
+    mpp: float | None = None
+    input_size: int | None = None
+    tissue_crop: bool = True
+    normalization_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    normalization_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    augment: bool = True
+    colour_jitter: float = 0.05
+    val_fraction: float = 0.2
+    streaming: bool = True
+    tile_size: int = 1024
+    epochs: int = 10
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    accumulate: int = 1
+    class_weights: str | tuple[float, ...] | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    mixed_precision: bool = True
+    channels_last: bool = True
+    seed: int = 0
+    resume: bool = False
+    checkpoint_every: int = 0
+    monitor: str = "auc"
+    max_nonfinite: int = 3
+    prefetch: int = 2
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Scalars of one point of a training curve.
+
+    ``phase`` "train": one optimiser step (``values``: loss, lr); "val": the validation after an
+    epoch (loss, accuracy, auc; NaN where undefined). ``step`` counts optimiser steps from 0.
+    """
+
+    phase: str
+    epoch: int
+    step: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """``kind`` "last" or "best" was written at ``path`` (a folder ``load_checkpoint`` reads)."""
+
+    kind: str
+    path: str
+    epoch: int
+    step: int
+
+
+@dataclass(frozen=True)
+class StepSkipped:
+    """An optimiser step was skipped because the loss or a gradient was not finite."""
+
+    epoch: int
+    step: int
+    reason: str
+
+
+Event = Union[Progress, MapPatch, Prediction, Finished, Metrics, CheckpointSaved, StepSkipped]
 EventCallback = Callable[[Event], None]
 
 

@@ -1,0 +1,140 @@
+"""Training end to end on tiny slides: streamed equals conventional, learning, resume, cancel, NaN."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from engine.api import run_training
+from engine.checkpoints import load_checkpoint
+from engine.errors import TrainingError
+from engine.jobs import CancelToken, CheckpointSaved, Finished, Metrics, StepSkipped, TrainingSpec
+from engine.models.split import ClassifierHead
+from engine.train_state import find_checkpoint
+from train_fixtures import write_training_set
+
+
+@pytest.fixture(scope="module")
+def labels_csv(tmp_path_factory):
+    return write_training_set(tmp_path_factory.mktemp("slides"), n_per_class=3, size=96, val_per_class=1)
+
+
+@pytest.fixture
+def spec(labels_csv, tmp_path):
+    # smallnet width 4: receptive field 45 px, stride 16; a 64-px tile cuts a 96² input into 4 tiles.
+    return TrainingSpec(labels=str(labels_csv), out_dir=str(tmp_path / "run"), model="smallnet",
+                        model_kwargs={"width": 4}, input_size=96, tile_size=64, epochs=2, lr=3e-3,
+                        normalization_mean=(0.5, 0.5, 0.5), normalization_std=(0.25, 0.25, 0.25), device="cpu")
+
+
+class Recorder:
+    def __init__(self, cancel_after_step: int | None = None, token: CancelToken | None = None):
+        self.events, self.cancel_after_step, self.token = [], cancel_after_step, token
+
+    def __call__(self, event):
+        self.events.append(event)
+        if isinstance(event, Metrics) and event.phase == "train" and event.step == self.cancel_after_step:
+            self.token.cancel()
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def losses(self):
+        return [e.values["loss"] for e in self.of(Metrics) if e.phase == "train"]
+
+
+def weights(path):
+    model, _ = load_checkpoint(path)
+    return model.state_dict()
+
+
+def test_streamed_training_equals_conventional_step_for_step_in_float64(spec, tmp_path):
+    runs = {}
+    for streaming in (True, False):
+        rec = Recorder()
+        s = dataclasses.replace(spec, streaming=streaming, dtype="float64", epochs=1,
+                                out_dir=str(tmp_path / str(streaming)))
+        run_training(s, rec)
+        runs[streaming] = rec
+    streamed, conventional = runs[True].losses(), runs[False].losses()
+    assert len(streamed) == 4 and len(set(streamed)) > 1
+    assert streamed == pytest.approx(conventional, rel=1e-10, abs=1e-12)
+    a, b = weights(tmp_path / "True" / "last"), weights(tmp_path / "False" / "last")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-11)
+
+
+def test_streamed_training_learns_the_local_pattern(spec, tmp_path):
+    labels = write_training_set(tmp_path / "slides", n_per_class=5, size=96, val_per_class=2, seed=1)
+    rec = Recorder()
+    done = run_training(dataclasses.replace(spec, labels=str(labels), model_kwargs={"width": 8}, epochs=3), rec)
+    val = [e.values for e in rec.of(Metrics) if e.phase == "val"]
+    assert len(val) == 3 and val[-1]["auc"] == 1.0 and val[-1]["accuracy"] == 1.0
+    assert val[-1]["loss"] < val[0]["loss"]
+    assert load_checkpoint(done.outputs["best"])[1].classes == ("benign", "tumour")
+    rows = [json.loads(line) for line in open(done.outputs["metrics"])]
+    assert [r["step"] for r in rows if r["phase"] == "train"] == list(range(3 * 6))
+    assert [r["epoch"] for r in rows if r["phase"] == "val"] == [0, 1, 2]
+    assert {e.kind for e in rec.of(CheckpointSaved)} == {"last", "best"}
+
+
+def test_cancel_saves_and_resume_equals_uninterrupted(spec, tmp_path):
+    whole = Recorder()
+    run_training(dataclasses.replace(spec, out_dir=str(tmp_path / "whole")), whole)
+
+    token = CancelToken()
+    first = Recorder(cancel_after_step=2, token=token)
+    out = str(tmp_path / "interrupted")
+    result = run_training(dataclasses.replace(spec, out_dir=out), first, token)
+    assert result.cancelled and first.of(CheckpointSaved)[-1].step == 3
+    second = Recorder()
+    run_training(dataclasses.replace(spec, out_dir=out, resume=True), second)
+
+    assert first.losses() + second.losses() == whole.losses()
+    a, b = weights(tmp_path / "whole" / "last"), weights(tmp_path / "interrupted" / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logged = [json.loads(line)["loss"] for line in open(tmp_path / "interrupted" / "metrics.jsonl")
+              if json.loads(line)["phase"] == "train"]
+    assert logged == whole.losses()
+
+
+@pytest.fixture
+def nan_head(monkeypatch):
+    """Make the head return NaN logits on chosen training calls (counted from 0)."""
+    calls = {"n": 0, "bad": set()}
+    original = ClassifierHead.forward
+
+    def forward(self, fmap):
+        out = original(self, fmap)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] - 1 in calls["bad"]:
+                return out * math.nan
+        return out
+
+    monkeypatch.setattr(ClassifierHead, "forward", forward)
+    return calls["bad"]
+
+
+def test_a_nan_loss_skips_the_step_and_training_goes_on(spec, nan_head):
+    nan_head.update({1})
+    rec = Recorder()
+    result = run_training(dataclasses.replace(spec, epochs=1), rec)
+    assert not result.cancelled
+    assert [(e.step, e.reason) for e in rec.of(StepSkipped)] == [(1, "non-finite loss")]
+    assert all(torch.isfinite(v).all() for v in weights(result.outputs["last"]).values())
+
+
+def test_repeated_nans_stop_the_run_and_never_save_bad_weights(spec, nan_head):
+    nan_head.update(range(1, 100))
+    rec = Recorder()
+    with pytest.raises(TrainingError, match="3 steps in a row"):
+        run_training(dataclasses.replace(spec, checkpoint_every=1), rec)
+    assert len(rec.of(StepSkipped)) == 3
+    last = find_checkpoint(spec.out_dir + "/last")
+    assert all(torch.isfinite(v).all() for v in weights(last).values())
+    assert not any(isinstance(e, Finished) for e in rec.events)

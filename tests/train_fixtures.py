@@ -1,0 +1,52 @@
+"""Tiny labelled slide sets for training tests: the label is a small local pattern.
+
+Every slide is purple "tissue" with a little texture on grey glass; positive slides also hold one
+small dark-blue square somewhere in the tissue. Only a local detector can tell them apart, which
+is what a streamed trunk has to learn.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+GLASS = (235, 235, 235)
+TISSUE = (170, 110, 180)
+LESION = (10, 10, 50)
+
+
+def slide_rgb(size: int, positive: bool, rng: np.random.Generator, lesion: int = 12) -> np.ndarray:
+    rgb = np.empty((size, size, 3), np.uint8)
+    rgb[:] = GLASS
+    m = size // 16
+    noise = rng.integers(-12, 13, (size - 2 * m, size - 2 * m, 1))
+    rgb[m:size - m, m:size - m] = np.clip(np.asarray(TISSUE) + noise, 0, 255).astype(np.uint8)
+    if positive:
+        y, x = rng.integers(2 * m, size - 2 * m - lesion, 2)
+        rgb[y:y + lesion, x:x + lesion] = LESION
+    return rgb
+
+
+def write_training_set(folder: Path, *, n_per_class: int = 4, size: int = 128, seed: int = 0,
+                       val_per_class: int = 0) -> Path:
+    """``n_per_class`` negative ("benign") and positive ("tumour") SVS slides plus ``labels.csv``;
+    the last ``val_per_class`` of each class get split "val", the rest "train"."""
+    from engine.svs import write_svs_array
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, positive in (("benign", False), ("tumour", True)):
+        for i in range(n_per_class):
+            name = f"{label}_{i}.svs"
+            write_svs_array(folder / name, slide_rgb(size, positive, rng), mpp=0.5, app_mag=20, tile=128,
+                            downsamples=(1,))
+            split = "val" if i >= n_per_class - val_per_class else "train"
+            rows.append((name, label, split))
+    with open(folder / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("slide", "label", "split"))
+        w.writerows(rows)
+    return folder / "labels.csv"
