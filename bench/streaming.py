@@ -43,6 +43,13 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process, all threads: on a shared machine it tracks the work done far
+    better than wall time, which other processes inflate."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -117,9 +124,11 @@ def worker(cfg: dict) -> dict:
     fc.zero_grad(set_to_none=True)
 
     base = _rss_mib()
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     fmap = step(inp)
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = _cpu_seconds() - cpu0
     out["peak_mib"] = _peak_mib() - base
     out["map_mib"] = fmap.numel() * fmap.element_size() / 2**20
     # What streaming itself holds beyond what any method must hold: the stitched map (and its
@@ -219,12 +228,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-conventional-above", type=int, default=4096,
                     help="skip conventional/checkpoint rows above this size (they need tens of GB)")
     ap.add_argument("--json", type=Path, help="also write all rows as JSON here")
+    ap.add_argument("--table-from", type=Path, help="print the table of an earlier run's JSON and exit")
     ap.add_argument("--peer-max-size", type=int, default=4096, help="largest size to run the peer at")
     ap.add_argument("--peer-python", default=None,
                     help="a Python with lightstream installed (default: this one, if it has lightstream)")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.table_from:
+        _print_table(json.loads(args.table_from.read_text()))
         return 0
 
     peer = args.peer_python
@@ -261,17 +274,19 @@ def main(argv=None) -> int:
     return 0
 
 
-HEADER = ("| model | size | mode | method | tile (cone) | s | x conv | floor | peak MiB | work MiB | map MiB | grad err |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model | size | mode | method | tile (cone) | wall s | CPU s | x conv (CPU) | floor | peak MiB | work MiB "
+          "| map MiB | grad err |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _fmt(rows, r) -> str:
     if "error" in r:
         return (f"| {r['model']} | {r['size']}² | {r['mode']} | {r['method']} | {r['tile'] or ''} | failed: "
-                f"{r['error']} | | | | | | |")
+                f"{r['error']} | | | | | | | |")
     conv = next((c for c in rows if c["model"] == r["model"] and c["size"] == r["size"] and c["mode"] == r["mode"]
                  and c["method"] == "conventional" and "seconds" in c), None)
-    ratio = f"{r['seconds'] / conv['seconds']:.2f}" if conv else "–"
+    key = "cpu_seconds" if "cpu_seconds" in r and conv and "cpu_seconds" in conv else "seconds"
+    ratio = f"{r[key] / conv[key]:.2f}" if conv else "–"
+    cpu = f"{r['cpu_seconds']:.1f}" if "cpu_seconds" in r else ""
     floor = ""
     if "floor" in r:
         ov = r["floor"]["overlap"]
@@ -279,7 +294,7 @@ def _fmt(rows, r) -> str:
         floor = f"{(1 * ov + 3 * ov) / 3:.2f}" if r["mode"] == "train" else f"{ov:.2f}"
     err = f"{r['grad_err']:.1e}" if "grad_err" in r else ""
     tile = str(r["tile"] or "") + (f" ({r['floor']['cone']})" if "cone" in r.get("floor", {}) else "")
-    return (f"| {r['model']} | {r['size']}² | {r['mode']} | {r['method']} | {tile} | {r['seconds']:.2f} | "
+    return (f"| {r['model']} | {r['size']}² | {r['mode']} | {r['method']} | {tile} | {r['seconds']:.2f} | {cpu} | "
             f"{ratio} | {floor} | {r['peak_mib']:.0f} | {r['work_mib']:.0f} | {r['map_mib']:.0f} | {err} |")
 
 
