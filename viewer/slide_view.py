@@ -105,11 +105,12 @@ class SlideView(QWidget):
             src = shared.source
             self._viewport = viewport or Viewport(*src.dimensions, self.width(), self.height())
             self._viewport.resize(self.width(), self.height())
-            coarsest = src.level_count - 1
-            w, h = src.level_dimensions[coarsest]
-            # Pin the coarsest level when it is small next to the cache, so there is always
-            # something to paint; a huge single-level image is only cached like any level.
-            self._pin_level = coarsest if w * h * 4 <= self.cache.max_bytes // 4 else None
+            # Pin the coarsest level (virtual if the slide has virtual levels) when it is small
+            # next to the cache, so there is always something to paint; a huge single-level
+            # image without virtual levels is only cached like any level.
+            coarsest = shared.pyramid[shared.pyramid.coarsest]
+            small = coarsest.lv_width * coarsest.lv_height * 4 <= self.cache.max_bytes // 4
+            self._pin_level = shared.pyramid.coarsest if small else None
         self._view_changed()
         return self._viewport
 
@@ -141,8 +142,9 @@ class SlideView(QWidget):
         self.setCursor(Qt.CursorShape.CrossCursor) if on else self.unsetCursor()
 
     def target_level(self) -> int:
-        """The pyramid level the current zoom paints from (finest with downsample <= the view's)."""
-        return self._shared.source.get_best_level_for_downsample(self._viewport.downsample)
+        """The display level (an index into ``shared.pyramid``, virtual levels included) the
+        current zoom paints from: the finest whose downsample is <= the view's."""
+        return self._shared.pyramid.best_level_for_downsample(self._viewport.downsample)
 
     def native_magnification(self) -> float | None:
         src = self._shared.source if self._shared else None
@@ -198,11 +200,11 @@ class SlideView(QWidget):
         l0_box = l0_box.intersect(Box(0, 0, *src.dimensions))
         if l0_box.is_empty:
             return []
-        ds = src.level_downsamples[level]
-        lv_box = l0_to_lv(l0_box, ds)
+        display_level = self._shared.pyramid[level]
+        lv_box = l0_to_lv(l0_box, display_level.downsample)
         sid = self._shared.slide_id
         cx, cy = lv_box.center
-        grid = level_grid(src, level, self.loader.tile)
+        grid = level_grid(display_level, self.loader.tile)
         keys = [TileKey(sid, level, c, r) for c, r in grid.tiles_in(lv_box)]
         if not ordered:
             return keys
@@ -230,7 +232,7 @@ class SlideView(QWidget):
         visible = self._visible_keys(level, l0_vis)
         wanted += [k for k in visible if k not in self.cache]
         # Prefetch a ring one tile wide around the view, at the same level.
-        ring_margin = self.loader.tile * src.level_downsamples[level]
+        ring_margin = self.loader.tile * self._shared.pyramid[level].downsample
         seen = set(visible)
         wanted += [k for k in self._visible_keys(level, l0_vis.expand(ring_margin)) if k not in seen and k not in self.cache]
         self.loader.request(self._shared, [k for k in wanted if k not in self._failed_keys])
@@ -242,9 +244,9 @@ class SlideView(QWidget):
         self.cache.put(key, image, pinned=key.level == self._pin_level)
         if self._viewport is None:
             return
-        src = self._shared.source
-        ds = src.level_downsamples[key.level]
-        l0_tile = lv_to_l0(level_grid(src, key.level, self.loader.tile).tile_box(key.col, key.row), ds)
+        display_level = self._shared.pyramid[key.level]
+        lv_tile = level_grid(display_level, self.loader.tile).tile_box(key.col, key.row)
+        l0_tile = lv_to_l0(lv_tile, display_level.downsample)
         rect = self._screen_rect(self._viewport.transform(), l0_tile)
         if rect.intersects(self.rect()):
             self.update(rect.adjusted(-1, -1, 1, 1))
@@ -296,8 +298,8 @@ class SlideView(QWidget):
         slide_rect = self._screen_rect(t, l0_slide)
         bg = QColor(*src.background_rgb)
         level = self.target_level()
-        ds = src.level_downsamples[level]
-        grid = level_grid(src, level, self.loader.tile)
+        ds = self._shared.pyramid[level].downsample
+        grid = level_grid(self._shared.pyramid[level], self.loader.tile)
         keys: dict[TileKey, None] = {}  # ordered set: a tile under two rects is drawn once
         for rect in clip_rects:
             painter.fillRect(slide_rect.intersected(rect), bg)
@@ -324,11 +326,11 @@ class SlideView(QWidget):
 
     def _paint_from_coarser(self, painter: QPainter, t: ViewTransform, l0_box: Box, first_level: int) -> None:
         """Fill ``l0_box`` from the finest coarser level whose covering tiles are all cached."""
-        src = self._shared.source
+        pyramid = self._shared.pyramid
         sid = self._shared.slide_id
-        for level in range(first_level, src.level_count):
-            ds = src.level_downsamples[level]
-            grid = level_grid(src, level, self.loader.tile)
+        for level in range(first_level, len(pyramid)):
+            ds = pyramid[level].downsample
+            grid = level_grid(pyramid[level], self.loader.tile)
             cells = list(grid.tiles_in(l0_to_lv(l0_box, ds)))
             images = [self.cache.peek(TileKey(sid, level, c, r)) for c, r in cells]
             if not cells or any(img is None for img in images):
