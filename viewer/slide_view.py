@@ -2,8 +2,11 @@
 are missing, overlay layers in the level-0 plane, then screen-space decorations.
 
 The widget never reads a slide: it asks the :class:`~viewer.tiles.TileLoader` for tiles
-(visible ones first, from the centre out, then a prefetch ring) and paints whatever the
-:class:`~viewer.tiles.TileCache` holds. A raster ``QPainter`` path on purpose: a
+(visible ones first, from the centre out, then a prefetch ring) of the display level the zoom
+needs (:mod:`viewer.pyramid`: virtual levels beyond a slide's coarsest, so zoomed-out tiles
+are about screen resolution) and paints whatever the :class:`~viewer.tiles.TileCache` holds.
+The slide layer is kept in a :class:`~viewer.frame_buffer.FrameBuffer`: a repaint for overlay
+patches is a blit, and tiles are drawn again only where the view moved or a tile arrived. A raster ``QPainter`` path on purpose: a
 ``QOpenGLWidget`` does not work on the offscreen platform the tests and benchmarks use.
 """
 
@@ -19,6 +22,7 @@ from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPai
 from PySide6.QtWidgets import QWidget
 
 from engine.geometry import Box, l0_to_lv, lv_to_l0
+from viewer.frame_buffer import FrameBuffer
 from viewer.sources import SharedSource
 from viewer.state import ViewTransform, Viewport, native_magnification
 from viewer.tiles import TileCache, TileKey, TileLoader, level_grid
@@ -61,6 +65,7 @@ class SlideView(QWidget):
         self._shared: SharedSource | None = None
         self._viewport: Viewport | None = None
         self._overlays: list[OverlayLayer] = []
+        self._frame = FrameBuffer()  # the slide layer, so overlay-only repaints are a blit
         self._pin_level: int | None = None
         self._drag_from: QPointF | None = None
         self.region_mode = False  # the next left-drag draws a rectangle instead of panning
@@ -99,6 +104,7 @@ class SlideView(QWidget):
         if self._shared is not None and self._shared is not shared:
             self.loader.cancel_slide(self._shared.slide_id)
         self._shared = shared
+        self._frame.reset()
         if shared is None:
             self._viewport = None
         else:
@@ -130,12 +136,7 @@ class SlideView(QWidget):
             return
         rect = self._screen_rect(self._viewport.transform(), l0_box).adjusted(-1, -1, 1, 1)
         if rect.intersects(self.rect()):
-            # Repaint the tiles under live map patches unfiltered, like a moving view (about
-            # 3x cheaper; a filtered paint of a single-level slide took 220 ms here), and
-            # smoothly once patches pause.
-            self._moving = True
-            self._settle_timer.start()
-            self.update(rect)
+            self.update(rect)  # the slide layer under it is not stale: this paint is a blit
 
     def set_region_mode(self, on: bool) -> None:
         self.region_mode = on
@@ -247,9 +248,10 @@ class SlideView(QWidget):
         display_level = self._shared.pyramid[key.level]
         lv_tile = level_grid(display_level, self.loader.tile).tile_box(key.col, key.row)
         l0_tile = lv_to_l0(lv_tile, display_level.downsample)
-        rect = self._screen_rect(self._viewport.transform(), l0_tile)
+        rect = self._screen_rect(self._viewport.transform(), l0_tile).adjusted(-1, -1, 1, 1)
         if rect.intersects(self.rect()):
-            self.update(rect.adjusted(-1, -1, 1, 1))
+            self._frame.invalidate(rect)
+            self.update(rect)
             if key.level == self.target_level() and not self.missing_visible_tiles():
                 self.tiles_complete.emit()
 
@@ -285,14 +287,43 @@ class SlideView(QWidget):
         self.paint_log.append((end, (end - start) * 1000, self._tiles_drawn, area))
 
     def paint_view(self, painter: QPainter, clip_rects: list[QRect]) -> None:
-        """Paint the parts of the view under ``clip_rects`` (widget pixels) into ``painter``."""
+        """Paint the parts of the view under ``clip_rects`` (widget pixels) into ``painter``:
+        the slide layer from the frame buffer (re-rendering its stale parts first), then the
+        overlay layers and decorations."""
+        if self._shared is None or self._viewport is None or self._shared.source.closed:
+            for rect in clip_rects:
+                painter.fillRect(rect, OUTSIDE_COLOUR)
+            self.painter_calls += len(clip_rects)
+            return
+        t = self._viewport.transform()
+        smooth = self.smooth and not self._moving
+        stale = self._frame.stale_rects((self._shared.slide_id, t, smooth), self.size(), self.devicePixelRatioF())
+        if stale:
+            frame_painter = QPainter(self._frame.image)
+            try:
+                frame_painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+                self._paint_slide(frame_painter, t, stale)
+            finally:
+                frame_painter.end()
+        for rect in clip_rects:
+            self._frame.blit(painter, rect)
+        self.painter_calls += len(clip_rects)
+        src = self._shared.source
+        l0_visible = self._viewport.l0_visible_box().intersect(Box(0, 0, *src.dimensions))
+        for layer in self._overlays:
+            layer.paint(painter, l0_visible, t)
+        if src.mpp:
+            self.painter_calls += paint_scale_bar(painter, self.rect(), src.mpp[0] / t.scale)
+        if self._band is not None:
+            painter.setPen(QColor(255, 200, 0))
+            painter.drawRect(QRectF(self._band[0], self._band[1]).normalized())
+
+    def _paint_slide(self, painter: QPainter, t: ViewTransform, clip_rects: list[QRect]) -> None:
+        """The slide layer under ``clip_rects``: the surround, the slide background, then the
+        target level's tiles, each missing one filled from a coarser level."""
         for rect in clip_rects:
             painter.fillRect(rect, OUTSIDE_COLOUR)
         self.painter_calls += len(clip_rects)
-        if self._shared is None or self._viewport is None or self._shared.source.closed:
-            return
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.smooth and not self._moving)
-        t = self._viewport.transform()
         src = self._shared.source
         l0_slide = Box(0, 0, *src.dimensions)
         slide_rect = self._screen_rect(t, l0_slide)
@@ -315,14 +346,6 @@ class SlideView(QWidget):
                 self._tiles_drawn += 1
             else:
                 self._paint_from_coarser(painter, t, l0_tile, level + 1)
-        l0_visible = self._viewport.l0_visible_box().intersect(l0_slide)
-        for layer in self._overlays:
-            layer.paint(painter, l0_visible, t)
-        if src.mpp:
-            self.painter_calls += paint_scale_bar(painter, self.rect(), src.mpp[0] / t.scale)
-        if self._band is not None:
-            painter.setPen(QColor(255, 200, 0))
-            painter.drawRect(QRectF(self._band[0], self._band[1]).normalized())
 
     def _paint_from_coarser(self, painter: QPainter, t: ViewTransform, l0_box: Box, first_level: int) -> None:
         """Fill ``l0_box`` from the finest coarser level whose covering tiles are all cached."""
