@@ -167,3 +167,18 @@ def test_real_slide_renders_tissue(qtbot, slide_view, real_slide_path):
     pixels = np.array([[_pixel(slide_view.render_image(), x, y) for x in range(100, 700, 25)] for y in range(100, 500, 25)])
     assert pixels.std() > 10  # tissue texture, not a flat fill
     assert (pixels.mean(axis=2) < 220).mean() > 0.2  # a good share of stained (non-white) pixels
+
+
+def test_overlay_repaints_blit_the_slide_layer_instead_of_drawing_tiles(qtbot, slide_view, synthetic_slide_path):
+    _show(qtbot, slide_view, synthetic_slide_path)
+    slide_view.repaint()  # renders the slide layer for this view
+    overlay = BoxOverlay(Box(1000, 1000, 1400, 1400))
+    slide_view.add_overlay(overlay)
+    slide_view.update_l0_box(Box(1000, 1000, 1400, 1400))  # what a live map patch does
+    slide_view.repaint()
+    assert slide_view.paint_log[-1][2] == 0, "no tile is drawn again when only an overlay changed"
+    image = slide_view.grab().toImage()
+    t = slide_view.viewport.transform()
+    assert _pixel(image, *t.to_screen(1200, 1200)) == (255, 0, 255)
+    assert _close(_pixel(image, *t.to_screen(1600, 1200)), block_colour(1600, 1200))
+    assert _close(_pixel(image, *t.to_screen(2500, 2500)), block_colour(2500, 2500))

@@ -319,8 +319,9 @@ class MainWindow(QMainWindow):
         self.overview.set_view_box(vp.l0_visible_box())
         mag = vp.magnification(self.view.native_magnification())
         level = self.view.target_level()
-        ds = self.view.shared.source.level_downsamples[level]
-        text = f"level {level} ({ds:.3g}×↓)  zoom {vp.scale * 100:.3g}%"
+        display_level = self.view.shared.pyramid[level]
+        kind = ", virtual" if display_level.is_virtual else ""
+        text = f"level {level} ({display_level.downsample:.3g}×↓{kind})  zoom {vp.scale * 100:.3g}%"
         self.zoom_label.setText(f"{mag:.3g}×  ·  {text}" if mag else text)
 
     def _on_cursor_moved(self, l0_point) -> None:

@@ -2,8 +2,11 @@
 are missing, overlay layers in the level-0 plane, then screen-space decorations.
 
 The widget never reads a slide: it asks the :class:`~viewer.tiles.TileLoader` for tiles
-(visible ones first, from the centre out, then a prefetch ring) and paints whatever the
-:class:`~viewer.tiles.TileCache` holds. A raster ``QPainter`` path on purpose: a
+(visible ones first, from the centre out, then a prefetch ring) of the display level the zoom
+needs (:mod:`viewer.pyramid`: virtual levels beyond a slide's coarsest, so zoomed-out tiles
+are about screen resolution) and paints whatever the :class:`~viewer.tiles.TileCache` holds.
+The slide layer is kept in a :class:`~viewer.frame_buffer.FrameBuffer`: a repaint for overlay
+patches is a blit, and tiles are drawn again only where the view moved or a tile arrived. A raster ``QPainter`` path on purpose: a
 ``QOpenGLWidget`` does not work on the offscreen platform the tests and benchmarks use.
 """
 
@@ -19,6 +22,7 @@ from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPai
 from PySide6.QtWidgets import QWidget
 
 from engine.geometry import Box, l0_to_lv, lv_to_l0
+from viewer.frame_buffer import FrameBuffer
 from viewer.sources import SharedSource
 from viewer.state import ViewTransform, Viewport, native_magnification
 from viewer.tiles import TileCache, TileKey, TileLoader, level_grid
@@ -61,6 +65,7 @@ class SlideView(QWidget):
         self._shared: SharedSource | None = None
         self._viewport: Viewport | None = None
         self._overlays: list[OverlayLayer] = []
+        self._frame = FrameBuffer()  # the slide layer, so overlay-only repaints are a blit
         self._pin_level: int | None = None
         self._drag_from: QPointF | None = None
         self.region_mode = False  # the next left-drag draws a rectangle instead of panning
@@ -99,17 +104,19 @@ class SlideView(QWidget):
         if self._shared is not None and self._shared is not shared:
             self.loader.cancel_slide(self._shared.slide_id)
         self._shared = shared
+        self._frame.reset()
         if shared is None:
             self._viewport = None
         else:
             src = shared.source
             self._viewport = viewport or Viewport(*src.dimensions, self.width(), self.height())
             self._viewport.resize(self.width(), self.height())
-            coarsest = src.level_count - 1
-            w, h = src.level_dimensions[coarsest]
-            # Pin the coarsest level when it is small next to the cache, so there is always
-            # something to paint; a huge single-level image is only cached like any level.
-            self._pin_level = coarsest if w * h * 4 <= self.cache.max_bytes // 4 else None
+            # Pin the coarsest level (virtual if the slide has virtual levels) when it is small
+            # next to the cache, so there is always something to paint; a huge single-level
+            # image without virtual levels is only cached like any level.
+            coarsest = shared.pyramid[shared.pyramid.coarsest]
+            small = coarsest.lv_width * coarsest.lv_height * 4 <= self.cache.max_bytes // 4
+            self._pin_level = shared.pyramid.coarsest if small else None
         self._view_changed()
         return self._viewport
 
@@ -129,20 +136,16 @@ class SlideView(QWidget):
             return
         rect = self._screen_rect(self._viewport.transform(), l0_box).adjusted(-1, -1, 1, 1)
         if rect.intersects(self.rect()):
-            # Repaint the tiles under live map patches unfiltered, like a moving view (about
-            # 3x cheaper; a filtered paint of a single-level slide took 220 ms here), and
-            # smoothly once patches pause.
-            self._moving = True
-            self._settle_timer.start()
-            self.update(rect)
+            self.update(rect)  # the slide layer under it is not stale: this paint is a blit
 
     def set_region_mode(self, on: bool) -> None:
         self.region_mode = on
         self.setCursor(Qt.CursorShape.CrossCursor) if on else self.unsetCursor()
 
     def target_level(self) -> int:
-        """The pyramid level the current zoom paints from (finest with downsample <= the view's)."""
-        return self._shared.source.get_best_level_for_downsample(self._viewport.downsample)
+        """The display level (an index into ``shared.pyramid``, virtual levels included) the
+        current zoom paints from: the finest whose downsample is <= the view's."""
+        return self._shared.pyramid.best_level_for_downsample(self._viewport.downsample)
 
     def native_magnification(self) -> float | None:
         src = self._shared.source if self._shared else None
@@ -198,11 +201,11 @@ class SlideView(QWidget):
         l0_box = l0_box.intersect(Box(0, 0, *src.dimensions))
         if l0_box.is_empty:
             return []
-        ds = src.level_downsamples[level]
-        lv_box = l0_to_lv(l0_box, ds)
+        display_level = self._shared.pyramid[level]
+        lv_box = l0_to_lv(l0_box, display_level.downsample)
         sid = self._shared.slide_id
         cx, cy = lv_box.center
-        grid = level_grid(src, level, self.loader.tile)
+        grid = level_grid(display_level, self.loader.tile)
         keys = [TileKey(sid, level, c, r) for c, r in grid.tiles_in(lv_box)]
         if not ordered:
             return keys
@@ -230,7 +233,7 @@ class SlideView(QWidget):
         visible = self._visible_keys(level, l0_vis)
         wanted += [k for k in visible if k not in self.cache]
         # Prefetch a ring one tile wide around the view, at the same level.
-        ring_margin = self.loader.tile * src.level_downsamples[level]
+        ring_margin = self.loader.tile * self._shared.pyramid[level].downsample
         seen = set(visible)
         wanted += [k for k in self._visible_keys(level, l0_vis.expand(ring_margin)) if k not in seen and k not in self.cache]
         self.loader.request(self._shared, [k for k in wanted if k not in self._failed_keys])
@@ -242,12 +245,13 @@ class SlideView(QWidget):
         self.cache.put(key, image, pinned=key.level == self._pin_level)
         if self._viewport is None:
             return
-        src = self._shared.source
-        ds = src.level_downsamples[key.level]
-        l0_tile = lv_to_l0(level_grid(src, key.level, self.loader.tile).tile_box(key.col, key.row), ds)
-        rect = self._screen_rect(self._viewport.transform(), l0_tile)
+        display_level = self._shared.pyramid[key.level]
+        lv_tile = level_grid(display_level, self.loader.tile).tile_box(key.col, key.row)
+        l0_tile = lv_to_l0(lv_tile, display_level.downsample)
+        rect = self._screen_rect(self._viewport.transform(), l0_tile).adjusted(-1, -1, 1, 1)
         if rect.intersects(self.rect()):
-            self.update(rect.adjusted(-1, -1, 1, 1))
+            self._frame.invalidate(rect)
+            self.update(rect)
             if key.level == self.target_level() and not self.missing_visible_tiles():
                 self.tiles_complete.emit()
 
@@ -283,21 +287,50 @@ class SlideView(QWidget):
         self.paint_log.append((end, (end - start) * 1000, self._tiles_drawn, area))
 
     def paint_view(self, painter: QPainter, clip_rects: list[QRect]) -> None:
-        """Paint the parts of the view under ``clip_rects`` (widget pixels) into ``painter``."""
+        """Paint the parts of the view under ``clip_rects`` (widget pixels) into ``painter``:
+        the slide layer from the frame buffer (re-rendering its stale parts first), then the
+        overlay layers and decorations."""
+        if self._shared is None or self._viewport is None or self._shared.source.closed:
+            for rect in clip_rects:
+                painter.fillRect(rect, OUTSIDE_COLOUR)
+            self.painter_calls += len(clip_rects)
+            return
+        t = self._viewport.transform()
+        smooth = self.smooth and not self._moving
+        stale = self._frame.stale_rects((self._shared.slide_id, t, smooth), self.size(), self.devicePixelRatioF())
+        if stale:
+            frame_painter = QPainter(self._frame.image)
+            try:
+                frame_painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+                self._paint_slide(frame_painter, t, stale)
+            finally:
+                frame_painter.end()
+        for rect in clip_rects:
+            self._frame.blit(painter, rect)
+        self.painter_calls += len(clip_rects)
+        src = self._shared.source
+        l0_visible = self._viewport.l0_visible_box().intersect(Box(0, 0, *src.dimensions))
+        for layer in self._overlays:
+            layer.paint(painter, l0_visible, t)
+        if src.mpp:
+            self.painter_calls += paint_scale_bar(painter, self.rect(), src.mpp[0] / t.scale)
+        if self._band is not None:
+            painter.setPen(QColor(255, 200, 0))
+            painter.drawRect(QRectF(self._band[0], self._band[1]).normalized())
+
+    def _paint_slide(self, painter: QPainter, t: ViewTransform, clip_rects: list[QRect]) -> None:
+        """The slide layer under ``clip_rects``: the surround, the slide background, then the
+        target level's tiles, each missing one filled from a coarser level."""
         for rect in clip_rects:
             painter.fillRect(rect, OUTSIDE_COLOUR)
         self.painter_calls += len(clip_rects)
-        if self._shared is None or self._viewport is None or self._shared.source.closed:
-            return
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.smooth and not self._moving)
-        t = self._viewport.transform()
         src = self._shared.source
         l0_slide = Box(0, 0, *src.dimensions)
         slide_rect = self._screen_rect(t, l0_slide)
         bg = QColor(*src.background_rgb)
         level = self.target_level()
-        ds = src.level_downsamples[level]
-        grid = level_grid(src, level, self.loader.tile)
+        ds = self._shared.pyramid[level].downsample
+        grid = level_grid(self._shared.pyramid[level], self.loader.tile)
         keys: dict[TileKey, None] = {}  # ordered set: a tile under two rects is drawn once
         for rect in clip_rects:
             painter.fillRect(slide_rect.intersected(rect), bg)
@@ -313,22 +346,14 @@ class SlideView(QWidget):
                 self._tiles_drawn += 1
             else:
                 self._paint_from_coarser(painter, t, l0_tile, level + 1)
-        l0_visible = self._viewport.l0_visible_box().intersect(l0_slide)
-        for layer in self._overlays:
-            layer.paint(painter, l0_visible, t)
-        if src.mpp:
-            self.painter_calls += paint_scale_bar(painter, self.rect(), src.mpp[0] / t.scale)
-        if self._band is not None:
-            painter.setPen(QColor(255, 200, 0))
-            painter.drawRect(QRectF(self._band[0], self._band[1]).normalized())
 
     def _paint_from_coarser(self, painter: QPainter, t: ViewTransform, l0_box: Box, first_level: int) -> None:
         """Fill ``l0_box`` from the finest coarser level whose covering tiles are all cached."""
-        src = self._shared.source
+        pyramid = self._shared.pyramid
         sid = self._shared.slide_id
-        for level in range(first_level, src.level_count):
-            ds = src.level_downsamples[level]
-            grid = level_grid(src, level, self.loader.tile)
+        for level in range(first_level, len(pyramid)):
+            ds = pyramid[level].downsample
+            grid = level_grid(pyramid[level], self.loader.tile)
             cells = list(grid.tiles_in(l0_to_lv(l0_box, ds)))
             images = [self.cache.peek(TileKey(sid, level, c, r)) for c, r in cells]
             if not cells or any(img is None for img in images):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 import threading
+from functools import cached_property
 
 from engine.errors import SlideReadError
 from engine.slides import SlideSource
+from viewer.pyramid import DisplayPyramid
 
 _ids = itertools.count(1)
 
@@ -25,6 +27,12 @@ class SharedSource:
         self._lock = threading.Lock()
         self._readers = 0
         self._closing = False
+
+    @cached_property
+    def pyramid(self) -> DisplayPyramid:
+        """The levels the view paints and the tile loader reads: the slide's own, then virtual
+        ones (a pure function of the level sizes, so the view and the workers agree on it)."""
+        return DisplayPyramid.of(self.source)
 
     @property
     def closing(self) -> bool:

@@ -2,11 +2,12 @@
 
 * :class:`TileLoader` keeps one queue of wanted tiles, replaced wholesale by each request
   (so tiles the view no longer needs are dropped before they are read), and a fixed number
-  of drain jobs on a thread pool that pop the most urgent tile, read it, convert it to a
+  of drain jobs on a thread pool that pop the most urgent tile, read it (a virtual level's
+  tile is area-averaged from its real level, see :mod:`viewer.pyramid`), convert it to a
   ``QImage`` (on the worker) and deliver it by queued signal. OpenSlide releases the GIL,
   so two readers overlap file I/O and JPEG decoding.
 * :class:`TileCache` lives on the UI thread only (no locks): an LRU of QImages capped by
-  bytes, whose pinned entries (the coarsest level) are never evicted.
+  bytes, whose pinned entries (the coarsest display level) are never evicted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PySide6.QtGui import QImage
 from engine.errors import SlideError
 from engine.geometry import TileGrid
 from engine.slides import SlideSource, to_rgb
+from viewer.pyramid import DisplayLevel, read_virtual_region
 from viewer.sources import SharedSource
 
 log = logging.getLogger(__name__)
@@ -66,14 +68,13 @@ def default_cache_bytes() -> int:
 
 class TileKey(NamedTuple):
     slide_id: int
-    level: int
+    level: int  # an index into the slide's DisplayPyramid: past its real levels, a virtual one
     col: int
     row: int
 
 
-def level_grid(source: SlideSource, level: int, tile: int = TILE_SIZE) -> TileGrid:
-    lv_w, lv_h = source.level_dimensions[level]
-    return TileGrid(lv_w, lv_h, tile)
+def level_grid(level: DisplayLevel, tile: int = TILE_SIZE) -> TileGrid:
+    return TileGrid(level.lv_width, level.lv_height, tile)
 
 
 def region_to_qimage(region: np.ndarray, background_rgb: tuple[int, int, int]) -> QImage:
@@ -91,13 +92,14 @@ def region_to_qimage(region: np.ndarray, background_rgb: tuple[int, int, int]) -
     return view.convertToFormat(QImage.Format.Format_RGB32)
 
 
-def read_tile(source: SlideSource, level: int, col: int, row: int, tile: int = TILE_SIZE) -> QImage:
-    """Read one tile of ``level`` and convert it to a QImage (worker threads only)."""
-    lv_box = level_grid(source, level, tile).tile_box(col, row)
-    ds = source.level_downsamples[level]
-    l0_x = min(round(lv_box.x0 * ds), source.dimensions[0] - 1)
-    l0_y = min(round(lv_box.y0 * ds), source.dimensions[1] - 1)
-    region = source.read_region(l0_x, l0_y, level, int(lv_box.width), int(lv_box.height))
+def read_tile(source: SlideSource, level: DisplayLevel, col: int, row: int, tile: int = TILE_SIZE) -> QImage:
+    """Read one tile of a display level, real or virtual, as a QImage (worker threads only)."""
+    lv_box = level_grid(level, tile).tile_box(col, row)
+    if level.is_virtual:
+        return region_to_qimage(read_virtual_region(source, level, lv_box), source.background_rgb)
+    l0_x = min(round(lv_box.x0 * level.downsample), source.dimensions[0] - 1)
+    l0_y = min(round(lv_box.y0 * level.downsample), source.dimensions[1] - 1)
+    region = source.read_region(l0_x, l0_y, level.source_level, int(lv_box.width), int(lv_box.height))
     return region_to_qimage(region, source.background_rgb)
 
 
@@ -220,7 +222,7 @@ class TileLoader(QObject):
                 self._in_flight.add(key)
             try:
                 with shared as source:
-                    image = read_tile(source, key.level, key.col, key.row, self.tile)
+                    image = read_tile(source, shared.pyramid[key.level], key.col, key.row, self.tile)
             except SlideError as exc:
                 # The source already reopened and retried; the view paints this tile from a
                 # coarser level and stops asking for it. Other tiles keep loading.
