@@ -106,7 +106,8 @@ class FineTuning(QObject):
         form = QScrollArea()
         form.setWidget(self.panel)
         form.setWidgetResizable(True)
-        form.setMinimumWidth(430)
+        form.setMinimumWidth(500)
+        form.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         side = QSplitter(Qt.Orientation.Vertical)
         side.addWidget(self.status)
         side.addWidget(self.runs_list)
@@ -114,7 +115,7 @@ class FineTuning(QObject):
         for w in (form, self.curves, side):
             self.widget.addWidget(w)
         self.widget.setStretchFactor(1, 1)
-        self.widget.setSizes([450, 700, 360])
+        self.widget.setSizes([500, 420, 300])
 
         p = self.panel
         p.start_button.clicked.connect(self.start)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QImage, QKeySequence
 from PySide6.QtWidgets import QComboBox, QDockWidget, QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QWidget
 
@@ -108,6 +108,8 @@ class MainWindow(QMainWindow):
         self.training = FineTuning(self.live, self.browser, self.report_error, self.settings, train_runner, parent=self)
         self.training_dock = self._dock("Training", self.training.widget, Qt.DockWidgetArea.BottomDockWidgetArea)
         self.training_dock.hide()
+        # The right column's docks are tall: the training dock spans the view and the left column only.
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.resizeDocks(left + right[:2], [300, 300, 380, 380], Qt.Orientation.Horizontal)
         self.position_label = QLabel()
         self.zoom_label = QLabel()
@@ -406,6 +408,9 @@ class MainWindow(QMainWindow):
     def show_training(self) -> None:
         self.training_dock.show()
         self.training_dock.raise_()
+        QTimer.singleShot(0, self._size_training_dock)  # after the dock is laid out, or Qt ignores it
+
+    def _size_training_dock(self) -> None:
         self.resizeDocks([self.training_dock], [max(400, self.height() * 2 // 5)], Qt.Orientation.Vertical)
 
     # -- shutdown -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ class BrowserLabeller(QObject):
         self.browser, self.table = browser, table
         tree = browser.tree
         tree.setHeaderLabels(["Slide", "Size", "MPP", "Label"])
+        tree.header().moveSection(LABEL_COLUMN, 1)  # beside the name: the browser dock is narrow
         tree.setSelectionMode(tree.SelectionMode.ExtendedSelection)  # label several slides at once
         tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         tree.customContextMenuRequested.connect(self._menu)

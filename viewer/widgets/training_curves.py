@@ -43,8 +43,8 @@ class TrainingCurves(QWidget):
         self.loss_plot.setTitle("Loss", color="k")
         self.loss_plot.setLabel("bottom", "optimiser step")
         self.loss_plot.showGrid(x=True, y=True, alpha=0.2)
-        legend = self.loss_plot.addLegend(offset=(-10, 10), labelTextColor="k")
-        legend.setBrush(pg.mkBrush(255, 255, 255, 200))
+        legend = self.loss_plot.addLegend(offset=(-10, 10), labelTextColor="k", labelTextSize="8pt")
+        legend.setBrush(pg.mkBrush(255, 255, 255, 150))
         self.train_item = self.loss_plot.plot([], [], pen=TRAIN_PEN, name="train (per step)")
         self.smooth_item = self.loss_plot.plot([], [], pen=SMOOTH_PEN, name=f"train (mean of {SMOOTH_STEPS})")
         self.val_loss_item = self.loss_plot.plot([], [], pen=VAL_PEN, symbol="o", symbolSize=7,
@@ -55,7 +55,7 @@ class TrainingCurves(QWidget):
         self.metric_plot.setLabel("bottom", "epoch")
         self.metric_plot.setYRange(0, 1.02)
         self.metric_plot.showGrid(x=True, y=True, alpha=0.2)
-        legend = self.metric_plot.addLegend(offset=(-10, -10), labelTextColor="k")
+        legend = self.metric_plot.addLegend(offset=(-10, -10), labelTextColor="k", colCount=2)
         legend.setBrush(pg.mkBrush(255, 255, 255, 200))
         self.accuracy_item = self.metric_plot.plot([], [], pen=pg.mkPen((44, 160, 44), width=2), symbol="s",
                                                    symbolSize=7, symbolBrush=(44, 160, 44), name="accuracy")
@@ -68,8 +68,8 @@ class TrainingCurves(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.loss_plot, 3)
-        layout.addWidget(self.metric_plot, 2)
+        layout.addWidget(self.loss_plot, 1)
+        layout.addWidget(self.metric_plot, 1)
         self._dirty = False
         self._timer = QTimer(self, singleShot=True, interval=REDRAW_MS)
         self._timer.timeout.connect(self.redraw)

@@ -64,8 +64,8 @@ class TrainingStatus(QWidget):
         self.fields = {name: QLabel("—") for name in ("Epoch", "ETA", "Throughput", "Memory", "Last loss", "Validation")}
         form = QFormLayout()
         form.setVerticalSpacing(2)
+        self.fields["Memory"].setToolTip("Resident memory of the viewer process, training included")
         for name, label in self.fields.items():
-            label.setWordWrap(True)
             form.addRow(name, label)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -91,7 +91,7 @@ class TrainingStatus(QWidget):
             self.fields[name].setText("starting…")
 
     def show_memory(self) -> None:
-        self.fields["Memory"].setText(f"{format_bytes(process_rss_bytes())} resident (viewer + training)")
+        self.fields["Memory"].setText(f"{format_bytes(process_rss_bytes())} RSS")
 
     def show_progress(self, p: Progress, accumulate: int = 1) -> None:
         self.bar.setRange(0, max(1, p.total))
