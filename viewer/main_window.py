@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QImage, QKeySequence
 from PySide6.QtWidgets import QComboBox, QDockWidget, QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QWidget
 
@@ -15,6 +15,7 @@ from engine.errors import SlideError
 from engine.slides import SlideSource, open_slide
 from viewer import export
 from viewer.background import BackgroundRunner
+from viewer.fine_tuning import FineTuning
 from viewer.images import array_to_qimage
 from viewer.jobs import Runner, engine_runner
 from viewer.live_maps import LiveMaps
@@ -22,6 +23,7 @@ from viewer.slide_view import SlideView
 from viewer.sources import SharedSource
 from viewer.state import MAGNIFICATION_PRESETS, RecentFiles, Viewport, available_presets, format_length_um
 from viewer.tiles import TileCache, TileLoader, default_cache_bytes
+from viewer.training import TrainRunner, engine_train_runner
 from viewer.widgets.associated_images import AssociatedImagesPanel
 from viewer.widgets.overview import OverviewWidget
 from viewer.widgets.properties_panel import PropertiesPanel
@@ -67,7 +69,7 @@ class MainWindow(QMainWindow):
     error_reported = Signal(str)
 
     def __init__(self, *, settings: QSettings | None = None, cache_bytes: int | None = None, popups: bool = True,
-                 runner: Runner = engine_runner) -> None:
+                 runner: Runner = engine_runner, train_runner: TrainRunner = engine_train_runner) -> None:
         super().__init__()
         self.setWindowTitle("StreamSlide")
         self.settings = settings or QSettings("StreamSlide", "viewer")
@@ -102,6 +104,12 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(right[0], right[2])
         self.tabifyDockWidget(right[0], right[3])
         right[0].raise_()
+        # Fine-tuning: wide curves need the bottom area; hidden until asked for (Model ▸ Train).
+        self.training = FineTuning(self.live, self.browser, self.report_error, self.settings, train_runner, parent=self)
+        self.training_dock = self._dock("Training", self.training.widget, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.training_dock.hide()
+        # The right column's docks are tall: the training dock spans the view and the left column only.
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.resizeDocks(left + right[:2], [300, 300, 380, 380], Qt.Orientation.Horizontal)
         self.position_label = QLabel()
         self.zoom_label = QLabel()
@@ -150,6 +158,9 @@ class MainWindow(QMainWindow):
 
         model_menu = self.menuBar().addMenu("&Model")
         model_menu.addActions(self.live.actions)
+        model_menu.addSeparator()
+        self.train_action = self._action("&Train a model…", self.show_training, "Ctrl+T")
+        model_menu.addAction(self.train_action)
 
         view_menu = self.menuBar().addMenu("&View")
         self.fit_action = self._action("&Fit (0)", self.view.fit)
@@ -395,6 +406,14 @@ class MainWindow(QMainWindow):
         self.open_paths([u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()])
         event.acceptProposedAction()
 
+    def show_training(self) -> None:
+        self.training_dock.show()
+        self.training_dock.raise_()
+        QTimer.singleShot(0, self._size_training_dock)  # after the dock is laid out, or Qt ignores it
+
+    def _size_training_dock(self) -> None:
+        self.resizeDocks([self.training_dock], [max(400, self.height() * 2 // 5)], Qt.Orientation.Vertical)
+
     # -- shutdown -------------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Cancel and wait for every worker, then close every slide. Safe to call twice."""
@@ -402,6 +421,7 @@ class MainWindow(QMainWindow):
             return
         self._shut = True
         self.view.set_slide(None)
+        self.training.shutdown()  # cancels a run: the engine saves last/ first
         self.live.shutdown()
         self.loader.shutdown()
         self.runner.shutdown()
@@ -410,5 +430,8 @@ class MainWindow(QMainWindow):
         self.slides.clear()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self._shut and not self.training.close_requested(self):
+            event.ignore()  # training goes on; the window closes itself when it ends, if asked to
+            return
         self.shutdown()
         super().closeEvent(event)

@@ -49,6 +49,8 @@ def list_slide_files(folder: Path) -> list[Path]:
 
 class SlideBrowser(QWidget):
     slide_chosen = Signal(str)
+    #: The list was refilled for a folder (the training labels re-mark its slides).
+    folder_changed = Signal(str)
 
     def __init__(self, runner: BackgroundRunner, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -93,6 +95,7 @@ class SlideBrowser(QWidget):
             item.setToolTip(0, str(path))
             self._items[str(path)] = item
             self._jobs.append(self.runner.submit(probe_slide, str(path), on_done=self._on_probed))
+        self.folder_changed.emit(str(folder))
 
     def _on_probed(self, info: SlideInfo) -> None:
         item = self._items.get(info.path)
@@ -117,6 +120,9 @@ class SlideBrowser(QWidget):
 
     def item_for(self, path: str) -> QTreeWidgetItem | None:
         return self._items.get(str(Path(path)))
+
+    def listed_paths(self) -> list[str]:
+        return list(self._items)
 
     def _activated(self, item: QTreeWidgetItem) -> None:
         self.slide_chosen.emit(item.data(0, Qt.ItemDataRole.UserRole))

@@ -1,0 +1,131 @@
+"""Live training curves (pyqtgraph): loss per optimiser step and per epoch, validation metrics per
+epoch. Points are appended in O(1) and the plots redrawn at most every ``REDRAW_MS``, so a run
+reporting many steps a second costs one ``setData`` per plot per redraw, not per step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QVBoxLayout, QWidget
+
+REDRAW_MS = 100
+TRAIN_PEN = pg.mkPen((120, 120, 120), width=1)
+SMOOTH_PEN = pg.mkPen((31, 119, 180), width=2)
+VAL_PEN = pg.mkPen((214, 39, 40), width=2)
+#: Steps in the running mean drawn over the noisy per-step loss (one slide per step is noisy).
+SMOOTH_STEPS = 10
+
+
+def running_mean(values: np.ndarray, n: int) -> np.ndarray:
+    if len(values) == 0:
+        return values
+    finite = np.where(np.isfinite(values), values, 0.0)
+    csum = np.cumsum(np.concatenate([[0.0], finite]))
+    counts = np.cumsum(np.concatenate([[0], np.isfinite(values).astype(int)]))
+    lo = np.maximum(np.arange(1, len(values) + 1) - n, 0)
+    hi = np.arange(1, len(values) + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (csum[hi] - csum[lo]) / (counts[hi] - counts[lo])
+
+
+class TrainingCurves(QWidget):
+    """Two plots: loss (train per step, its running mean, validation per epoch) against the
+    optimiser step, and validation accuracy and AUC against the epoch."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.train_steps: list[int] = []
+        self.train_loss: list[float] = []
+        self.val_rows: list[dict] = []  # epoch, step, loss, accuracy, auc
+
+        self.loss_plot = pg.PlotWidget(background="w")
+        self.loss_plot.setTitle("Loss", color="k")
+        self.loss_plot.setLabel("bottom", "optimiser step")
+        self.loss_plot.showGrid(x=True, y=True, alpha=0.2)
+        legend = self.loss_plot.addLegend(offset=(-10, 10), labelTextColor="k", labelTextSize="8pt")
+        legend.setBrush(pg.mkBrush(255, 255, 255, 150))
+        self.train_item = self.loss_plot.plot([], [], pen=TRAIN_PEN, name="train (per step)")
+        self.smooth_item = self.loss_plot.plot([], [], pen=SMOOTH_PEN, name=f"train (mean of {SMOOTH_STEPS})")
+        self.val_loss_item = self.loss_plot.plot([], [], pen=VAL_PEN, symbol="o", symbolSize=7,
+                                                 symbolBrush=(214, 39, 40), name="validation (per epoch)")
+
+        self.metric_plot = pg.PlotWidget(background="w")
+        self.metric_plot.setTitle("Validation", color="k")
+        self.metric_plot.setLabel("bottom", "epoch")
+        self.metric_plot.setYRange(0, 1.02)
+        self.metric_plot.showGrid(x=True, y=True, alpha=0.2)
+        legend = self.metric_plot.addLegend(offset=(-10, -10), labelTextColor="k", colCount=2)
+        legend.setBrush(pg.mkBrush(255, 255, 255, 200))
+        self.accuracy_item = self.metric_plot.plot([], [], pen=pg.mkPen((44, 160, 44), width=2), symbol="s",
+                                                   symbolSize=7, symbolBrush=(44, 160, 44), name="accuracy")
+        self.auc_item = self.metric_plot.plot([], [], pen=pg.mkPen((148, 103, 189), width=2), symbol="t",
+                                              symbolSize=8, symbolBrush=(148, 103, 189), name="AUC")
+        for plot in (self.loss_plot, self.metric_plot):
+            for axis in ("left", "bottom"):
+                plot.getAxis(axis).setTextPen("k")
+                plot.getAxis(axis).setPen("k")
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.loss_plot, 1)
+        layout.addWidget(self.metric_plot, 1)
+        self._dirty = False
+        self._timer = QTimer(self, singleShot=True, interval=REDRAW_MS)
+        self._timer.timeout.connect(self.redraw)
+
+    # -- points ---------------------------------------------------------------------------------
+    def clear(self) -> None:
+        self.train_steps.clear()
+        self.train_loss.clear()
+        self.val_rows.clear()
+        self.redraw()
+
+    def add_train(self, step: int, loss: float) -> None:
+        """One optimiser step. A step at or before the last one means a resumed run re-reports
+        from its checkpoint: the points after it are dropped, as the engine drops them from its log."""
+        while self.train_steps and self.train_steps[-1] >= step:
+            self.train_steps.pop()
+            self.train_loss.pop()
+        self.train_steps.append(step)
+        self.train_loss.append(loss)
+        self._schedule()
+
+    def add_val(self, epoch: int, step: int, values: dict) -> None:
+        self.val_rows = [r for r in self.val_rows if r["epoch"] < epoch]
+        self.val_rows.append({"epoch": epoch, "step": step, **values})
+        self._schedule()
+
+    def set_curves(self, train: list[dict], val: list[dict]) -> None:
+        """Replace every point (a reopened run's ``metrics.jsonl``)."""
+        self.train_steps = [r["step"] for r in train]
+        self.train_loss = [r.get("loss", float("nan")) for r in train]
+        self.val_rows = list(val)
+        self.redraw()
+
+    @property
+    def point_count(self) -> int:
+        return len(self.train_steps) + len(self.val_rows)
+
+    # -- drawing --------------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        self._dirty = True
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def redraw(self) -> None:
+        self._dirty = False
+        steps = np.asarray(self.train_steps, float)
+        loss = np.asarray(self.train_loss, float)
+        # connect="finite": a skipped (NaN) step leaves a gap rather than breaking the line.
+        self.train_item.setData(steps, loss, connect="finite")
+        self.smooth_item.setData(steps, running_mean(loss, SMOOTH_STEPS), connect="finite")
+        val_steps = np.asarray([r["step"] for r in self.val_rows], float)
+        epochs = np.asarray([r["epoch"] + 1 for r in self.val_rows], float)  # "after epoch 1" is 1
+
+        def column(name: str) -> np.ndarray:
+            return np.asarray([r.get(name, np.nan) for r in self.val_rows], float)
+
+        self.val_loss_item.setData(val_steps, column("loss"), connect="finite")
+        self.accuracy_item.setData(epochs, column("accuracy"), connect="finite")
+        self.auc_item.setData(epochs, column("auc"), connect="finite")

@@ -1,0 +1,225 @@
+"""The training form: labels, base model, input, schedule, device, run folder; Start, Pause,
+Resume, Cancel. It holds choices only; :mod:`viewer.fine_tuning` turns them into a run.
+
+Pause has no engine counterpart: it saves the last checkpoint at the next step and stops, and
+Resume starts again from that checkpoint (exactly: same data order, optimiser and RNG state).
+The note under the buttons says so, because a "pause" that frees the device is not a freeze.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+    QSpinBox, QWidget,
+)
+
+LABEL_SOURCES = ("Slide browser labels", "CSV file")
+#: Where the initial weights come from.
+BASES = ("Random initialisation", "ImageNet weights file", "Loaded model (Model panel)")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "smallnet")
+PAUSE_NOTE = ("Pause saves the last checkpoint at the next step and stops; Resume continues "
+              "from it exactly (same data order and optimiser state).")
+
+
+class ModelCombo(QComboBox):
+    """Editable architecture list that asks for the registry's names the first time it opens:
+    listing them imports torch (on a worker), which a viewer session that never trains should not pay."""
+
+    first_popup = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._asked = False
+
+    def showPopup(self) -> None:
+        if not self._asked:
+            self._asked = True
+            self.first_popup.emit()
+        super().showPopup()
+
+
+class TrainingPanel(QWidget):
+    import_csv_requested = Signal(str)
+    save_csv_requested = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.labels_source = QComboBox()
+        self.labels_source.addItems(LABEL_SOURCES)
+        self.labels_source.setToolTip("Right-click slides in the slide browser to label them, or import a CSV "
+                                      "(slide,label[,split], paths relative to the CSV)")
+        self.import_button = QPushButton("Import CSV…")
+        self.save_labels_button = QPushButton("Save CSV…")
+        self.save_labels_button.setToolTip("Save the slide browser's labels as slide,label (paths relative to the CSV)")
+        self.labels_summary = QLabel("No labels yet: right-click slides in the browser, or import a CSV")
+        self.labels_summary.setWordWrap(True)
+        self.csv_path: str | None = None
+
+        self.model = ModelCombo()
+        self.model.setEditable(True)
+        self.model.addItems(DEFAULT_MODELS)
+        self.model.setCurrentText("resnet34")
+        self.base = QComboBox()
+        self.base.addItems(BASES)
+        self.weights = QLineEdit()
+        self.weights.setPlaceholderText("state dict (.pth, .pt, .safetensors) with torchvision/timm names")
+        self.weights_button = QPushButton("…")
+        self.weights_button.setFixedWidth(28)
+
+        self.input_by = QComboBox()
+        self.input_by.addItems(("µm/px", "level"))
+        self.input_value = QDoubleSpinBox()
+        self.input_value.setRange(0.0, 64.0)
+        self.input_value.setDecimals(3)
+        self.input_value.setValue(1.0)
+        self.input_size = QSpinBox()
+        self.input_size.setRange(0, 65536)
+        self.input_size.setSingleStep(512)
+        self.input_size.setSpecialValueText("own size")
+        self.input_size.setValue(4096)
+        self.input_size.setToolTip("Square input edge in level pixels (tissue cropped or padded to it)")
+        self.tile_size = QSpinBox()
+        self.tile_size.setRange(16, 16384)
+        self.tile_size.setSingleStep(256)
+        self.tile_size.setValue(1024)
+
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 10000)
+        self.epochs.setValue(10)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(1e-6, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(1e-4)
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+
+        self.run_dir = QLineEdit()
+        self.run_dir.setToolTip("The run's folder: last/, best/, metrics.jsonl and spec.json go here")
+        self.run_dir_button = QPushButton("…")
+        self.run_dir_button.setFixedWidth(28)
+
+        self.update_saliency = QCheckBox("Update saliency each epoch")
+        self.update_saliency.setToolTip("After each epoch, run the new checkpoint with saliency on the view on screen")
+        self.saliency_now = QPushButton("Saliency now")
+        self.start_button = QPushButton("Start")
+        self.pause_button = QPushButton("Pause")
+        self.resume_button = QPushButton("Resume")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop; the last checkpoint is saved at the next step")
+        note = QLabel(PAUSE_NOTE)
+        note.setWordWrap(True)
+        note.setStyleSheet("color: #555")
+
+        grid = QGridLayout(self)
+        grid.setContentsMargins(6, 6, 6, 6)
+        grid.setVerticalSpacing(4)
+        grid.addWidget(QLabel("Labels"), 0, 0)
+        grid.addWidget(self.labels_source, 0, 1, 1, 3)
+        grid.addWidget(self.import_button, 0, 4)
+        grid.addWidget(self.save_labels_button, 0, 5)
+        grid.addWidget(self.labels_summary, 1, 1, 1, 5)
+        grid.addWidget(QLabel("Model"), 2, 0)
+        grid.addWidget(self.model, 2, 1, 1, 2)
+        grid.addWidget(self.base, 2, 3, 1, 3)
+        grid.addWidget(QLabel("Weights"), 3, 0)
+        grid.addWidget(self.weights, 3, 1, 1, 4)
+        grid.addWidget(self.weights_button, 3, 5)
+        grid.addWidget(QLabel("Input"), 4, 0)
+        input_row = QHBoxLayout()
+        for w in (self.input_value, self.input_by, QLabel("size"), self.input_size, QLabel("tile"), self.tile_size):
+            input_row.addWidget(w)
+        grid.addLayout(input_row, 4, 1, 1, 5)
+        grid.addWidget(QLabel("Train"), 5, 0)
+        train_row = QHBoxLayout()
+        for w in (QLabel("epochs"), self.epochs, QLabel("lr"), self.lr, QLabel("device"), self.device):
+            train_row.addWidget(w)
+        grid.addLayout(train_row, 5, 1, 1, 5)
+        grid.addWidget(QLabel("Run folder"), 6, 0)
+        grid.addWidget(self.run_dir, 6, 1, 1, 4)
+        grid.addWidget(self.run_dir_button, 6, 5)
+        grid.addWidget(self.update_saliency, 7, 1, 1, 3)
+        grid.addWidget(self.saliency_now, 7, 4, 1, 2)
+        buttons = QHBoxLayout()
+        for b in (self.start_button, self.pause_button, self.resume_button, self.cancel_button):
+            buttons.addWidget(b)
+        grid.addLayout(buttons, 8, 0, 1, 6)
+        grid.addWidget(note, 9, 0, 1, 6)
+        grid.setRowStretch(10, 1)
+        grid.setColumnStretch(2, 1)
+
+        self.import_button.clicked.connect(self._choose_csv)
+        self.save_labels_button.clicked.connect(self._choose_save_csv)
+        self.weights_button.clicked.connect(self._choose_weights)
+        self.run_dir_button.clicked.connect(self._choose_run_dir)
+        self.base.currentIndexChanged.connect(self._update_weights_row)
+        self._update_weights_row()
+        self.set_state("idle")
+
+    # -- choices --------------------------------------------------------------------------------
+    def set_models(self, names: list[str]) -> None:
+        """The registry's architectures (arrives from a worker: listing them imports torch)."""
+        current = self.model.currentText()
+        self.model.clear()
+        self.model.addItems(names)
+        self.model.setCurrentText(current if current in names else (names[0] if names else current))
+
+    @property
+    def use_csv(self) -> bool:
+        return self.labels_source.currentIndex() == 1
+
+    def set_csv(self, path: str, summary: str) -> None:
+        self.csv_path = path
+        self.labels_source.setCurrentIndex(1)
+        self.labels_summary.setText(summary)
+
+    def level_and_mpp(self) -> tuple[int | None, float | None]:
+        value = self.input_value.value()
+        if self.input_by.currentText() == "level":
+            return int(value), None
+        return None, (value or None)
+
+    def _update_weights_row(self) -> None:
+        wants_file = self.base.currentIndex() == 1
+        self.weights.setEnabled(wants_file)
+        self.weights_button.setEnabled(wants_file)
+
+    def _choose_csv(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import labels", "", "Labels (*.csv);;All files (*)")
+        if path:
+            self.import_csv_requested.emit(path)
+
+    def _choose_save_csv(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels", "labels.csv", "Labels (*.csv)")
+        if path:
+            self.save_csv_requested.emit(path)
+
+    def _choose_weights(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "ImageNet weights", "",
+                                              "State dicts (*.pth *.pt *.bin *.safetensors);;All files (*)")
+        if path:
+            self.weights.setText(path)
+
+    def _choose_run_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Run folder")
+        if folder:
+            self.run_dir.setText(folder)
+
+    # -- state ----------------------------------------------------------------------------------
+    def set_state(self, state: str) -> None:
+        """"idle", "running", "stopping", "paused" (or "cancelled": resumable too)."""
+        busy = state in ("running", "stopping")
+        resumable = state in ("paused", "cancelled")
+        self.start_button.setEnabled(not busy)
+        self.pause_button.setEnabled(state == "running")
+        self.cancel_button.setEnabled(state == "running")
+        self.resume_button.setEnabled(resumable)
+        for w in (self.labels_source, self.import_button, self.model, self.base, self.input_by, self.input_value,
+                  self.input_size, self.tile_size, self.epochs, self.lr, self.device, self.run_dir):
+            w.setEnabled(not busy)
+        self._update_weights_row()
+        if busy:
+            self.weights.setEnabled(False)
+            self.weights_button.setEnabled(False)
