@@ -7,11 +7,8 @@ job on the device at a time. On the worker, every ``MapPatch`` is split into dis
 and colour-mapped to BGRA with the styles current at that moment, then handed to the UI
 thread through an inbox; patches of superseded jobs are dropped there.
 
-Why an inbox rather than one queued signal per event: a fast job floods the event queue, and
-Qt delivers every posted event in one go, starving timers and paints for seconds (measured:
-3.7 s with 12k patches). Here the worker appends to a deque and posts one wake-up; the UI
-thread drains it for at most ``DRAIN_BUDGET_S`` at a time and yields to the event loop in
-between. The deque is bounded: a worker that gets ahead of the UI waits (checking its token).
+Events reach the UI thread through a :class:`~viewer.inbox.UiInbox` (bounded, drained in short
+turns), not one queued signal per event, which starved paints for seconds with fast jobs.
 ``engine.api`` (and with it torch) is imported on the worker, never by the viewer itself.
 """
 
@@ -19,21 +16,19 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
-import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from PySide6.QtCore import QObject, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, Signal
 
 from engine.errors import Cancelled, StreamSlideError
 from engine.geometry import Box
 from engine.jobs import CancelToken, Event, Finished, InferenceSpec, MapPatch, Prediction, Progress
 from viewer.colormaps import LayerStyle, colourize
 from viewer.overlay import ColouredPatch, LayerPatch, MapGeometry, finite_range, layer_names
+from viewer.inbox import UiInbox
 from viewer.tiles import lower_thread_priority
 
 log = logging.getLogger(__name__)
@@ -113,8 +108,6 @@ class JobController(QObject):
     job_finished = Signal(object, object)  # Job, Finished
     job_failed = Signal(object, str)  # Job, user-readable message
 
-    # Worker -> UI thread: "the inbox has events" (queued, because it is emitted on the worker).
-    _wake = Signal()
 
     def __init__(self, runner: Runner = engine_runner, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -125,12 +118,7 @@ class JobController(QObject):
         self._generations = itertools.count(1)
         self.jobs: dict[int, Job] = {}  # queued and running, in submission order
         self._closed = False
-        self._inbox: deque[tuple[Callable, int, object]] = deque()
-        self._inbox_cv = threading.Condition()
-        self._wake_posted = False  # a wake-up or a drain timer is pending: no need for another
-        self._drain_timer = QTimer(self, singleShot=True, interval=0)
-        self._drain_timer.timeout.connect(self._drain)
-        self._wake.connect(self._drain)
+        self._inbox = UiInbox(MAX_INBOX, DRAIN_BUDGET_S, parent=self)
 
     # -- UI thread API ---------------------------------------------------------------------
     def submit(self, spec: InferenceSpec, style_for: StyleLookup, target: str | None = None) -> Job:
@@ -176,22 +164,13 @@ class JobController(QObject):
         for job in self.jobs.values():
             job.superseded = True
             job.token.cancel()
-        with self._inbox_cv:
-            self._inbox.clear()
-            self._inbox_cv.notify_all()  # a worker waiting for room sees the cancel
+        self._inbox.close()  # a worker waiting for room sees the cancel
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- worker ------------------------------------------------------------------------------
     def _post(self, handler: Callable, job_id: int, payload: object, token: CancelToken | None = None) -> None:
         """Worker side: queue ``handler(job_id, payload)`` for the UI thread."""
-        with self._inbox_cv:
-            while token is not None and len(self._inbox) >= MAX_INBOX and not token.cancelled and not self._closed:
-                self._inbox_cv.wait(timeout=0.1)
-            self._inbox.append((handler, job_id, payload))
-            wake = not self._wake_posted
-            self._wake_posted = True
-        if wake:
-            self._wake.emit()
+        self._inbox.post(handler, job_id, payload, token)
 
     def _run(self, job: Job) -> None:
         if job.token.cancelled:  # cancelled while queued: never touch the device
@@ -212,22 +191,6 @@ class JobController(QObject):
         self._post(self._on_done, job.job_id, finished)
 
     # -- back on the UI thread ----------------------------------------------------------------
-    @Slot()
-    def _drain(self) -> None:
-        deadline = time.perf_counter() + DRAIN_BUDGET_S
-        while True:
-            with self._inbox_cv:
-                if not self._inbox:
-                    self._wake_posted = False
-                    return
-                handler, job_id, payload = self._inbox.popleft()
-                if len(self._inbox) < MAX_INBOX // 2:
-                    self._inbox_cv.notify_all()
-            handler(job_id, payload)
-            if time.perf_counter() > deadline:
-                self._drain_timer.start()  # the rest after timers and paints have had a turn
-                return
-
     def _live(self, job_id: int) -> Job | None:
         job = self.jobs.get(job_id)
         return None if job is None or job.superseded or self._closed else job

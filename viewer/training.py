@@ -18,17 +18,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import threading
 import time
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from PySide6.QtCore import QObject, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, Signal
 
 from engine.errors import Cancelled, StreamSlideError
 from engine.jobs import CancelToken, CheckpointSaved, Event, Finished, Metrics, Progress, StepSkipped, TrainingSpec
+from viewer.inbox import UiInbox
 from viewer.tiles import lower_thread_priority
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,6 @@ class TrainingController(QObject):
     finished = Signal(object, object)  # TrainingRun, Finished (its state says done/paused/cancelled)
     failed = Signal(object, str)  # TrainingRun, user-readable message
 
-    _wake = Signal()  # worker -> UI thread: the inbox has events (queued: emitted on the worker)
 
     def __init__(self, runner: TrainRunner = engine_train_runner, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -87,12 +85,7 @@ class TrainingController(QObject):
         self.run: TrainingRun | None = None  # the latest run, finished or not
         self._future: Future | None = None
         self._closed = False
-        self._inbox: deque[tuple[Callable, int, object]] = deque()
-        self._inbox_cv = threading.Condition()
-        self._wake_posted = False
-        self._drain_timer = QTimer(self, singleShot=True, interval=0)
-        self._drain_timer.timeout.connect(self._drain)
-        self._wake.connect(self._drain)
+        self._inbox = UiInbox(MAX_INBOX, DRAIN_BUDGET_S, parent=self)
 
     # -- UI thread API ---------------------------------------------------------------------
     @property
@@ -140,21 +133,12 @@ class TrainingController(QObject):
         self._closed = True
         if self.run is not None:
             self.run.token.cancel()
-        with self._inbox_cv:
-            self._inbox.clear()
-            self._inbox_cv.notify_all()  # a worker waiting for room sees the cancel
+        self._inbox.close()  # a worker waiting for room sees the cancel
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- worker ------------------------------------------------------------------------------
     def _post(self, handler: Callable, generation: int, payload: object, token: CancelToken | None = None) -> None:
-        with self._inbox_cv:
-            while token is not None and len(self._inbox) >= MAX_INBOX and not token.cancelled and not self._closed:
-                self._inbox_cv.wait(timeout=0.1)
-            self._inbox.append((handler, generation, payload))
-            wake = not self._wake_posted
-            self._wake_posted = True
-        if wake:
-            self._wake.emit()
+        self._inbox.post(handler, generation, payload, token)
 
     def _on_event_from_worker(self, run: TrainingRun, event: Event) -> None:
         handler = {Progress: self._on_progress, Metrics: self._on_metrics, CheckpointSaved: self._on_checkpoint,
@@ -180,22 +164,6 @@ class TrainingController(QObject):
         self._post(self._on_done, run.generation, finished)
 
     # -- back on the UI thread ----------------------------------------------------------------
-    @Slot()
-    def _drain(self) -> None:
-        deadline = time.perf_counter() + DRAIN_BUDGET_S
-        while True:
-            with self._inbox_cv:
-                if not self._inbox:
-                    self._wake_posted = False
-                    return
-                handler, generation, payload = self._inbox.popleft()
-                if len(self._inbox) < MAX_INBOX // 2:
-                    self._inbox_cv.notify_all()
-            handler(generation, payload)
-            if time.perf_counter() > deadline:
-                self._drain_timer.start()  # the rest after timers and paints have had a turn
-                return
-
     def _current(self, generation: int) -> TrainingRun | None:
         run = self.run
         return run if run is not None and run.generation == generation and not self._closed else None
