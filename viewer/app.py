@@ -10,6 +10,7 @@ from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication
 
 from viewer.main_window import MainWindow
+from viewer.gc_pauses import freeze_long_lived
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.folder:
         window.browser.set_folder(args.folder)
     window.open_paths(args.slides)
+    freeze_long_lived()  # start-up objects live as long as the app: keep collections short
     return app.exec()
 
 

@@ -281,6 +281,7 @@ class FineTuning(QObject):
         self.status.state.setText(f"Step {skipped.step} skipped: {skipped.reason}")
 
     def _on_finished(self, run: TrainingRun, finished: Finished) -> None:
+        self.curves.flush()  # the redraw timer may still hold the run's last steps
         name = Path(run.spec.out_dir).name
         if run.state == "paused":
             self.status.end(f"Paused {name}: the last checkpoint is saved; Resume continues from it.", False)

@@ -28,6 +28,7 @@ from engine.geometry import Box
 from engine.jobs import CancelToken, Event, Finished, InferenceSpec, MapPatch, Prediction, Progress
 from viewer.colormaps import LayerStyle, colourize
 from viewer.overlay import ColouredPatch, LayerPatch, MapGeometry, finite_range, layer_names
+from viewer.gc_pauses import freeze_long_lived
 from viewer.inbox import UiInbox
 from viewer.tiles import lower_thread_priority
 
@@ -48,6 +49,8 @@ StyleLookup = Callable[[str], LayerStyle]
 def engine_runner(spec: InferenceSpec, on_event: Callable[[Event], None], cancel: CancelToken) -> Finished:
     """The real runner. Imported here, on the worker: ``engine.api`` loads torch."""
     from engine.api import run_inference
+
+    freeze_long_lived()  # torch's module objects would otherwise be walked by every full collection
 
     return run_inference(spec, on_event, cancel)
 

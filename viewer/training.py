@@ -27,6 +27,7 @@ from PySide6.QtCore import QObject, Signal
 
 from engine.errors import Cancelled, StreamSlideError
 from engine.jobs import CancelToken, CheckpointSaved, Event, Finished, Metrics, Progress, StepSkipped, TrainingSpec
+from viewer.gc_pauses import freeze_long_lived
 from viewer.inbox import UiInbox
 from viewer.tiles import lower_thread_priority
 
@@ -45,6 +46,8 @@ TrainRunner = Callable[[TrainingSpec, Callable[[Event], None], CancelToken], Fin
 def engine_train_runner(spec: TrainingSpec, on_event: Callable[[Event], None], cancel: CancelToken) -> Finished:
     """The real runner. Imported here, on the worker: ``engine.api`` loads torch lazily."""
     from engine.api import run_training
+
+    freeze_long_lived()  # torch's module objects would otherwise be walked by every full collection
 
     return run_training(spec, on_event, cancel)
 

@@ -108,6 +108,12 @@ class TrainingCurves(QWidget):
         return len(self.train_steps) + len(self.val_rows)
 
     # -- drawing --------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Draw what is pending now (at the end of a run, so its last steps are on screen)."""
+        if self._dirty:
+            self._timer.stop()
+            self.redraw()
+
     def _schedule(self) -> None:
         self._dirty = True
         if not self._timer.isActive():
