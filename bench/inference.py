@@ -94,7 +94,12 @@ def worker(cfg: dict) -> dict:
             if not first:
                 first.append(time.perf_counter() - t0)
 
+    # Warm up on a small region: one-time costs (imports, model load, kernel selection) are
+    # not what a whole slide costs.
+    run_inference(InferenceSpec(slide_path=cfg["slide"], model_path=cfg["model"], l0_region=(0, 0, 512, 512),
+                                saliency=spec.saliency, tile_size=cfg["tile"]), lambda e: None)
     base = _rss_mib()
+    first.clear()
     t0 = time.perf_counter()
     run_inference(spec, on_event)
     seconds = time.perf_counter() - t0

@@ -90,7 +90,20 @@ def main() -> None:
     probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
     probe.start()
     patches = []
-    window.live.jobs.patch_ready.connect(lambda job, patch: patches.append(patch))
+    # Patch-to-screen latency: from the engine handing a MapPatch to the viewer (worker thread)
+    # to the UI thread emitting patch_ready, which schedules the repaint of that region.
+    import viewer.jobs as viewer_jobs
+    emitted: list[float] = []
+    real_call = viewer_jobs._WorkerEvents.__call__
+
+    def stamped(self, event):
+        if type(event).__name__ == "MapPatch":
+            emitted.append(time.perf_counter())
+        return real_call(self, event)
+
+    viewer_jobs._WorkerEvents.__call__ = stamped
+    arrived: list[float] = []
+    window.live.jobs.patch_ready.connect(lambda job, patch: (patches.append(patch), arrived.append(time.perf_counter())))
     started = time.perf_counter()
     window.live.model_panel.slide_button.click()
     wait_for(app, lambda: bool(done), 600)
@@ -101,6 +114,10 @@ def main() -> None:
           "worst paint ms:", round(max(p[1] for p in window.view.paint_log), 1))
     print(f"whole-slide job: {time.perf_counter() - started:.1f} s, {len(patches)} live patches, "
           f"worst event-loop stall (5 ms probe) {worst_ms:.0f} ms")
+    import numpy as np
+    lat = np.array(arrived) - np.array(emitted[:len(arrived)])  # one patch_ready per MapPatch, in order
+    print(f"patch-to-screen latency (engine -> UI, ms): p50 {np.median(lat) * 1000:.1f}, "
+          f"p95 {np.percentile(lat, 95) * 1000:.1f}, max {lat.max() * 1000:.1f}")
     stack = window.live.stack
     stack.set_style("prediction: nuclei", colormap="inferno", opacity=0.55, threshold=0.3)
     stack.set_active("prediction: nuclei")
