@@ -187,9 +187,13 @@ class LiveMaps(QObject):
             vp = self.view.viewport
             l0_region = vp.l0_visible_box().intersect(Box(0, 0, vp.l0_width, vp.l0_height)).outer_int()
         region = None if l0_region is None else tuple(int(v) for v in (l0_region.x0, l0_region.y0, l0_region.x1, l0_region.y1))
+        # On the whole slide, the map starts where the user is looking (exact in any block order).
+        vis = self.view.viewport.l0_visible_box()
+        priority = (vis.x0, vis.y0, vis.x1, vis.y1) if scope == "slide" else None
         spec = InferenceSpec(
             slide_path=self.slide_path, model_path=self.model_panel.model_path, l0_region=region,
             device=self.model_panel.device.currentText(), saliency=self.model_panel.saliency.isChecked(),
+            priority_l0_box=priority,
         )
         job = self.jobs.submit(spec, self.stack_for(self.slide_path).style_for, target=self.slide_path)
         self._descriptions[job.job_id] = f"{Path(self.slide_path).name} · {scope}"
