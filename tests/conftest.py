@@ -126,6 +126,25 @@ def no_worker_thread_left_running():
     assert not left, f"worker threads still running after the test: {[t.name for t in left]}"
 
 
+@pytest.fixture(autouse=True)
+def garbage_collected_on_the_ui_thread(request):
+    """As in the app: with Qt in the test, cycles are collected on the UI thread only (a
+    collection on a worker can deadlock Qt; see viewer.gc_pauses)."""
+    import gc
+
+    was_enabled = gc.isenabled()
+    if "qtbot" in request.fixturenames:
+        request.getfixturevalue("qapp")
+        from viewer.gc_pauses import collect_on_ui_thread
+
+        collect_on_ui_thread()
+        gc.disable()
+    else:  # no event loop runs the collector's timer: collect the normal way
+        gc.enable()
+    yield
+    (gc.enable if was_enabled else gc.disable)()
+
+
 @pytest.fixture
 def tile_machinery():
     from viewer.tiles import TileCache, TileLoader

@@ -267,10 +267,6 @@ def test_readout_export_png_with_legend_and_maps_round_trip(qtbot, window, gate,
     assert (reloaded.bgra[..., 3] == 255).all()
 
 
-@pytest.mark.skip(reason="hangs in about 1 run of 3 (job_finished never arrives; the UI thread idles "
-                         "while the worker waits for inbox room), also before this session's last changes; "
-                         "under investigation, see the issue notes. The stall figure is printed by "
-                         "bench/overlay_screenshot.py.")
 def test_worst_event_loop_stall_during_a_job_is_small(qtbot, tmp_path, synthetic_slide_path, model_path):
     # 16-px cells in 2x2-cell patches: 256 x 192 cells in 12,288 patches of three layers each.
     runner = FakeRunner(l0_cell=16, block_cells=2)

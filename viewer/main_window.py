@@ -16,6 +16,7 @@ from engine.slides import SlideSource, open_slide
 from viewer import export
 from viewer.background import BackgroundRunner
 from viewer.fine_tuning import FineTuning
+from viewer.gc_pauses import collect_on_ui_thread
 from viewer.images import array_to_qimage
 from viewer.jobs import Runner, engine_runner
 from viewer.live_maps import LiveMaps
@@ -71,6 +72,7 @@ class MainWindow(QMainWindow):
     def __init__(self, *, settings: QSettings | None = None, cache_bytes: int | None = None, popups: bool = True,
                  runner: Runner = engine_runner, train_runner: TrainRunner = engine_train_runner) -> None:
         super().__init__()
+        collect_on_ui_thread()  # a collection on a worker can deadlock Qt (see viewer.gc_pauses)
         self.setWindowTitle("StreamSlide")
         self.settings = settings or QSettings("StreamSlide", "viewer")
         self.popups = popups
