@@ -35,6 +35,12 @@ class SlideRecipe:
     lesions: int = 3
     lesion_radius_um: float = 120.0
     nucleus_spacing_px: float = 22.0
+    # Lesion cells: nucleus radius range and mean spacing (level-0 px), and how far their colour
+    # goes from stroma towards LESION_CELL (1: all the way). The defaults draw crowded dark
+    # clusters, plain at any zoom; `subtle_lesions` matches the tissue's mean colour instead.
+    lesion_cell_radius_px: tuple[float, float] = (4.0, 6.0)
+    lesion_cell_spacing_px: float = 9.9
+    lesion_cell_strength: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,16 @@ class _Scene:
                     if self._tissue_at(np.array([[y]]), np.array([[x]]))[0, 0]:
                         break
                 self.lesions.append(Lesion(float(x), float(y), float(r)))
-                m = int(np.pi * r * r / (0.45 * spacing) ** 2)
+                m = int(np.pi * r * r / recipe.lesion_cell_spacing_px ** 2)
                 ang, rad = rng.uniform(0, 2 * np.pi, m), r * np.sqrt(rng.uniform(0, 1, m))
-                cells.append(np.stack([x + rad * np.cos(ang), y + rad * np.sin(ang), rng.uniform(4.0, 6.0, m)], axis=1))
+                cells.append(np.stack([x + rad * np.cos(ang), y + rad * np.sin(ang),
+                                       rng.uniform(*recipe.lesion_cell_radius_px, m)], axis=1))
         self.cells = np.concatenate(cells) if cells else np.zeros((0, 3))
+        # Lesion cells replace the normal nuclei where they grow.
+        keep = np.ones(len(self.nuclei), bool)
+        for les in self.lesions:
+            keep &= np.hypot(self.nuclei[:, 0] - les.l0_x, self.nuclei[:, 1] - les.l0_y) > les.l0_radius
+        self.nuclei = self.nuclei[keep]
 
     def _tissue_at(self, l0_y: np.ndarray, l0_x: np.ndarray) -> np.ndarray:
         gy, gx = l0_y / self.grid_step, l0_x / self.grid_step
@@ -101,7 +113,7 @@ class _Scene:
         for points, target in ((self.nuclei, dark), (self.cells, lesion)):
             self._stamp(points, target, lx, ly, downsample)
         dark *= tissue
-        lesion *= tissue  # lesions grow in tissue, never on the glass
+        lesion *= tissue * self.recipe.lesion_cell_strength  # lesions grow in tissue, never on the glass
         rgb = rgb * (1 - dark[..., None]) + NUCLEUS * dark[..., None]
         rgb = rgb * (1 - lesion[..., None]) + LESION_CELL * lesion[..., None]
         return np.clip(rgb, 0, 255).astype(np.uint8)
@@ -133,14 +145,31 @@ class _Scene:
         return mask
 
 
-def write_synthetic_slide(path: str | os.PathLike, recipe: SlideRecipe, *, mask_cell: int = 16) -> dict:
-    """Write the slide (SVS) and, beside it, ``<stem>.mask.npz`` (lesion mask at ``mask_cell``
+IN_MEMORY_MAX_PIXELS = 8192 * 8192  # up to here level 0 is rendered whole (192 MiB) and averaged down
+
+
+def write_synthetic_slide(path: str | os.PathLike, recipe: SlideRecipe, *, mask_cell: int = 16,
+                          downsamples: tuple[int, ...] | None = None) -> dict:
+    """Write the slide (SVS; ``downsamples`` per level, default: halve to thumbnail size) and, beside it, ``<stem>.mask.npz`` (lesion mask at ``mask_cell``
     level-0 pixels per cell) and ``<stem>.json`` (recipe, lesions). Returns that JSON."""
     from engine.svs import write_svs
 
     path = Path(path)
     scene = _Scene(recipe)
-    write_svs(path, recipe.size, scene.render, mpp=recipe.mpp, app_mag=20 * 0.5 / recipe.mpp, tile=256)
+    w, h = recipe.size
+    if w * h <= IN_MEMORY_MAX_PIXELS:
+        # Coarser levels as a scanner would see them: box averages of the level-0 pixels (the
+        # scene's own rendering at a downsample point-samples sub-pixel cells, which changes the
+        # mean colour of fine texture). Level 0 is rendered in bands to bound temporaries.
+        from engine.svs import array_renderer
+
+        rgb = np.empty((h, w, 3), np.uint8)
+        for y0 in range(0, h, 512):
+            rgb[y0:y0 + 512] = scene.render(1.0, Box(0, y0, w, min(h, y0 + 512)))
+        render = array_renderer(rgb)
+    else:
+        render = scene.render
+    write_svs(path, recipe.size, render, downsamples=downsamples, mpp=recipe.mpp, app_mag=20 * 0.5 / recipe.mpp, tile=256)
     mask = scene.lesion_mask(mask_cell)
     np.savez_compressed(path.with_suffix(".mask.npz"), mask=mask, cell=np.int64(mask_cell))
     info = {"recipe": asdict(recipe), "label": int(recipe.positive), "lesions": [asdict(le) for le in scene.lesions]}

@@ -1,0 +1,106 @@
+"""The demo task: a fixed cohort of synthetic slides where lesions are small and subtle.
+
+Every slide is 4096 x 4096 level-0 pixels at 0.5 µm/px (2 x 2 mm), with levels at 1, 2, 4 and 8
+times downsampled, each the box average of level 0 as a scanner at lower magnification would
+see it. Positive slides hold 1–3 lesions of 150 µm across: clusters of large, pale nuclei whose
+mean colour matches the surrounding tissue, so they are plain at 0.5–1 µm/px and vanish at
+4 µm/px (measured: the 8x-averaged colour inside and outside lesions differs by about 1 of 255).
+That makes resolution matter, as small metastases do in the paper. Labels are image-level; the
+lesion masks beside the slides are for evaluation only.
+
+Slides are generated once into a cache folder (``STREAMSLIDE_CACHE`` or ``~/.cache/streamslide``)
+and reused while their recipe is unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from engine.synthetic import SlideRecipe, write_synthetic_slide
+
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+DEMO_MODEL_DIR = RESOURCES / "demo_model"  # model.safetensors + model.json (made by resources/train_demo_model.py)
+CLASSES = ("normal", "lesion")
+LEVEL_DOWNSAMPLES = (1, 2, 4, 8)
+SPLITS = {"train": 32, "val": 8, "test": 24}  # slides per split, half of them positive
+
+
+def demo_recipe(seed: int, positive: bool) -> SlideRecipe:
+    return SlideRecipe(seed=seed, size=(4096, 4096), mpp=0.5, positive=positive,
+                       lesions=1 + seed % 3, lesion_radius_um=75.0,
+                       lesion_cell_radius_px=(6.0, 8.0), lesion_cell_spacing_px=33.0, lesion_cell_strength=0.33)
+
+
+@dataclass(frozen=True)
+class DemoSlide:
+    name: str
+    split: str
+    label: str
+    recipe: SlideRecipe
+
+    def path(self, root: Path) -> Path:
+        return Path(root) / f"{self.name}.svs"
+
+    def mask_path(self, root: Path) -> Path:
+        return Path(root) / f"{self.name}.mask.npz"
+
+
+def demo_cohort(splits: dict[str, int] | None = None) -> list[DemoSlide]:
+    """The cohort, in a fixed order: per split, positives and negatives alternating."""
+    slides = []
+    for split_index, (split, count) in enumerate((splits or SPLITS).items()):
+        for i in range(count):
+            seed = 1000 * (split_index + 1) + i
+            positive = i % 2 == 0
+            slides.append(DemoSlide(f"demo-{split}-{i:02d}-{CLASSES[positive]}", split, CLASSES[positive],
+                                    demo_recipe(seed, positive)))
+    return slides
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("STREAMSLIDE_CACHE") or Path.home() / ".cache" / "streamslide"
+    return Path(base) / "demo-slides"
+
+
+def _fingerprint(slide: DemoSlide) -> str:
+    text = json.dumps([asdict(slide.recipe), LEVEL_DOWNSAMPLES], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ensure_demo_slides(root: str | os.PathLike | None = None, slides: list[DemoSlide] | None = None,
+                       progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Generate the slides that are missing or stale under ``root`` (default: the cache folder)
+    and write ``labels.csv`` (``slide,label,split``) there. Returns ``root``. About 5 s a slide."""
+    root = Path(root) if root is not None else default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    slides = demo_cohort() if slides is None else slides
+    for i, slide in enumerate(slides):
+        stamp = root / f"{slide.name}.recipe"
+        if not (slide.path(root).exists() and stamp.exists() and stamp.read_text() == _fingerprint(slide)):
+            if progress:
+                progress(i, len(slides), slide.name)
+            write_synthetic_slide(slide.path(root), slide.recipe, downsamples=LEVEL_DOWNSAMPLES)
+            stamp.write_text(_fingerprint(slide))  # written last: a killed run regenerates the slide
+    write_labels(root / "labels.csv", slides)
+    return root
+
+
+def write_labels(path: Path, slides: list[DemoSlide]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["slide", "label", "split"])
+        for slide in slides:
+            writer.writerow([f"{slide.name}.svs", slide.label, slide.split])
+    os.replace(tmp, path)
+
+
+def showcase_slide() -> DemoSlide:
+    """The positive test slide the demo opens (not seen in training)."""
+    return next(s for s in demo_cohort() if s.split == "test" and s.label == "lesion")
