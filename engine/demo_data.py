@@ -104,3 +104,20 @@ def write_labels(path: Path, slides: list[DemoSlide]) -> None:
 def showcase_slide() -> DemoSlide:
     """The positive test slide the demo opens (not seen in training)."""
     return next(s for s in demo_cohort() if s.split == "test" and s.label == "lesion")
+
+
+def demo_training_spec(labels: str | os.PathLike, out_dir: str | os.PathLike, *, input_size: int = 2048,
+                       epochs: int = 8, seed: int = 0, device: str = "auto", streaming: bool = True):
+    """How the demo model is trained (and each resolution of ``bench/resolution.py``): SmallNet
+    (16 channels, total stride 16, max-pooled head, so one lesion anywhere can decide the
+    slide) on whole 4096² slides read at the level that makes them ``input_size``² pixels,
+    image-level labels, AdamW with a cosine schedule, flips/rotations and mild colour jitter."""
+    from engine.jobs import TrainingSpec
+
+    level = LEVEL_DOWNSAMPLES.index(4096 // input_size)
+    return TrainingSpec(labels=str(labels), out_dir=str(out_dir), model="smallnet", pool="max",
+                        model_kwargs={"width": 16}, classes=CLASSES, level=level, input_size=input_size,
+                        tissue_crop=False, augment=True, colour_jitter=0.03, streaming=streaming,
+                        tile_size=min(input_size, 1024), epochs=epochs, optimizer="adamw", lr=1e-3,
+                        weight_decay=1e-4, schedule="cosine", warmup_steps=4, seed=seed, device=device,
+                        monitor="auc")

@@ -42,6 +42,7 @@ SCHEDULES = ("cosine", "constant")
 MONITORS = {"auc": 1.0, "accuracy": 1.0, "loss": -1.0}  # sign: +1 higher is better
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METRICS_LOG = "metrics.jsonl"
+CALIBRATION_CROP = 1024  # input pixels per side of the crops that set BatchNorm statistics
 
 
 def check_spec(spec: TrainingSpec) -> None:
@@ -222,7 +223,7 @@ class Trainer:
     def _resume(self) -> None:
         found = find_checkpoint(self.out / "last")
         if found is None:
-            return
+            return False
         counters = load_training_state(found, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                        scaler=self.scaler)
         if counters["steps_per_epoch"] != self.steps_per_epoch or tuple(counters["classes"]) != self.classes:
@@ -232,6 +233,38 @@ class Trainer:
         self.best_value, self.nonfinite_run = counters["best_value"], counters["nonfinite_run"]
         if self.ctx.is_main:
             self._trim_log()
+        return True
+
+    def _calibrate_norms(self) -> None:
+        """Set the trunk's BatchNorm statistics from data before they are frozen.
+
+        From scratch, frozen norms keep running mean 0 and variance 1, which fit no layer:
+        activations shrink layer after layer and the head sees nearly constant features
+        (measured on the demo task: max-pooled features about 0.1, loss stuck at ln 2 for 10
+        epochs). A conventional forward in training mode over centred crops of the first few
+        training slides (the same slides on every rank) gives each norm the cumulative mean and
+        variance of its input; then the norms are frozen again.
+        """
+        norms = [m for m in self.model.trunk().modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration crops
+            m.train()
+        with torch.no_grad():
+            for record in self.train_set[:self.spec.calibrate_norms]:
+                rgb, aug, _ = self._load(record, None)
+                h, w = rgb.shape[:2]
+                crop = min(h, w, CALIBRATION_CROP)
+                y0, x0 = (h - crop) // 2, (w - crop) // 2
+                src = input_source(np.ascontiguousarray(rgb[y0:y0 + crop, x0:x0 + crop]), aug,
+                                   self.spec.normalization_mean, self.spec.normalization_std, dtype=self.dtype)
+                self.classifier.trunk(src.read((0, crop), (0, crop)).to(self.device))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        freeze_norms(self.classifier.trunk)
 
     def _trim_log(self) -> None:
         """Drop log rows after the checkpoint (a killed run may have logged steps it never saved)."""
@@ -387,8 +420,9 @@ class Trainer:
         spec = self.spec
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        if spec.resume:
-            self._resume()
+        resumed = spec.resume and self._resume()
+        if not resumed and spec.pretrained is None and spec.calibrate_norms > 0:
+            self._calibrate_norms()
         if self.ctx.is_main:
             spec_json = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(spec).items()}
             (self.out / "spec.json").write_text(json.dumps(spec_json, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,261 @@
+"""The paper in miniature: does end-to-end training at higher resolution find what lower misses?
+
+Trains the same network (engine.demo_data.demo_training_spec: SmallNet, max-pooled head) on the
+same synthetic demo slides, read at 0.5, 1, 2 and 4 µm/px so the whole 2 x 2 mm slide is 4096²,
+2048², 1024² or 512² input pixels, with streaming and image-level labels only, a fixed seed and
+a held-out test split. Prints, per resolution:
+
+* test ROC AUC of the slide-level prediction;
+* saliency localisation on the positive test slides (the engine's saliency of the "lesion"
+  score, the same maps the viewer shows, on a common 16-µm grid): the share of saliency mass
+  inside the lesion masks (against the lesion share of the tissue, what an even map scores) and
+  the AUC of saliency as a per-cell lesion detector;
+* training time, and time and peak memory of one training step, streaming vs conventional.
+
+Every measurement runs in a fresh process, so peak RSS is that configuration's own. Writes
+``OUT/results.json``, ``OUT/table.md`` and a figure of saliency maps per resolution
+(``OUT/saliency.png``; ``--figure docs/resolution-saliency.png`` to put it in the docs).
+
+    python bench/resolution.py                 # default, about an hour on 2 CPU cores
+    python bench/resolution.py --quick         # 512² and 1024², a smaller cohort, minutes
+    python bench/resolution.py --table-from bench/out/resolution/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MAP_L0_CELL = 32  # level-0 pixels per saliency cell at every resolution (16 µm)
+QUICK_SPLITS = {"train": 12, "val": 4, "test": 8}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args: list[str]) -> dict:
+    """Run this script with ``args`` in a fresh process; its last stdout line is JSON."""
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"child {' '.join(args)} failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cohort(quick: bool):
+    from engine.demo_data import demo_cohort
+
+    return demo_cohort(QUICK_SPLITS if quick else None)
+
+
+# --- children -----------------------------------------------------------------------------
+
+def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str) -> dict:
+    from engine.api import run_training
+    from engine.demo_data import demo_training_spec
+    from engine.jobs import Metrics
+
+    base = peak_rss_mib()
+    val_auc: list[float] = []
+
+    def on_event(event) -> None:
+        if isinstance(event, Metrics) and event.phase == "val":
+            val_auc.append(event.values.get("auc", float("nan")))
+            print(f"  {size}² epoch {event.epoch}: val auc {val_auc[-1]:.3f} loss {event.values.get('loss', float('nan')):.3f}",
+                  file=sys.stderr, flush=True)
+
+    spec = demo_training_spec(slides_dir / "labels.csv", out / f"run-{size}", input_size=size, epochs=epochs, device=device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    finished = run_training(spec, on_event)
+    return {"size": size, "train_wall_s": time.perf_counter() - wall, "train_cpu_s": time.process_time() - cpu,
+            "epochs": epochs, "val_auc": val_auc, "peak_rss_mib": peak_rss_mib(), "base_rss_mib": base,
+            "cancelled": finished.cancelled}
+
+
+def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: str) -> dict:
+    from engine.api import run_inference
+    from engine.demo_data import LEVEL_DOWNSAMPLES
+    from engine.jobs import InferenceSpec, MapPatch
+    from engine.metrics import roc_auc, saliency_localisation
+    from engine.synthetic import _Scene
+
+    level = LEVEL_DOWNSAMPLES.index(4096 // size)
+    model = out / f"run-{size}" / "best"
+    scores, labels, localisation, maps = [], [], [], {}
+    for slide in (s for s in cohort(quick) if s.split == "test"):
+        sal = np.zeros((4096 // MAP_L0_CELL, 4096 // MAP_L0_CELL), np.float32)
+
+        def on_event(event, sal=sal) -> None:
+            if isinstance(event, MapPatch) and event.layer == "saliency":
+                r0, c0 = event.cell_offset
+                sal[r0:r0 + event.values.shape[0], c0:c0 + event.values.shape[1]] = event.values
+
+        positive = slide.label == "lesion"
+        spec = InferenceSpec(slide_path=str(slide.path(slides_dir)), model_path=str(model), level=level,
+                             l0_region=(0, 0, 4096, 4096), device=device, saliency=positive, saliency_class=1,
+                             saliency_cell=MAP_L0_CELL // LEVEL_DOWNSAMPLES[level])
+        finished = run_inference(spec, on_event)
+        scores.append(finished.prediction.probabilities[1])
+        labels.append(positive)
+        if positive:
+            scene = _Scene(slide.recipe)
+            lesion = scene.lesion_mask(MAP_L0_CELL)
+            centres = (np.arange(sal.shape[0]) + 0.5) * MAP_L0_CELL
+            tissue = scene._tissue_at(centres[:, None], centres[None, :])
+            localisation.append(saliency_localisation(sal, lesion, tissue))
+            maps[slide.name] = sal
+    np.savez_compressed(out / f"saliency-{size}.npz", **maps)
+    mean = lambda key: float(np.nanmean([m[key] for m in localisation]))  # noqa: E731
+    return {"size": size, "test_auc": roc_auc(np.array(scores), np.array(labels)), "test_scores": scores,
+            "test_labels": labels, "mass_in_lesion": mean("mass_in_lesion"), "lesion_share": mean("lesion_share"),
+            "pixel_auc": mean("pixel_auc")}
+
+
+def step_one(size: int, streaming: bool) -> dict:
+    """One training step (forward, loss, backward) on a random input: time and peak memory."""
+    import torch
+
+    from engine.models.registry import create_model
+    from engine.train import Classifier
+
+    torch.manual_seed(0)
+    model = create_model("smallnet", num_classes=2, pool="max", width=16)
+    net = Classifier(model, streaming=streaming, tile_size=min(size, 1024)).train()
+    x = torch.randn(1, 3, size, size)
+    base = peak_rss_mib()
+    times = []
+    for _ in range(2):  # the first step pays for planning and allocator warm-up
+        wall = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(net(x), torch.tensor([1]))
+        loss.backward()
+        times.append(time.perf_counter() - wall)
+    return {"size": size, "streaming": streaming, "step_s": times[-1], "peak_rss_mib": peak_rss_mib(), "base_rss_mib": base}
+
+
+# --- the report ----------------------------------------------------------------------------
+
+def table(results: list[dict]) -> str:
+    lines = ["| input (whole slide) | µm/px | test AUC | saliency mass in lesions (even map) | saliency pixel AUC "
+             "| training time | step streaming | step conventional | peak RSS streaming | peak RSS conventional |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s, c = r["step_streaming"], r["step_conventional"]
+        lines.append(
+            f"| {r['size']}² | {0.5 * 4096 / r['size']:g} | {r['test_auc']:.3f} | {r['mass_in_lesion']:.3f} ({r['lesion_share']:.3f}) "
+            f"| {r['pixel_auc']:.3f} | {r['train_wall_s'] / 60:.1f} min ({r['epochs']} epochs) | {s['step_s']:.2f} s "
+            f"| {c['step_s']:.2f} s | {s['peak_rss_mib']:.0f} MiB | {c['peak_rss_mib']:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: Path, rows: int = 3) -> None:
+    """Rows: positive test slides; columns: the slide with its lesions outlined, then the saliency
+    map of each resolution's model (each map scaled to its own 99th percentile)."""
+    from PIL import Image, ImageDraw
+
+    from engine.results import colorize
+    from engine.slides import open_slide, to_rgb
+    from engine.synthetic import _Scene
+
+    names = [s for s in cohort(quick) if s.split == "test" and s.label == "lesion"][:rows]
+    cell = 256
+    head = 22
+    canvas = Image.new("RGB", ((1 + len(results)) * (cell + 6), rows * (cell + 6) + head), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), "slide (lesions outlined)", fill="black")
+    for j, r in enumerate(results):
+        draw.text(((j + 1) * (cell + 6) + 4, 4), f"{r['size']}² input  (test AUC {r['test_auc']:.2f})", fill="black")
+    for i, slide in enumerate(names):
+        y = head + i * (cell + 6)
+        with open_slide(slide.path(slides_dir)) as s:
+            level = s.level_count - 1
+            w, h = s.level_dimensions[level]
+            thumb = Image.fromarray(to_rgb(s.read_region(0, 0, level, w, h), s.background_rgb)).resize((cell, cell))
+        d = ImageDraw.Draw(thumb)
+        for les in _Scene(slide.recipe).lesions:
+            k = cell / 4096
+            d.ellipse([(les.l0_x - les.l0_radius) * k - 3, (les.l0_y - les.l0_radius) * k - 3,
+                       (les.l0_x + les.l0_radius) * k + 3, (les.l0_y + les.l0_radius) * k + 3], outline=(0, 160, 0), width=2)
+        canvas.paste(thumb, (0, y))
+        for j, r in enumerate(results):
+            sal = np.load(out / f"saliency-{r['size']}.npz")[slide.name]
+            hi = float(np.percentile(sal, 99)) or 1.0
+            rgb = colorize(np.clip(sal / hi, 0, 1), 0.0, 1.0)
+            canvas.paste(Image.fromarray(rgb).resize((cell, cell), Image.Resampling.NEAREST), ((j + 1) * (cell + 6), y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="512² and 1024², a 24-slide cohort, 3 epochs")
+    parser.add_argument("--sizes", type=int, nargs="+", help="input sizes (whole slide): 512 1024 2048 4096")
+    parser.add_argument("--epochs", type=int, help="epochs per resolution (default 8; quick 3)")
+    parser.add_argument("--slides", type=Path, help="demo slide folder (default: the cache)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "resolution")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--figure", type=Path, help="also write the saliency figure here")
+    parser.add_argument("--table-from", type=Path, help="print the table of a results.json and stop")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.table_from:
+        print(table(json.loads(args.table_from.read_text())["results"]))
+        return 0
+    from engine.demo_data import default_cache_dir, ensure_demo_slides
+
+    slides_dir = args.slides or (default_cache_dir().parent / "demo-slides-quick" if args.quick else default_cache_dir())
+    out = args.out / ("quick" if args.quick else "full")
+    if args.child:
+        kind, size = args.child[0], int(args.child[1])
+        if kind == "train":
+            result = train_one(size, slides_dir, out, int(args.child[2]), args.device)
+        elif kind == "evaluate":
+            result = evaluate_one(size, slides_dir, out, args.quick, args.device)
+        else:
+            result = step_one(size, streaming=kind == "step-streaming")
+        print(json.dumps(result))
+        return 0
+
+    sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 2048, 4096])
+    epochs = args.epochs or (3 if args.quick else 8)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"slides: {slides_dir}", flush=True)
+    ensure_demo_slides(slides_dir, cohort(args.quick),
+                       progress=lambda i, n, name: print(f"  generating {name} ({i + 1}/{n})", flush=True))
+    common = ["--out", str(args.out), "--slides", str(slides_dir), "--device", args.device] + (["--quick"] if args.quick else [])
+    results = []
+    for size in sizes:
+        print(f"{size}²: training {epochs} epochs...", flush=True)
+        row = child(["--child", "train", str(size), str(epochs), *common])
+        row.update(child(["--child", "evaluate", str(size), *common]))
+        row["step_streaming"] = child(["--child", "step-streaming", str(size), *common])
+        row["step_conventional"] = child(["--child", "step-conventional", str(size), *common])
+        results.append(row)
+        print(f"{size}²: test AUC {row['test_auc']:.3f}, saliency mass in lesions {row['mass_in_lesion']:.3f} "
+              f"(even {row['lesion_share']:.3f}), pixel AUC {row['pixel_auc']:.3f}, "
+              f"{row['train_wall_s'] / 60:.1f} min", flush=True)
+        (out / "results.json").write_text(json.dumps({"results": results, "epochs": epochs, "quick": args.quick}, indent=1))
+    text = table(results)
+    (out / "table.md").write_text(text + "\n")
+    print(text)
+    figure(results, slides_dir, out, args.quick, out / "saliency.png")
+    if args.figure:
+        figure(results, slides_dir, out, args.quick, args.figure)
+    print(f"results: {out / 'results.json'}; figure: {out / 'saliency.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
