@@ -1,4 +1,6 @@
-# The README's two commands: `make demo` (main job) and `make test` (whole suite).
+# The README's two commands: `make demo` (the viewer on a demo slide with the bundled model, live
+# saliency; headless: demo-output/) and `make test` (whole suite). `make check-exact`: the engine's
+# float64 exactness check.
 # Both create .venv and install through constraints-ci.txt, so pip takes the CPU torch
 # wheel instead of a multi-GB CUDA build.
 PYTHON ?= python3
@@ -6,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo check-exact test bench clean
 
 $(STAMP): pyproject.toml constraints-ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +19,9 @@ $(STAMP): pyproject.toml constraints-ci.txt
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m viewer.demo
+
+check-exact: $(STAMP)
 	$(PY) -m engine demo
 
 test: $(STAMP)

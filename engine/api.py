@@ -23,6 +23,16 @@ def read_model_card(path):
     return _read(path)
 
 
+def check_model(path):
+    """Load a checkpoint once as a job would (the weights against the card's sha256, their keys
+    and shapes against its architecture) and return its card. Raises
+    :class:`~engine.errors.CheckpointError` naming the file. Imports torch."""
+    from engine.checkpoints import load_checkpoint
+
+    _, card = load_checkpoint(path)
+    return card
+
+
 def resolve_device(name: str):
     import torch
 

@@ -43,6 +43,15 @@ def test_style_version_changes_only_when_colours_change():
     assert style.changed(threshold=0.3).version == style.version + 1
 
 
+def test_legend_says_what_the_threshold_keeps():
+    from viewer.widgets.colorbar import threshold_label
+
+    assert threshold_label(LayerStyle(vmin=0.0, vmax=1.0, threshold=0.3)) == "≥ 0.3"
+    # A floor at the range's start hides only cells equal to vmin (saliency's exact zeros).
+    assert threshold_label(LayerStyle(vmin=0.0, vmax=7.6e-5, threshold=1e-30)) == "> 0"
+    assert threshold_label(LayerStyle(vmin=0.0, vmax=7.6e-5, threshold=1e-7)) == "≥ 1e-07"
+
+
 def _patch(generation, geometry, r0, c0, values, style, name="saliency"):
     values = np.asarray(values, np.float32)
     return ColouredPatch(generation, geometry, r0, c0, (LayerPatch(name, values, colourize(values, style), style.version, *finite_range(values)),))

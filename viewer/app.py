@@ -21,21 +21,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def application() -> QApplication:
+    """The QApplication (made once), named so QSettings finds the viewer's settings."""
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("StreamSlide")
     app.setOrganizationName("StreamSlide")
-    settings = QSettings("StreamSlide", "viewer")
-    if args.cache_mb:
-        settings.setValue("cache/max_bytes", args.cache_mb * 2**20)
-    window = MainWindow(settings=settings)
+    return app
+
+
+def show_for_user(app: QApplication, window: MainWindow) -> None:
+    """Show ``window`` at 95 % of the screen, tied to the application's lifetime: quitting shuts
+    its workers down, and Ctrl+C in the terminal closes it the normal way (workers are waited for)."""
     app.aboutToQuit.connect(window.shutdown)
-    # Ctrl+C in the terminal closes the window the normal way (workers are waited for).
     signal.signal(signal.SIGINT, lambda *_: window.close())
     screen = app.primaryScreen().availableGeometry()
     window.resize(int(screen.width() * 0.95), int(screen.height() * 0.95))
     window.show()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    app = application()
+    settings = QSettings("StreamSlide", "viewer")
+    if args.cache_mb:
+        settings.setValue("cache/max_bytes", args.cache_mb * 2**20)
+    window = MainWindow(settings=settings)
+    show_for_user(app, window)
     if args.folder:
         window.browser.set_folder(args.folder)
     window.open_paths(args.slides)

@@ -142,6 +142,11 @@ class SlideView(QWidget):
         self.region_mode = on
         self.setCursor(Qt.CursorShape.CrossCursor) if on else self.unsetCursor()
 
+    @property
+    def moving(self) -> bool:
+        """True from a view change until it settles (``SETTLE_MS``); tiles are drawn unfiltered meanwhile."""
+        return self._moving
+
     def target_level(self) -> int:
         """The display level (an index into ``shared.pyramid``, virtual levels included) the
         current zoom paints from: the finest whose downsample is <= the view's."""

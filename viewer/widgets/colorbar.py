@@ -30,6 +30,14 @@ def format_value(value: float) -> str:
     return f"{value:.3g}"
 
 
+def threshold_label(style: LayerStyle) -> str:
+    """What the threshold keeps: "≥ t", or "> vmin" when t sits at the range's start (a floor that
+    hides only cells equal to vmin, such as saliency's exact zeros, would print as "≥ 1e-30")."""
+    if style.vmax > style.vmin and 0 < style.threshold - style.vmin <= 1e-6 * (style.vmax - style.vmin):
+        return f"> {format_value(style.vmin)}"
+    return f"≥ {format_value(style.threshold)}"
+
+
 def paint_colorbar(painter: QPainter, rect: QRectF, title: str, style: LayerStyle) -> None:
     """Title on top, gradient in the middle, vmin / vmax (and the threshold) below."""
     painter.save()
@@ -53,7 +61,7 @@ def paint_colorbar(painter: QPainter, rect: QRectF, title: str, style: LayerStyl
     painter.drawText(labels, Qt.AlignmentFlag.AlignLeft, format_value(style.vmin))
     painter.drawText(labels, Qt.AlignmentFlag.AlignRight, format_value(style.vmax))
     if style.threshold is not None:
-        painter.drawText(labels, Qt.AlignmentFlag.AlignHCenter, f"≥ {format_value(style.threshold)}")
+        painter.drawText(labels, Qt.AlignmentFlag.AlignHCenter, threshold_label(style))
     painter.restore()
 
 
