@@ -147,6 +147,7 @@ def step_one(size: int, streaming: bool) -> dict:
 # --- the report ----------------------------------------------------------------------------
 
 def table(results: list[dict]) -> str:
+    results = sorted(results, key=lambda r: r["size"])
     lines = ["| input (whole slide) | µm/px | test AUC | saliency mass in lesions (even map) | saliency pixel AUC "
              "| training time | step streaming | step conventional | peak RSS streaming | peak RSS conventional |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -168,6 +169,7 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
     from engine.slides import open_slide, to_rgb
     from engine.synthetic import _Scene
 
+    results = sorted(results, key=lambda r: r["size"])
     names = [s for s in cohort(quick) if s.split == "test" and s.label == "lesion"][:rows]
     cell = 256
     head = 22

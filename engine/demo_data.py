@@ -2,7 +2,7 @@
 
 Every slide is 4096 x 4096 level-0 pixels at 0.5 µm/px (2 x 2 mm), with levels at 1, 2, 4 and 8
 times downsampled, each the box average of level 0 as a scanner at lower magnification would
-see it. Positive slides hold 1–3 lesions of 150 µm across: clusters of large, pale nuclei whose
+see it. Positive slides hold 2–4 lesions of 200 µm across: clusters of large, pale nuclei whose
 mean colour matches the surrounding tissue, so they are plain at 0.5–1 µm/px and vanish at
 4 µm/px (measured: the 8x-averaged colour inside and outside lesions differs by about 1 of 255).
 That makes resolution matter, as small metastases do in the paper. Labels are image-level; the
@@ -33,7 +33,7 @@ SPLITS = {"train": 32, "val": 8, "test": 24}  # slides per split, half of them p
 
 def demo_recipe(seed: int, positive: bool) -> SlideRecipe:
     return SlideRecipe(seed=seed, size=(4096, 4096), mpp=0.5, positive=positive,
-                       lesions=1 + seed % 3, lesion_radius_um=75.0,
+                       lesions=2 + seed % 3, lesion_radius_um=100.0,
                        lesion_cell_radius_px=(6.0, 8.0), lesion_cell_spacing_px=33.0, lesion_cell_strength=0.33)
 
 
@@ -118,6 +118,6 @@ def demo_training_spec(labels: str | os.PathLike, out_dir: str | os.PathLike, *,
     return TrainingSpec(labels=str(labels), out_dir=str(out_dir), model="smallnet", pool="max",
                         model_kwargs={"width": 16}, classes=CLASSES, level=level, input_size=input_size,
                         tissue_crop=False, augment=True, colour_jitter=0.03, streaming=streaming,
-                        tile_size=min(input_size, 1024), epochs=epochs, optimizer="adamw", lr=1e-3,
+                        tile_size=min(input_size, 1024), epochs=epochs, optimizer="adamw", lr=2e-3,
                         weight_decay=1e-4, schedule="cosine", warmup_steps=4, seed=seed, device=device,
                         monitor="auc")

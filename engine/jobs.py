@@ -117,8 +117,7 @@ class TrainingSpec:
     Numerics: ``dtype`` "float32" or "float64" (exactness checks); on GPU ``mixed_precision``
     (bf16, else fp16 with loss scaling) and ``channels_last``.
     From scratch (no ``pretrained``, nothing resumed), BatchNorm statistics are first estimated
-    from centred crops of the first ``calibrate_norms`` training slides (0: keep PyTorch's initial
-    mean 0 / variance 1, which fit no layer once frozen).
+    from centred crops of the first ``calibrate_norms`` training slides (0: keep PyTorch's initial mean 0 / variance 1, which fit no layer once frozen).
     Run: ``out_dir`` receives ``last/`` and ``best/`` (chosen by validation ``monitor``: "auc",
     "accuracy" or "loss"), ``metrics.jsonl`` and ``spec.json``; ``resume`` continues from
     ``out_dir/last``; ``checkpoint_every`` also saves ``last`` every N optimiser steps (0: at epoch

@@ -71,14 +71,14 @@ def test_streamed_training_equals_conventional_step_for_step_in_float64(spec, tm
 def test_streamed_training_learns_the_local_pattern(spec, tmp_path):
     labels = write_training_set(tmp_path / "slides", n_per_class=5, size=96, val_per_class=2, seed=1)
     rec = Recorder()
-    done = run_training(dataclasses.replace(spec, labels=str(labels), model_kwargs={"width": 8}, epochs=3), rec)
+    done = run_training(dataclasses.replace(spec, labels=str(labels), model_kwargs={"width": 8}, epochs=4), rec)
     val = [e.values for e in rec.of(Metrics) if e.phase == "val"]
-    assert len(val) == 3 and val[-1]["auc"] == 1.0 and val[-1]["accuracy"] == 1.0
+    assert len(val) == 4 and val[-1]["auc"] == 1.0 and val[-1]["accuracy"] == 1.0
     assert val[-1]["loss"] < val[0]["loss"]
     assert load_checkpoint(done.outputs["best"])[1].classes == ("benign", "tumour")
     rows = [json.loads(line) for line in open(done.outputs["metrics"])]
-    assert [r["step"] for r in rows if r["phase"] == "train"] == list(range(3 * 6))
-    assert [r["epoch"] for r in rows if r["phase"] == "val"] == [0, 1, 2]
+    assert [r["step"] for r in rows if r["phase"] == "train"] == list(range(4 * 6))
+    assert [r["epoch"] for r in rows if r["phase"] == "val"] == [0, 1, 2, 3]
     assert {e.kind for e in rec.of(CheckpointSaved)} == {"last", "best"}
 
 
@@ -138,3 +138,23 @@ def test_repeated_nans_stop_the_run_and_never_save_bad_weights(spec, nan_head):
     last = find_checkpoint(spec.out_dir + "/last")
     assert all(torch.isfinite(v).all() for v in weights(last).values())
     assert not any(isinstance(e, Finished) for e in rec.events)
+
+
+def _trunk_norms(model):
+    return [m for m in model.trunk().modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_training_from_scratch_sets_frozen_norm_statistics_from_the_data(spec, tmp_path):
+    run_training(dataclasses.replace(spec, epochs=1, lr=0.0, weight_decay=0.0), Recorder())
+    model, _ = load_checkpoint(tmp_path / "run" / "last")
+    norms = _trunk_norms(model)
+    # PyTorch starts every norm at mean 0 / variance 1; calibrated ones carry their inputs' statistics.
+    assert norms and all(not torch.allclose(m.running_mean, torch.zeros_like(m.running_mean)) for m in norms)
+    assert all(not torch.allclose(m.running_var, torch.ones_like(m.running_var)) for m in norms)
+    # With lr 0 nothing else moved, so the statistics came from calibration, not from training.
+    assert all(m.num_batches_tracked.item() == spec.calibrate_norms for m in norms)
+
+    run_training(dataclasses.replace(spec, out_dir=str(tmp_path / "off"), epochs=1, lr=0.0, weight_decay=0.0,
+                                     calibrate_norms=0), Recorder())
+    off, _ = load_checkpoint(tmp_path / "off" / "last")
+    assert all(torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in _trunk_norms(off))
