@@ -74,9 +74,11 @@ def _fingerprint(slide: DemoSlide) -> str:
 
 
 def ensure_demo_slides(root: str | os.PathLike | None = None, slides: list[DemoSlide] | None = None,
-                       progress: Callable[[int, int, str], None] | None = None) -> Path:
+                       progress: Callable[[int, int, str], None] | None = None, *, labels: bool = True) -> Path:
     """Generate the slides that are missing or stale under ``root`` (default: the cache folder)
-    and write ``labels.csv`` (``slide,label,split``) there. Returns ``root``. About 5 s a slide."""
+    and, with ``labels``, write ``labels.csv`` (``slide,label,split``) listing them. Returns
+    ``root``. About 3 s a slide. (The viewer demo makes one slide and leaves the labels of a
+    cohort already there alone.)"""
     root = Path(root) if root is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     slides = demo_cohort() if slides is None else slides
@@ -87,7 +89,8 @@ def ensure_demo_slides(root: str | os.PathLike | None = None, slides: list[DemoS
                 progress(i, len(slides), slide.name)
             write_synthetic_slide(slide.path(root), slide.recipe, downsamples=LEVEL_DOWNSAMPLES)
             stamp.write_text(_fingerprint(slide))  # written last: a killed run regenerates the slide
-    write_labels(root / "labels.csv", slides)
+    if labels:
+        write_labels(root / "labels.csv", slides)
     return root
 
 

@@ -153,3 +153,19 @@ def test_patch_paints_exactly_over_its_level0_box(qtbot, slide_view, synthetic_s
         colour = rgb[int(py), int(px)].astype(int)
         assert np.abs(colour - block_colour(l0_x, l0_y)).max() < 16, (scale, px, py, colour)
     assert l0_lit.x1 < BLOCK * 2  # all inside block (1, 1): one slide colour around it
+
+
+def test_rebuilding_the_layer_list_keeps_the_active_layer(qtbot, stack):
+    from viewer.widgets.overlay_panel import OverlayPanel
+
+    panel = OverlayPanel()
+    qtbot.addWidget(panel)
+    geometry = MapGeometry(Box(0, 0, 64, 64), (4, 4))
+    stack.begin(1)
+    for name in ("prediction_tumour", "saliency"):
+        stack.add_patch(_patch(1, geometry, 0, 0, np.ones((2, 2)), stack.style_for(name), name=name))
+    panel.set_stack(stack)
+    stack.set_active("saliency")
+    for _ in range(3):  # the list is rebuilt whenever layers come and go
+        panel.refresh()
+        assert stack.active == "saliency" and panel.current_name == "saliency"

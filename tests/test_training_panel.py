@@ -106,6 +106,10 @@ def test_panel_drives_a_real_run_end_to_end(qtbot, tmp_path, labels_csv):
         assert len(saliency_runs) == 2 and all(p.endswith("last") for p in saliency_runs)
         qtbot.waitUntil(lambda: win.live.jobs.running is None and not win.live.jobs.queued, timeout=60_000)
         qtbot.waitUntil(lambda: "saliency" in (win.live.stack.layers if win.live.stack else {}), timeout=10_000)
+        # What the model learns is what the user sees: the saliency layer is shown and selected.
+        stack = win.live.stack
+        assert stack.active == "saliency" and stack.style_for("saliency").visible
+        assert not any(stack.style_for(name).visible for name in stack.layers if name != "saliency")
         # The runs list shows it with its final metrics; reopening loads its curves and model.
         qtbot.waitUntil(lambda: any(r.path == run.spec.out_dir for r in ft.runs_list.runs), timeout=10_000)
         summary = next(r for r in ft.runs_list.runs if r.path == run.spec.out_dir)

@@ -92,7 +92,7 @@ def prepare_slide(cache: Path | None, out: TextIO) -> Path:
         print(f"Generating the demo slide {name}.svs (4096 x 4096 px, once) in {root} ...", end=" ", file=out, flush=True)
 
     try:
-        root = ensure_demo_slides(root, slides=[slide], progress=announce)
+        root = ensure_demo_slides(root, slides=[slide], progress=announce, labels=False)
     except OSError as exc:
         raise DemoError(EXIT_SLIDE, f"Could not write the demo slide into {root}: {exc}. "
                                     "Free some disk space or choose another folder with --cache.") from exc
@@ -156,7 +156,8 @@ class DemoDriver(QObject):
         self.window.view.fit()
         stack = self.window.live.stack_for(key)
         stack.set_style(SALIENCY, threshold=NO_GRADIENT)  # before any patch: coloured so from the first
-        stack.layers_changed.connect(self._on_layers_changed)
+        self.window.live.layer_revealed.connect(self._on_layer_revealed)
+        self.window.live.reveal_when_ready(key, SALIENCY)
         self.window.live.load_model(self.model_path)  # card read on a worker; card_loaded follows
 
     def _on_card_loaded(self, path: str) -> None:
@@ -169,19 +170,9 @@ class DemoDriver(QObject):
             return
         self.run_started.emit(self.job)
 
-    def _on_layers_changed(self) -> None:
-        """Once saliency arrives (after the forward pass), it becomes the shown and selected
-        layer; the class maps are hidden (ticking them in the Overlays panel shows them again)."""
-        stack = self.window.live.stack_for(self.slide_key)
-        if self.saliency_shown or SALIENCY not in stack.layers:
-            return
-        self.saliency_shown = True
-        for name in stack.layers:
-            if name != SALIENCY and stack.style_for(name).visible:
-                stack.set_style(name, visible=False)
-        stack.set_style(SALIENCY, visible=True)
-        stack.set_active(SALIENCY)
-        self.window.live.overlay_panel.refresh()  # selects the active layer
+    def _on_layer_revealed(self, path: str, layer: str) -> None:
+        if path == self.slide_key and layer == SALIENCY:
+            self.saliency_shown = True
 
     def _on_job_finished(self, job, finished: Finished) -> None:
         if self.job is not None and job.job_id == self.job.job_id:

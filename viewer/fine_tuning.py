@@ -327,7 +327,9 @@ class FineTuning(QObject):
         if path == self._saliency_pending:
             self._saliency_pending = None
             self.live.model_panel.saliency.setChecked(True)
-            if self.live.run("view") is not None:
+            job = self.live.run("view")
+            if job is not None:
+                self.live.reveal_when_ready(job.target, "saliency", job)  # what the model learns, not its forward map
                 self.saliency_started.emit(path)
 
     # -- runs ------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ class LiveMaps(QObject):
     job_failed = Signal(object, str)
     maps_written = Signal(dict)
     maps_loaded = Signal(str)
+    layer_revealed = Signal(str, str)  # slide path, layer name
 
     def __init__(self, view: SlideView, report_error: Callable[[str], None], settings: QSettings,
                  runner: Runner = engine_runner, parent: QObject | None = None) -> None:
@@ -126,6 +127,39 @@ class LiveMaps(QObject):
         if path not in self.stacks:
             self.stacks[path] = OverlayStack(self.background.submit, parent=self)
         return self.stacks[path]
+
+    def reveal_when_ready(self, path: str, layer: str = "saliency", job: Job | None = None) -> None:
+        """Make ``layer`` of ``path``'s overlays the shown and selected one, hiding the others
+        (ticking them in the Overlays panel shows them again), as soon as it exists: with a
+        ``job``, once that job's first patch of it arrives (saliency comes after the forward
+        pass; a queued job's start clears the layers of the one before)."""
+        stack = self.stack_for(path)
+
+        def reveal() -> None:
+            if layer not in stack.layers:
+                return
+            stack.layers_changed.disconnect(reveal)
+            for name in stack.layers:
+                if name != layer and stack.style_for(name).visible:
+                    stack.set_style(name, visible=False)
+            stack.set_style(layer, visible=True)
+            stack.set_active(layer)
+            if stack is self.stack:
+                self.overlay_panel.refresh()  # selects the active layer
+            self.layer_revealed.emit(path, layer)
+
+        def arm(started: Job | None = None) -> None:
+            if started is not None:
+                if started.job_id != job.job_id:
+                    return
+                self.job_started.disconnect(arm)
+            stack.layers_changed.connect(reveal)
+            reveal()
+
+        if job is not None and job.state == "queued":
+            self.job_started.connect(arm)
+        else:
+            arm()
 
     @property
     def stack(self) -> OverlayStack | None:

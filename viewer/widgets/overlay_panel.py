@@ -121,7 +121,9 @@ class OverlayPanel(QWidget):
         self.colorbar.set_style(name or "", style)
         if style is None:
             return
-        self._filling = True
+        # Restore, not reset: this also runs inside refresh(), whose own filling must go on
+        # (else rebuilding the list reports its transient selections as the user's).
+        filling, self._filling = self._filling, True
         self.colormap.setCurrentIndex(self.colormap.findData(style.colormap))
         self.opacity.setValue(round(style.opacity * 100))
         self.vmin.setValue(style.vmin)
@@ -131,7 +133,7 @@ class OverlayPanel(QWidget):
         if style.threshold is not None:
             self.threshold.setValue(style.threshold)
         self.interpolation.setCurrentIndex(1 if style.smooth else 0)
-        self._filling = False
+        self._filling = filling
 
     def _on_stack_changed(self, l0_box) -> None:
         if l0_box is None:  # a style or layer change (patch arrivals carry a box): show it

@@ -1,0 +1,81 @@
+"""Rebuild the bundled demo model (resources/demo_model) with the project's own streaming training.
+
+    python resources/train_demo_model.py                # generate the demo cohort, train, package
+    python resources/train_demo_model.py --from-run R   # package the best checkpoint of a finished run
+
+Training is ``engine.demo_data.demo_training_spec`` at a 2048² input (the whole 2 x 2 mm demo
+slide at 1 µm/px, pyramid level 1): SmallNet, image-level labels only, trunk streamed in
+1024² tiles, seed 0. It is the 2048² row of ``bench/resolution.py`` (which keeps its runs in
+``bench/out/resolution/full/run-2048``, so ``--from-run`` can package that one). About 10 minutes
+on 2 CPU cores. The model is written atomically: a failure leaves the previous one in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+INPUT_SIZE = 2048
+EPOCHS = 8
+
+
+def train(run_dir: Path, epochs: int, device: str) -> Path:
+    from engine.api import run_training
+    from engine.demo_data import demo_training_spec, ensure_demo_slides
+    from engine.jobs import Metrics
+
+    slides = ensure_demo_slides(progress=lambda i, n, name: print(f"generating {name} ({i + 1}/{n})", flush=True))
+
+    def on_event(event) -> None:
+        if isinstance(event, Metrics) and event.phase == "val":
+            print(f"epoch {event.epoch}: " + ", ".join(f"val {k} {v:.3f}" for k, v in event.values.items()), flush=True)
+
+    finished = run_training(demo_training_spec(slides / "labels.csv", run_dir, input_size=INPUT_SIZE, epochs=epochs,
+                                               device=device), on_event)
+    if finished.cancelled or "best" not in finished.outputs:
+        raise SystemExit(f"training did not finish; nothing packaged (run folder: {run_dir})")
+    return Path(finished.outputs["best"])
+
+
+def package(best: Path, target: Path) -> None:
+    """Copy ``model.safetensors`` + ``model.json`` of ``best`` into ``target``, checked, atomically."""
+    from engine.checkpoints import load_checkpoint
+
+    _, card = load_checkpoint(best)  # verifies the sha256 and the architecture before anything moves
+    if card.input_level != 1 or tuple(card.classes) != ("normal", "lesion"):
+        raise SystemExit(f"{best} is not a demo model (level {card.input_level}, classes {card.classes})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo_model-", dir=target.parent))
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy2(best / name, staging / name)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        target.replace(old)
+    staging.replace(target)
+    shutil.rmtree(old, ignore_errors=True)
+    print(f"demo model: {target} ({(target / 'model.safetensors').stat().st_size / 1024:.0f} KiB); "
+          f"card: {json.dumps(json.loads((target / 'model.json').read_text()).get('provenance', {}))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--from-run", type=Path, help="a finished training run folder (its best/ is packaged)")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / "bench" / "out" / "demo-model-run")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--target", type=Path, default=ROOT / "resources" / "demo_model")
+    args = parser.parse_args(argv)
+    best = args.from_run / "best" if args.from_run else train(args.run_dir, args.epochs, args.device)
+    package(best, args.target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
