@@ -46,10 +46,10 @@ def peak_rss_mib() -> float:
 
 
 def child(args: list[str]) -> dict:
-    """Run this script with ``args`` in a fresh process; its last stdout line is JSON."""
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    """Run this script with ``args`` in a fresh process; its last stdout line is JSON (its
+    stderr, the per-epoch progress, passes through)."""
+    proc = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"child {' '.join(args)} failed with exit code {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -5,6 +5,7 @@ and the close-while-training question (with a fake runner of ``run_training``'s 
 from __future__ import annotations
 
 import csv
+import json
 import threading
 import time
 from pathlib import Path
@@ -284,5 +285,28 @@ def test_browser_labels_are_written_relative_to_the_run_csv(qtbot, tmp_path, lab
             assert (Path(spec.labels).parent / slide).resolve().name.startswith(label)
         with qtbot.waitSignal(ft.run_finished, timeout=10_000):
             ft.panel.cancel_button.click()
+    finally:
+        win.shutdown()
+
+
+def test_choosing_a_runs_folder_lists_its_runs_and_is_remembered(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    other = tmp_path / "elsewhere"
+    (other / "old-run").mkdir(parents=True)
+    (other / "old-run" / "spec.json").write_text(json.dumps({"model": "smallnet", "epochs": 3}))
+    (other / "old-run" / "metrics.jsonl").write_text(
+        json.dumps({"phase": "train", "epoch": 0, "step": 0, "loss": 0.7, "lr": 0.001}) + "\n"
+        + json.dumps({"phase": "val", "epoch": 0, "step": 1, "loss": 0.6, "accuracy": 0.5, "auc": 0.75}) + "\n")
+    win = make_window(qtbot, tmp_path)
+    try:
+        ft = win.training
+        assert Path(ft.panel.run_dir.text()).parent == tmp_path / "runs"
+        monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(other))
+        ft.runs_list.folder_button.click()
+        qtbot.waitUntil(lambda: [r.name for r in ft.runs_list.runs] == ["old-run"], timeout=10_000)
+        assert str(other) in ft.runs_list.folder_label.text() and ft.runs_list.runs[0].val["auc"] == 0.75
+        assert Path(ft.panel.run_dir.text()).parent == other  # the next run goes there too
+        assert win.settings.value("training/runs_folder") == str(other)
     finally:
         win.shutdown()

@@ -128,6 +128,7 @@ class FineTuning(QObject):
         p.model.first_popup.connect(self.load_model_names)
         self.labeller.labels_changed.connect(self._on_browser_labels)
         self.runs_list.refresh_requested.connect(self.refresh_runs)
+        self.runs_list.folder_chosen.connect(self.set_runs_folder)
         self.runs_list.reopen_requested.connect(self.reopen)
         c = self.controller
         c.progress.connect(self._on_progress)
@@ -338,6 +339,16 @@ class FineTuning(QObject):
 
     def _on_names_error(self, message: str) -> None:
         self.panel.labels_summary.setText(f"Model list unavailable: {message}")
+
+    def set_runs_folder(self, folder: str) -> None:
+        """New runs go into ``folder`` (remembered) and its runs are listed. A run folder the user
+        typed stays as it is unless it was the default one under the previous runs folder."""
+        previous = self.runs_folder
+        self.runs_folder = Path(folder)
+        self.settings.setValue("training/runs_folder", str(self.runs_folder))
+        if Path(self.panel.run_dir.text()).parent == previous:
+            self.panel.run_dir.setText(str(self.runs_folder / new_run_name()))
+        self.refresh_runs()
 
     def refresh_runs(self) -> None:
         self.background.submit(scan_runs, str(self.runs_folder), on_done=self._on_runs, on_error=self.report_error)

@@ -4,7 +4,8 @@ its model. The list only displays :class:`viewer.runs.RunSummary` rows scanned o
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
+                               QWidget)
 
 from viewer.runs import RunSummary, format_metric
 
@@ -14,6 +15,7 @@ COLUMNS = ("Run", "Model", "Epochs", "Val AUC", "Val acc", "Loss")
 class RunsList(QWidget):
     reopen_requested = Signal(object)  # RunSummary
     refresh_requested = Signal()
+    folder_chosen = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -25,10 +27,13 @@ class RunsList(QWidget):
         self.tree.setColumnWidth(0, 150)
         for col in range(1, len(COLUMNS)):
             self.tree.setColumnWidth(col, 64)
+        self.folder_button = QPushButton("Folder…")
+        self.folder_button.setToolTip("Choose the runs folder: new runs go there and its runs are listed")
         self.refresh_button = QPushButton("Refresh")
         self.reopen_button = QPushButton("Reopen")
         self.reopen_button.setToolTip("Show the run's curves and load its best (else last) model into the Model panel")
         buttons = QHBoxLayout()
+        buttons.addWidget(self.folder_button)
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.reopen_button)
         layout = QVBoxLayout(self)
@@ -37,11 +42,19 @@ class RunsList(QWidget):
         layout.addWidget(self.tree, 1)
         layout.addLayout(buttons)
         self.runs: list[RunSummary] = []
+        self.folder = ""
+        self.folder_button.clicked.connect(self._choose_folder)
         self.refresh_button.clicked.connect(self.refresh_requested)
         self.reopen_button.clicked.connect(self._reopen_current)
         self.tree.itemDoubleClicked.connect(self._reopen_item)
 
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Runs folder", self.folder)
+        if folder:
+            self.folder_chosen.emit(folder)
+
     def set_runs(self, folder: str, runs: list[RunSummary]) -> None:
+        self.folder = folder
         self.folder_label.setText(f"Runs in {folder}" if runs else f"No runs yet in {folder}")
         self.runs = runs
         self.tree.clear()
