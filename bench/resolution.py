@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="512² and 1024², a 24-slide cohort, 3 epochs")
     parser.add_argument("--sizes", type=int, nargs="+", help="input sizes (whole slide): 512 1024 2048 4096")
-    parser.add_argument("--epochs", type=int, help="epochs per resolution (default 8; quick 3)")
+    parser.add_argument("--epochs", type=int, help="epochs per resolution (default 6; quick 3)")
     parser.add_argument("--slides", type=Path, help="demo slide folder (default: the cache)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "resolution")
     parser.add_argument("--device", default="auto")
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 2048, 4096])
-    epochs = args.epochs or (3 if args.quick else 8)
+    epochs = args.epochs or (3 if args.quick else 6)
     out.mkdir(parents=True, exist_ok=True)
     print(f"slides: {slides_dir}", flush=True)
     ensure_demo_slides(slides_dir, cohort(args.quick),

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 INPUT_SIZE = 2048
-EPOCHS = 8
+EPOCHS = 6
 
 
 def train(run_dir: Path, epochs: int, device: str) -> Path:
