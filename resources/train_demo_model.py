@@ -55,8 +55,13 @@ def package(best: Path, target: Path) -> None:
         raise SystemExit(f"{best} is not a demo model (level {card.input_level}, classes {card.classes})")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo_model-", dir=target.parent))
-    for name in ("model.safetensors", "model.json"):
-        shutil.copy2(best / name, staging / name)
+    shutil.copy2(best / "model.safetensors", staging / "model.safetensors")
+    card_json = json.loads((best / "model.json").read_text())
+    # The run's labels path is this machine's cache; say what the data were instead.
+    card_json["provenance"] = {**card_json.get("provenance", {}), "made_by": "resources/train_demo_model.py (engine.train)",
+                               "labels": "engine.demo_data cohort: 32 training + 8 validation slides, image-level labels"}
+    (staging / "model.json").write_text(json.dumps(card_json, indent=1) + "\n")
+    load_checkpoint(staging)  # the edited card still describes the weights
     old = target.with_name(target.name + ".old")
     if target.exists():
         target.replace(old)
