@@ -175,9 +175,9 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
     head = 22
     canvas = Image.new("RGB", ((1 + len(results)) * (cell + 6), rows * (cell + 6) + head), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((4, 4), "slide (lesions outlined)", fill="black")
-    for j, r in enumerate(results):
-        draw.text(((j + 1) * (cell + 6) + 4, 4), f"{r['size']}² input  (test AUC {r['test_auc']:.2f})", fill="black")
+    draw.text((4, 4), "slide, lesions outlined", fill="black")
+    for j, r in enumerate(results):  # PIL's default font has no superscripts
+        draw.text(((j + 1) * (cell + 6) + 4, 4), f"{r['size']} x {r['size']} input, test AUC {r['test_auc']:.2f}", fill="black")
     for i, slide in enumerate(names):
         y = head + i * (cell + 6)
         with open_slide(slide.path(slides_dir)) as s:
@@ -192,7 +192,7 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
         canvas.paste(thumb, (0, y))
         for j, r in enumerate(results):
             sal = np.load(out / f"saliency-{r['size']}.npz")[slide.name]
-            hi = float(np.percentile(sal, 99)) or 1.0
+            hi = float(np.percentile(sal, 99)) or float(sal.max()) or 1.0  # sparse maps: p99 can be 0
             rgb = colorize(np.clip(sal / hi, 0, 1), 0.0, 1.0)
             canvas.paste(Image.fromarray(rgb).resize((cell, cell), Image.Resampling.NEAREST), ((j + 1) * (cell + 6), y))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.table_from:
-        print(table(json.loads(args.table_from.read_text())["results"]))
+        saved = json.loads(args.table_from.read_text())
+        print(table(saved["results"]))
+        if args.figure:  # redraw from the saved maps beside results.json
+            from engine.demo_data import default_cache_dir
+
+            slides_dir = args.slides or default_cache_dir()
+            figure(saved["results"], slides_dir, args.table_from.parent, saved["quick"], args.figure)
         return 0
     from engine.demo_data import default_cache_dir, ensure_demo_slides
 
