@@ -120,9 +120,10 @@ def demo_training_spec(labels: str | os.PathLike, out_dir: str | os.PathLike, *,
     image-level labels, AdamW with a cosine schedule, flips/rotations and mild colour jitter."""
     from engine.jobs import TrainingSpec
 
-    level = LEVEL_DOWNSAMPLES.index(4096 // input_size)
+    # By µm/px, not level index, so the model's card is right on any slide's pyramid.
+    mpp = 0.5 * LEVEL_DOWNSAMPLES[LEVEL_DOWNSAMPLES.index(4096 // input_size)]
     return TrainingSpec(labels=str(labels), out_dir=str(out_dir), model="smallnet", pool="max",
-                        model_kwargs={"width": 16}, classes=CLASSES, level=level, input_size=input_size,
+                        model_kwargs={"width": 16}, classes=CLASSES, mpp=mpp, input_size=input_size,
                         tissue_crop=False, augment=True, colour_jitter=0.03, streaming=streaming,
                         tile_size=min(input_size, 1024), epochs=epochs, optimizer="adamw", lr=2e-3,
                         weight_decay=1e-4, schedule="cosine", warmup_steps=4, seed=seed, device=device,

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 INPUT_SIZE = 1024
 EPOCHS = 6
 LEVEL = 2  # 4096 / INPUT_SIZE = 4x downsampled: level 2 of the demo slides
+MPP = 2.0  # the same in µm/px, which is what the card says (runs before this read by level)
 
 
 def train(run_dir: Path, epochs: int, device: str) -> Path:
@@ -51,13 +52,15 @@ def package(best: Path, target: Path) -> None:
     from engine.checkpoints import load_checkpoint
 
     _, card = load_checkpoint(best)  # verifies the sha256 and the architecture before anything moves
-    if card.input_level != LEVEL or tuple(card.classes) != ("normal", "lesion"):
-        raise SystemExit(f"{best} is not a demo model (level {card.input_level}, classes {card.classes})")
+    if card.input_mpp not in (None, MPP) or (card.input_mpp is None and card.input_level != LEVEL) \
+            or tuple(card.classes) != ("normal", "lesion"):
+        raise SystemExit(f"{best} is not a demo model (µm/px {card.input_mpp}, level {card.input_level}, classes {card.classes})")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo_model-", dir=target.parent))
     shutil.copy2(best / "model.safetensors", staging / "model.safetensors")
     card_json = json.loads((best / "model.json").read_text())
     # The run's labels path is this machine's cache; say what the data were instead.
+    card_json["input_mpp"], card_json["input_level"] = MPP, None  # the same pixels, right on any pyramid
     card_json["provenance"] = {**card_json.get("provenance", {}), "made_by": "resources/train_demo_model.py (engine.train)",
                                "labels": "engine.demo_data cohort: 32 training + 8 validation slides, image-level labels"}
     (staging / "model.json").write_text(json.dumps(card_json, indent=1) + "\n")
