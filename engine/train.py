@@ -245,7 +245,7 @@ class Trainer:
         training slides (the same slides on every rank) gives each norm the cumulative mean and
         variance of its input; then the norms are frozen again.
         """
-        norms = [m for m in self.model.trunk().modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        norms = [m for m in self.classifier.trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not norms:
             return
         momenta = [m.momentum for m in norms]

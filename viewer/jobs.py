@@ -70,6 +70,21 @@ class Job:
     superseded: bool = False
 
 
+def run_to_outcome(run: Callable[[], Finished], logger: logging.Logger, name: str, doing: str) -> Finished | str:
+    """Worker side: what a job's runner ended with, for the UI. A cancel is a cancelled
+    ``Finished``; an engine error, a file error or a bad value is its own message (they say what
+    to do); anything else is a bug, logged with its traceback and reported as an internal error."""
+    try:
+        return run()
+    except Cancelled:
+        return Finished(cancelled=True)
+    except (StreamSlideError, OSError, ValueError) as exc:
+        return str(exc)
+    except Exception as exc:
+        logger.exception("%s failed", name)
+        return f"internal error while {doing}: {exc!r}"
+
+
 def colour_patch(patch: MapPatch, generation: int, style_for: StyleLookup) -> ColouredPatch:
     """Worker side: split a MapPatch into display layers and colour-map each one."""
     planes = patch.values if patch.values.ndim == 3 else patch.values[None]
@@ -180,18 +195,12 @@ class JobController(QObject):
             self._post(self._on_done, job.job_id, Finished(cancelled=True))
             return
         self._post(self._on_started, job.job_id, None)
-        try:
-            finished = self._runner(job.spec, _WorkerEvents(self, job), job.token)
-        except Cancelled:
-            finished = Finished(cancelled=True)
-        except (StreamSlideError, OSError, ValueError) as exc:  # the engine's messages say what to do
-            self._post(self._on_failed, job.job_id, str(exc))
-            return
-        except Exception as exc:  # a bug: keep the traceback in the log and tell the user
-            log.exception("inference job %s failed", job.job_id)
-            self._post(self._on_failed, job.job_id, f"internal error while running the model: {exc!r}")
-            return
-        self._post(self._on_done, job.job_id, finished)
+        outcome = run_to_outcome(lambda: self._runner(job.spec, _WorkerEvents(self, job), job.token),
+                                 log, f"inference job {job.job_id}", "running the model")
+        if isinstance(outcome, str):
+            self._post(self._on_failed, job.job_id, outcome)
+        else:
+            self._post(self._on_done, job.job_id, outcome)
 
     # -- back on the UI thread ----------------------------------------------------------------
     def _live(self, job_id: int) -> Job | None:

@@ -25,10 +25,10 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from engine.errors import Cancelled, StreamSlideError
 from engine.jobs import CancelToken, CheckpointSaved, Event, Finished, Metrics, Progress, StepSkipped, TrainingSpec
 from viewer.gc_pauses import freeze_long_lived
 from viewer.inbox import UiInbox
+from viewer.jobs import run_to_outcome
 from viewer.tiles import lower_thread_priority
 
 log = logging.getLogger(__name__)
@@ -153,18 +153,12 @@ class TrainingController(QObject):
         def on_event(event: Event) -> None:
             self._on_event_from_worker(run, event)
 
-        try:
-            finished = self._runner(run.spec, on_event, run.token)
-        except Cancelled:
-            finished = Finished(cancelled=True)
-        except (StreamSlideError, OSError, ValueError) as exc:  # the engine's messages say what to do
-            self._post(self._on_failed, run.generation, str(exc))
-            return
-        except Exception as exc:  # a bug: keep the traceback in the log and tell the user
-            log.exception("training run %s failed", run.generation)
-            self._post(self._on_failed, run.generation, f"internal error while training: {exc!r}")
-            return
-        self._post(self._on_done, run.generation, finished)
+        outcome = run_to_outcome(lambda: self._runner(run.spec, on_event, run.token),
+                                 log, f"training run {run.generation}", "training")
+        if isinstance(outcome, str):
+            self._post(self._on_failed, run.generation, outcome)
+        else:
+            self._post(self._on_done, run.generation, outcome)
 
     # -- back on the UI thread ----------------------------------------------------------------
     def _current(self, generation: int) -> TrainingRun | None:
