@@ -96,6 +96,13 @@ def wrap(module: torch.nn.Module, ctx: DistContext, device: torch.device) -> tor
     return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
-def shutdown(ctx: DistContext) -> None:
-    if ctx.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(ctx: DistContext, in_step: bool = False) -> None:
+    """Leave the process group this run created. ``in_step``: every rank reached the same point
+    (a normal end), so they wait for each other first; rank 0 may still be writing the last
+    checkpoint, and a rank that tears its connections down under a peer's pending work can abort.
+    After an error the ranks are not in step and a barrier could wait for the timeout."""
+    if not (ctx.owns_group and dist.is_initialized()):
+        return
+    if in_step and ctx.active:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -450,7 +451,11 @@ class Trainer:
                         outputs["best"] = str(self.out / "best")
                 self._save("last")
         finally:
-            distributed.shutdown(self.ctx)
+            # DDP's reducer holds the process group: release it first, so the group's gloo threads
+            # are joined by destroy_process_group here, not by a destructor at interpreter exit
+            # (which aborts the process, "terminate called without an active exception").
+            self.net = self.classifier
+            distributed.shutdown(self.ctx, in_step=sys.exc_info()[0] is None)
         if (self.out / "best").exists():
             outputs["best"] = str(self.out / "best")
         return self._finish(False, outputs)
