@@ -46,3 +46,38 @@ def test_no_collection_runs_on_a_worker_that_allocates_cycles(qtbot):
     finally:
         gc.callbacks.remove(record)
     assert "churn" not in threads and set(threads) == {threading.main_thread().name}
+
+
+def test_importing_the_engine_freezes_torch_and_the_lazy_imports_of_a_run(tmp_path):
+    """In a fresh process: after ``import_engine`` the modules a training run would import
+    lazily (torch._dynamo, through torch.optim) are loaded, and their objects are frozen, so
+    the UI thread's collections never walk them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import gc, sys\n"
+            "from viewer.gc_pauses import import_engine, engine_imported\n"
+            "assert not engine_imported()\n"
+            "import_engine(); import_engine()\n"
+            "assert engine_imported()\n"
+            "assert 'torch._dynamo' in sys.modules and 'engine.train' in sys.modules\n"
+            "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
+            "assert len(gc.get_objects()) < 20_000, len(gc.get_objects())\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+
+
+def test_the_collector_skips_its_ticks_while_the_engine_is_imported(qtbot, monkeypatch):
+    from viewer import gc_pauses
+
+    collector = collect_on_ui_thread()
+    for _ in range(2000):
+        Node()
+    monkeypatch.setattr(gc_pauses, "_importing", threading.Event())
+    gc_pauses._importing.set()
+    before = list(collector.collections)
+    collector.tick()
+    assert collector.collections == before
+    gc_pauses._importing.clear()
+    collector.tick()
+    assert sum(collector.collections) > sum(before)

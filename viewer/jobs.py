@@ -28,7 +28,7 @@ from engine.geometry import Box
 from engine.jobs import CancelToken, Event, Finished, InferenceSpec, MapPatch, Prediction, Progress
 from viewer.colormaps import LayerStyle, colourize
 from viewer.overlay import ColouredPatch, LayerPatch, MapGeometry, finite_range, layer_names
-from viewer.gc_pauses import freeze_long_lived
+from viewer.gc_pauses import import_engine
 from viewer.inbox import UiInbox
 from viewer.tiles import lower_thread_priority
 
@@ -48,9 +48,8 @@ StyleLookup = Callable[[str], LayerStyle]
 
 def engine_runner(spec: InferenceSpec, on_event: Callable[[Event], None], cancel: CancelToken) -> Finished:
     """The real runner. Imported here, on the worker: ``engine.api`` loads torch."""
+    import_engine()  # first, so torch's module objects are frozen (see viewer.gc_pauses)
     from engine.api import run_inference
-
-    freeze_long_lived()  # torch's module objects would otherwise be walked by every full collection
 
     return run_inference(spec, on_event, cancel)
 
@@ -139,6 +138,12 @@ class JobController(QObject):
         self._inbox = UiInbox(MAX_INBOX, DRAIN_BUDGET_S, parent=self)
 
     # -- UI thread API ---------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Import the engine on the worker now, ahead of the first job (see
+        :func:`viewer.gc_pauses.import_engine`); a job submitted meanwhile waits behind it."""
+        if not self._closed:
+            self._pool.submit(import_engine)
+
     def submit(self, spec: InferenceSpec, style_for: StyleLookup, target: str | None = None) -> Job:
         """Queue ``spec``; jobs queued or running on the same ``target`` are cancelled."""
         if self._closed:

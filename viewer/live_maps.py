@@ -203,6 +203,7 @@ class LiveMaps(QObject):
         self.model_panel.set_recent(self.recent_models.paths)
         self.model_panel.show_card(path, card)
         self._update_actions()
+        self.jobs.warm_up()  # torch's import holds the GIL for ~200 ms: now, not when Run is pressed
         self.card_loaded.emit(path)
 
     def _on_card_error(self, message: str) -> None:

@@ -411,6 +411,7 @@ class MainWindow(QMainWindow):
     def show_training(self) -> None:
         self.training_dock.show()
         self.training_dock.raise_()
+        self.training.controller.warm_up()  # the engine's import, ahead of Start (see viewer.gc_pauses)
         QTimer.singleShot(0, self._size_training_dock)  # after the dock is laid out, or Qt ignores it
 
     def _size_training_dock(self) -> None:

@@ -26,7 +26,7 @@ from typing import Callable
 from PySide6.QtCore import QObject, Signal
 
 from engine.jobs import CancelToken, CheckpointSaved, Event, Finished, Metrics, Progress, StepSkipped, TrainingSpec
-from viewer.gc_pauses import freeze_long_lived
+from viewer.gc_pauses import import_engine
 from viewer.inbox import UiInbox
 from viewer.jobs import run_to_outcome
 from viewer.tiles import lower_thread_priority
@@ -45,9 +45,8 @@ TrainRunner = Callable[[TrainingSpec, Callable[[Event], None], CancelToken], Fin
 
 def engine_train_runner(spec: TrainingSpec, on_event: Callable[[Event], None], cancel: CancelToken) -> Finished:
     """The real runner. Imported here, on the worker: ``engine.api`` loads torch lazily."""
+    import_engine()  # first, so torch's module objects are frozen (see viewer.gc_pauses)
     from engine.api import run_training
-
-    freeze_long_lived()  # torch's module objects would otherwise be walked by every full collection
 
     return run_training(spec, on_event, cancel)
 
@@ -99,6 +98,11 @@ class TrainingController(QObject):
     @property
     def paused(self) -> bool:
         return self.run is not None and self.run.state == "paused"
+
+    def warm_up(self) -> None:
+        """Import the engine on the worker now, ahead of Start (see :func:`viewer.gc_pauses.import_engine`)."""
+        if not self._closed and not self.active:
+            self._pool.submit(import_engine)
 
     def start(self, spec: TrainingSpec) -> TrainingRun:
         if self._closed:

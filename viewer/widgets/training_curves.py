@@ -13,6 +13,7 @@ REDRAW_MS = 100
 TRAIN_PEN = pg.mkPen((120, 120, 120), width=1)
 SMOOTH_PEN = pg.mkPen((31, 119, 180), width=2)
 VAL_PEN = pg.mkPen((214, 39, 40), width=2)
+GRID_PEN = pg.mkPen(0, 0, 0, 50)
 #: Steps in the running mean drawn over the noisy per-step loss (one slide per step is noisy).
 SMOOTH_STEPS = 10
 
@@ -29,6 +30,26 @@ def running_mean(values: np.ndarray, n: int) -> np.ndarray:
         return (csum[hi] - csum[lo]) / (counts[hi] - counts[lo])
 
 
+def roomy_limit(x: float) -> float:
+    """The next of 10, 20, 50, 100, 200, ... at or above ``1.25 * x``: the step axis grows in
+    jumps, so a new step rarely changes its range (which repaints the whole plot)."""
+    target = max(10.0, 1.25 * x)
+    decade = 10.0 ** np.floor(np.log10(target))
+    for m in (1.0, 2.0, 5.0, 10.0):
+        if m * decade >= target:
+            return float(m * decade)
+    return float(10.0 * decade)
+
+
+def add_light_grid(plot: pg.PlotWidget) -> None:
+    """A grid at the two coarsest tick levels. Not ``showGrid``: its grid is part of the axes'
+    picture, and replaying it made painting both plots 44 ms here instead of 5 ms (measured
+    offscreen at 800x400), a stall on every redraw during a run."""
+    grid = pg.GridItem(pen=GRID_PEN, textPen=None)
+    grid.setTickSpacing(x=[None, None], y=[None, None])
+    plot.addItem(grid, ignoreBounds=True)
+
+
 class TrainingCurves(QWidget):
     """Two plots: loss (train per step, its running mean, validation per epoch) against the
     optimiser step, and validation accuracy and AUC against the epoch."""
@@ -42,7 +63,9 @@ class TrainingCurves(QWidget):
         self.loss_plot = pg.PlotWidget(background="w")
         self.loss_plot.setTitle("Loss", color="k")
         self.loss_plot.setLabel("bottom", "optimiser step")
-        self.loss_plot.showGrid(x=True, y=True, alpha=0.2)
+        self.loss_plot.enableAutoRange(x=False)
+        self._step_limit = 0.0
+        add_light_grid(self.loss_plot)
         legend = self.loss_plot.addLegend(offset=(-10, 10), labelTextColor="k", labelTextSize="8pt")
         legend.setBrush(pg.mkBrush(255, 255, 255, 150))
         self.train_item = self.loss_plot.plot([], [], pen=TRAIN_PEN, name="train (per step)")
@@ -54,7 +77,7 @@ class TrainingCurves(QWidget):
         self.metric_plot.setTitle("Validation", color="k")
         self.metric_plot.setLabel("bottom", "epoch")
         self.metric_plot.setYRange(0, 1.02)
-        self.metric_plot.showGrid(x=True, y=True, alpha=0.2)
+        add_light_grid(self.metric_plot)
         legend = self.metric_plot.addLegend(offset=(-10, -10), labelTextColor="k", colCount=2)
         legend.setBrush(pg.mkBrush(255, 255, 255, 200))
         self.accuracy_item = self.metric_plot.plot([], [], pen=pg.mkPen((44, 160, 44), width=2), symbol="s",
@@ -71,6 +94,7 @@ class TrainingCurves(QWidget):
         layout.addWidget(self.loss_plot, 1)
         layout.addWidget(self.metric_plot, 1)
         self._dirty = False
+        self._val_dirty = False  # validation points change once an epoch: redraw their plot only then
         self._timer = QTimer(self, singleShot=True, interval=REDRAW_MS)
         self._timer.timeout.connect(self.redraw)
 
@@ -79,6 +103,7 @@ class TrainingCurves(QWidget):
         self.train_steps.clear()
         self.train_loss.clear()
         self.val_rows.clear()
+        self._val_dirty = True
         self.redraw()
 
     def add_train(self, step: int, loss: float) -> None:
@@ -94,6 +119,7 @@ class TrainingCurves(QWidget):
     def add_val(self, epoch: int, step: int, values: dict) -> None:
         self.val_rows = [r for r in self.val_rows if r["epoch"] < epoch]
         self.val_rows.append({"epoch": epoch, "step": step, **values})
+        self._val_dirty = True
         self._schedule()
 
     def set_curves(self, train: list[dict], val: list[dict]) -> None:
@@ -101,6 +127,7 @@ class TrainingCurves(QWidget):
         self.train_steps = [r["step"] for r in train]
         self.train_loss = [r.get("loss", float("nan")) for r in train]
         self.val_rows = list(val)
+        self._val_dirty = True
         self.redraw()
 
     @property
@@ -126,6 +153,13 @@ class TrainingCurves(QWidget):
         # connect="finite": a skipped (NaN) step leaves a gap rather than breaking the line.
         self.train_item.setData(steps, loss, connect="finite")
         self.smooth_item.setData(steps, running_mean(loss, SMOOTH_STEPS), connect="finite")
+        last_step = float(np.nanmax(steps)) if len(steps) else 0.0
+        if last_step > self._step_limit or last_step < self._step_limit / 4:  # outgrown, or a new run
+            self._step_limit = roomy_limit(last_step)
+            self.loss_plot.setXRange(0, self._step_limit, padding=0.02)
+        if not self._val_dirty:  # an unchanged plot is not repainted
+            return
+        self._val_dirty = False
         val_steps = np.asarray([r["step"] for r in self.val_rows], float)
         epochs = np.asarray([r["epoch"] + 1 for r in self.val_rows], float)  # "after epoch 1" is 1
 
