@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -127,6 +128,19 @@ def _class_weights(spec: TrainingSpec, counts: list[int]) -> list[float] | None:
     return weights
 
 
+def autocast_dtype(spec: TrainingSpec, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """Mixed precision on GPU for float32 runs: bf16 where supported, else fp16 (with loss
+    scaling). None (full precision) on CPU, where autocast is slower than float32 here."""
+    if device.type != "cuda" or not spec.mixed_precision or dtype != torch.float32:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def use_channels_last(spec: TrainingSpec, device: torch.device) -> bool:
+    """NHWC tiles on GPU (faster convolutions with cuDNN); CPU convolutions gain nothing."""
+    return spec.channels_last and device.type == "cuda"
+
+
 class Trainer:
     """One training run; :func:`run_training` builds it and calls :meth:`run`."""
 
@@ -162,9 +176,8 @@ class Trainer:
         if spec.pretrained:
             load_pretrained_backbone(self.model, spec.pretrained)
         self.model.to(self.device, self.dtype)
-        on_gpu = self.device.type == "cuda"
         self.classifier = Classifier(self.model, streaming=spec.streaming, tile_size=spec.tile_size,
-                                     channels_last=spec.channels_last and on_gpu)
+                                     channels_last=use_channels_last(spec, self.device))
         self.card = ModelCard(
             architecture=spec.model, classes=self.classes, split=self.model.split, pool=spec.pool,
             model_kwargs={k: v for k, v in spec.model_kwargs.items() if k not in ("split", "pool", "num_classes")},
@@ -172,9 +185,7 @@ class Trainer:
             normalization_std=tuple(spec.normalization_std), tile_size=spec.tile_size,
             provenance={"made_by": "engine.train", "labels": str(spec.labels), "pretrained": spec.pretrained})
 
-        self.amp_dtype = None
-        if on_gpu and spec.mixed_precision and self.dtype == torch.float32:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = autocast_dtype(spec, self.device, self.dtype)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         weights = _class_weights(spec, labels.counts(self.train_set))
         self.class_weights = torch.tensor(weights, dtype=self.dtype, device=self.device) if weights else None
@@ -341,7 +352,11 @@ class Trainer:
         else:
             self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped first step makes torch warn that the schedule steps before the optimiser;
+            # skipped steps advance the schedule on purpose (a resumed run counts them the same).
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            self.scheduler.step()
         return mean_loss, reason
 
     # --------------------------------------------------------------------------- epochs

@@ -158,3 +158,41 @@ def test_training_from_scratch_sets_frozen_norm_statistics_from_the_data(spec, t
                                      calibrate_norms=0), Recorder())
     off, _ = load_checkpoint(tmp_path / "off" / "last")
     assert all(torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in _trunk_norms(off))
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
+def test_the_gpu_numerics_paths_train_correctly_when_forced_on_cpu(spec, tmp_path, monkeypatch, amp_dtype):
+    """Mixed precision (bf16; fp16 with the gradient scaler) and channels-last tiles are chosen
+    on GPU only; forced on CPU here so their code runs in every CI: autocast must really be on,
+    tiles NHWC, the first step's loss close to float32's, and the run must save float32 weights."""
+    import engine.train
+
+    reference = Recorder()
+    run_training(dataclasses.replace(spec, epochs=1, out_dir=str(tmp_path / "fp32")), reference)
+
+    monkeypatch.setattr(engine.train, "autocast_dtype", lambda spec, device, dtype: amp_dtype)
+    monkeypatch.setattr(engine.train, "use_channels_last", lambda spec, device: True)
+    seen: dict = {}
+    original_init = engine.train.Classifier.__init__
+
+    def spying_init(self, model, **kwargs):
+        original_init(self, model, **kwargs)
+        # The trunk's stitched feature map, as the head receives it.
+        self.head.register_forward_pre_hook(lambda m, args: seen.setdefault("fmaps", set()).add(
+            (args[0].dtype, args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous())))
+
+    monkeypatch.setattr(engine.train.Classifier, "__init__", spying_init)
+    mixed = Recorder()
+    run_training(dataclasses.replace(spec, epochs=1, out_dir=str(tmp_path / "amp")), mixed)
+    assert seen == {"fmaps": {(amp_dtype, True)}}
+    losses = [[e.values["loss"] for e in r.events if isinstance(e, Metrics) and e.phase == "train"]
+              for r in (reference, mixed)]
+    assert len(losses[1]) == len(losses[0]) and all(math.isfinite(v) for v in losses[1])
+    assert losses[1][0] == pytest.approx(losses[0][0], rel=2e-2)
+    # fp16's loss scale starts at 2**16 and halves on each overflow: those steps are skipped and
+    # reported, but never counted towards stopping the run; bf16 needs no scaling.
+    skipped = {e.reason for e in mixed.events if isinstance(e, StepSkipped)}
+    assert skipped <= ({"fp16 gradient overflow; loss scale lowered"} if amp_dtype == torch.float16 else set())
+    assert isinstance(mixed.events[-1], Finished) and not mixed.events[-1].cancelled
+    model, _ = load_checkpoint(tmp_path / "amp" / "last")
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
