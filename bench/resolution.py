@@ -1,8 +1,9 @@
 """The paper in miniature: does end-to-end training at higher resolution find what lower misses?
 
 Trains the same network (engine.demo_data.demo_training_spec: SmallNet, max-pooled head) on the
-same synthetic demo slides, read at 0.5, 1, 2 and 4 µm/px so the whole 2 x 2 mm slide is 4096²,
-2048², 1024² or 512² input pixels, with streaming and image-level labels only, a fixed seed and
+same synthetic slides (engine.demo_data.resolution_cohort: lesions of vesicular nuclei, a texture
+inside the nuclei), read at 0.5, 1, 2 and 4 µm/px so the whole 1 x 1 mm slide is 2048², 1024²,
+512² or 256² input pixels, with streaming and image-level labels only, a fixed seed and
 a held-out test split. Prints, per resolution:
 
 * test ROC AUC of the slide-level prediction;
@@ -17,7 +18,7 @@ Every measurement runs in a fresh process, so peak RSS is that configuration's o
 (``OUT/saliency.png``; ``--figure docs/resolution-saliency.png`` to put it in the docs).
 
     python bench/resolution.py                 # default, about an hour on 2 CPU cores
-    python bench/resolution.py --quick         # 512² and 1024², a smaller cohort, minutes
+    python bench/resolution.py --quick         # 512² and 2048², a smaller cohort, minutes
     python bench/resolution.py --table-from bench/out/resolution/results.json
 """
 
@@ -38,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MAP_L0_CELL = 32  # level-0 pixels per saliency cell at every resolution (16 µm)
+SLIDE_PX = 2048  # engine.demo_data.RESOLUTION_SLIDE_PX (not imported here: children import torch lazily)
 QUICK_SPLITS = {"train": 12, "val": 4, "test": 8}
+SLIDES_CACHE = "resolution-slides"
 
 
 def peak_rss_mib() -> float:
@@ -55,9 +58,9 @@ def child(args: list[str]) -> dict:
 
 
 def cohort(quick: bool):
-    from engine.demo_data import demo_cohort
+    from engine.demo_data import resolution_cohort
 
-    return demo_cohort(QUICK_SPLITS if quick else None)
+    return resolution_cohort(QUICK_SPLITS if quick else None)
 
 
 # --- children -----------------------------------------------------------------------------
@@ -76,7 +79,8 @@ def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str) 
             print(f"  {size}² epoch {event.epoch}: val auc {val_auc[-1]:.3f} loss {event.values.get('loss', float('nan')):.3f}",
                   file=sys.stderr, flush=True)
 
-    spec = demo_training_spec(slides_dir / "labels.csv", out / f"run-{size}", input_size=size, epochs=epochs, device=device)
+    spec = demo_training_spec(slides_dir / "labels.csv", out / f"run-{size}", input_size=size, epochs=epochs,
+                              device=device, slide_px=SLIDE_PX)
     wall, cpu = time.perf_counter(), time.process_time()
     finished = run_training(spec, on_event)
     return {"size": size, "train_wall_s": time.perf_counter() - wall, "train_cpu_s": time.process_time() - cpu,
@@ -91,11 +95,11 @@ def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: st
     from engine.metrics import roc_auc, saliency_localisation
     from engine.synthetic import _Scene
 
-    level = LEVEL_DOWNSAMPLES.index(4096 // size)
+    level = LEVEL_DOWNSAMPLES.index(SLIDE_PX // size)
     model = out / f"run-{size}" / "best"
     scores, labels, localisation, maps = [], [], [], {}
     for slide in (s for s in cohort(quick) if s.split == "test"):
-        sal = np.zeros((4096 // MAP_L0_CELL, 4096 // MAP_L0_CELL), np.float32)
+        sal = np.zeros((SLIDE_PX // MAP_L0_CELL, SLIDE_PX // MAP_L0_CELL), np.float32)
 
         def on_event(event, sal=sal) -> None:
             if isinstance(event, MapPatch) and event.layer == "saliency":
@@ -104,7 +108,7 @@ def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: st
 
         positive = slide.label == "lesion"
         spec = InferenceSpec(slide_path=str(slide.path(slides_dir)), model_path=str(model), level=level,
-                             l0_region=(0, 0, 4096, 4096), device=device, saliency=positive, saliency_class=1,
+                             l0_region=(0, 0, SLIDE_PX, SLIDE_PX), device=device, saliency=positive, saliency_class=1,
                              saliency_cell=MAP_L0_CELL // LEVEL_DOWNSAMPLES[level])
         finished = run_inference(spec, on_event)
         scores.append(finished.prediction.probabilities[1])
@@ -154,7 +158,7 @@ def table(results: list[dict]) -> str:
     for r in results:
         s, c = r["step_streaming"], r["step_conventional"]
         lines.append(
-            f"| {r['size']}² | {0.5 * 4096 / r['size']:g} | {r['test_auc']:.3f} | {r['mass_in_lesion']:.3f} ({r['lesion_share']:.3f}) "
+            f"| {r['size']}² | {0.5 * SLIDE_PX / r['size']:g} | {r['test_auc']:.3f} | {r['mass_in_lesion']:.3f} ({r['lesion_share']:.3f}) "
             f"| {r['pixel_auc']:.3f} | {r['train_wall_s'] / 60:.1f} min ({r['epochs']} epochs) | {s['step_s']:.2f} s "
             f"| {c['step_s']:.2f} s | {s['peak_rss_mib']:.0f} MiB | {c['peak_rss_mib']:.0f} MiB |")
     return "\n".join(lines)
@@ -186,7 +190,7 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
             thumb = Image.fromarray(to_rgb(s.read_region(0, 0, level, w, h), s.background_rgb)).resize((cell, cell))
         d = ImageDraw.Draw(thumb)
         for les in _Scene(slide.recipe).lesions:
-            k = cell / 4096
+            k = cell / SLIDE_PX
             d.ellipse([(les.l0_x - les.l0_radius) * k - 3, (les.l0_y - les.l0_radius) * k - 3,
                        (les.l0_x + les.l0_radius) * k + 3, (les.l0_y + les.l0_radius) * k + 3], outline=(0, 160, 0), width=2)
         canvas.paste(thumb, (0, y))
@@ -201,10 +205,10 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="512² and 1024², a 24-slide cohort, 3 epochs")
-    parser.add_argument("--sizes", type=int, nargs="+", help="input sizes (whole slide): 512 1024 2048 4096")
+    parser.add_argument("--quick", action="store_true", help="512² and 2048², a 24-slide cohort, 3 epochs")
+    parser.add_argument("--sizes", type=int, nargs="+", help="input sizes (whole slide): 256 512 1024 2048")
     parser.add_argument("--epochs", type=int, help="epochs per resolution (default 6; quick 3)")
-    parser.add_argument("--slides", type=Path, help="demo slide folder (default: the cache)")
+    parser.add_argument("--slides", type=Path, help="slide folder (default: resolution-slides in the cache)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "resolution")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--figure", type=Path, help="also write the saliency figure here")
@@ -218,12 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.figure:  # redraw from the saved maps beside results.json
             from engine.demo_data import default_cache_dir
 
-            slides_dir = args.slides or default_cache_dir()
+            slides_dir = args.slides or default_cache_dir(SLIDES_CACHE)
             figure(saved["results"], slides_dir, args.table_from.parent, saved["quick"], args.figure)
         return 0
     from engine.demo_data import default_cache_dir, ensure_demo_slides
 
-    slides_dir = args.slides or (default_cache_dir().parent / "demo-slides-quick" if args.quick else default_cache_dir())
+    slides_dir = args.slides or default_cache_dir(SLIDES_CACHE + ("-quick" if args.quick else ""))
     out = args.out / ("quick" if args.quick else "full")
     if args.child:
         kind, size = args.child[0], int(args.child[1])
@@ -236,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 2048, 4096])
+    sizes = args.sizes or ([512, 2048] if args.quick else [256, 512, 1024, 2048])
     epochs = args.epochs or (3 if args.quick else 6)
     out.mkdir(parents=True, exist_ok=True)
     print(f"slides: {slides_dir}", flush=True)

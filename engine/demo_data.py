@@ -11,6 +11,12 @@ learnt from 32 slides at any resolution in 6-8 epochs; this one is, at 2 µm/px,
 epoch.) Labels are image-level; the
 lesion masks beside the slides are for evaluation only.
 
+The resolution study (``bench/resolution.py``) uses its own cohort of the same shape,
+:func:`resolution_cohort`: smaller slides (1 x 1 mm) whose lesions differ from the tissue only
+inside the nuclei (vesicular nuclei: clear centre, darker rim, the same stain per nucleus), so
+that at 2–4 µm/px nothing is left of them, not even a difference in colour spread. The demo's
+lesions keep a spread difference at 4 µm/px, and there a low-resolution model won.
+
 Slides are generated once into a cache folder (``STREAMSLIDE_CACHE`` or ``~/.cache/streamslide``)
 and reused while their recipe is unchanged.
 """
@@ -32,6 +38,7 @@ DEMO_MODEL_DIR = RESOURCES / "demo_model"  # model.safetensors + model.json (mad
 CLASSES = ("normal", "lesion")
 LEVEL_DOWNSAMPLES = (1, 2, 4, 8)
 SPLITS = {"train": 32, "val": 8, "test": 24}  # slides per split, half of them positive
+RESOLUTION_SLIDE_PX = 2048
 
 
 def demo_recipe(seed: int, positive: bool) -> SlideRecipe:
@@ -54,21 +61,37 @@ class DemoSlide:
         return Path(root) / f"{self.name}.mask.npz"
 
 
-def demo_cohort(splits: dict[str, int] | None = None) -> list[DemoSlide]:
+def resolution_recipe(seed: int, positive: bool) -> SlideRecipe:
+    """The resolution study's slides (``bench/resolution.py``): 2048² at 0.5 µm/px (1 x 1 mm),
+    1–3 lesions of 150 µm across whose nuclei are vesicular (clear centre, darker rim, the same
+    place, size and amount of stain as the normal nuclei they replace). Box-averaged to 2 or
+    4 µm/px the lesions match the tissue around them in mean colour and in its spread (measured
+    in ``tests/test_synthetic.py``); at 0.5–1 µm/px their rims are plain."""
+    return SlideRecipe(seed=seed, size=(RESOLUTION_SLIDE_PX, RESOLUTION_SLIDE_PX), mpp=0.5, positive=positive,
+                       lesions=1 + seed % 3, lesion_radius_um=75.0, nucleus_spacing_px=30.0,
+                       nucleus_radius_px=(4.0, 5.0), lesion_texture="vesicular", vesicle_fraction=0.5)
+
+
+def demo_cohort(splits: dict[str, int] | None = None, *, recipe: Callable[[int, bool], SlideRecipe] = demo_recipe,
+                prefix: str = "demo") -> list[DemoSlide]:
     """The cohort, in a fixed order: per split, positives and negatives alternating."""
     slides = []
     for split_index, (split, count) in enumerate((splits or SPLITS).items()):
         for i in range(count):
             seed = 1000 * (split_index + 1) + i
             positive = i % 2 == 0
-            slides.append(DemoSlide(f"demo-{split}-{i:02d}-{CLASSES[positive]}", split, CLASSES[positive],
-                                    demo_recipe(seed, positive)))
+            slides.append(DemoSlide(f"{prefix}-{split}-{i:02d}-{CLASSES[positive]}", split, CLASSES[positive],
+                                    recipe(seed, positive)))
     return slides
 
 
-def default_cache_dir() -> Path:
+def resolution_cohort(splits: dict[str, int] | None = None) -> list[DemoSlide]:
+    return demo_cohort(splits, recipe=resolution_recipe, prefix="res")
+
+
+def default_cache_dir(name: str = "demo-slides") -> Path:
     base = os.environ.get("STREAMSLIDE_CACHE") or Path.home() / ".cache" / "streamslide"
-    return Path(base) / "demo-slides"
+    return Path(base) / name
 
 
 def _fingerprint(slide: DemoSlide) -> str:
@@ -113,15 +136,16 @@ def showcase_slide() -> DemoSlide:
 
 
 def demo_training_spec(labels: str | os.PathLike, out_dir: str | os.PathLike, *, input_size: int = 2048,
-                       epochs: int = 6, seed: int = 0, device: str = "auto", streaming: bool = True):
+                       epochs: int = 6, seed: int = 0, device: str = "auto", streaming: bool = True,
+                       slide_px: int = 4096):
     """How the demo model is trained (and each resolution of ``bench/resolution.py``): SmallNet
     (16 channels, total stride 16, max-pooled head, so one lesion anywhere can decide the
-    slide) on whole 4096² slides read at the level that makes them ``input_size``² pixels,
+    slide) on whole ``slide_px``² slides read at the level that makes them ``input_size``² pixels,
     image-level labels, AdamW with a cosine schedule, flips/rotations and mild colour jitter."""
     from engine.jobs import TrainingSpec
 
     # By µm/px, not level index, so the model's card is right on any slide's pyramid.
-    mpp = 0.5 * LEVEL_DOWNSAMPLES[LEVEL_DOWNSAMPLES.index(4096 // input_size)]
+    mpp = 0.5 * LEVEL_DOWNSAMPLES[LEVEL_DOWNSAMPLES.index(slide_px // input_size)]
     return TrainingSpec(labels=str(labels), out_dir=str(out_dir), model="smallnet", pool="max",
                         model_kwargs={"width": 16}, classes=CLASSES, mpp=mpp, input_size=input_size,
                         tissue_crop=False, augment=True, colour_jitter=0.03, streaming=streaming,

@@ -1,8 +1,10 @@
 """Synthetic H&E-like whole-slide images with small lesions, deterministic by seed.
 
 A slide has white glass, a tissue blob with a ragged outline, pink fibrous stroma with scattered
-small purple nuclei and, on positive slides, a few lesions: round clusters (a few hundred µm)
-of larger, darker, crowded cells. Only the image-level label is meant for training; the lesion
+small purple nuclei and, on positive slides, a few lesions (a few hundred µm across) of one of two
+kinds: ``"cells"``, clusters of larger, darker cells, plain at any zoom; or ``"vesicular"``, where
+the nuclei keep their places, number, size and amount of stain but have a clear centre and a
+darker rim: a texture inside each nucleus that box-averaging to a few µm per pixel erases. Only the image-level label is meant for training; the lesion
 mask is written beside it for evaluating saliency. Slides are tiled pyramidal Aperio SVS files
 that OpenSlide reads, rendered tile by tile so large slides never sit in memory.
 """
@@ -22,6 +24,7 @@ GLASS = np.array([242, 240, 244], np.float32)
 STROMA = np.array([233, 160, 196], np.float32)
 NUCLEUS = np.array([95, 55, 150], np.float32)
 LESION_CELL = np.array([70, 40, 125], np.float32)
+STROMA_MEAN = STROMA - 9  # the fibres darken it by 0-18
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,12 @@ class SlideRecipe:
     lesions: int = 3
     lesion_radius_um: float = 120.0
     nucleus_spacing_px: float = 22.0
+    nucleus_radius_px: tuple[float, float] = (2.0, 3.5)
+    # "cells": lesion cells (below) replace the nuclei inside lesions. "vesicular": the nuclei
+    # inside lesions get a clear centre (vesicle_fraction of their radius) and a rim dark enough
+    # to hold the same amount of stain.
+    lesion_texture: str = "cells"
+    vesicle_fraction: float = 0.5
     # Lesion cells: nucleus radius range and mean spacing (level-0 px), and how far their colour
     # goes from stroma towards LESION_CELL (1: all the way). The defaults draw crowded dark
     # clusters, plain at any zoom; `subtle_lesions` matches the tissue's mean colour instead.
@@ -69,7 +78,9 @@ class _Scene:
         self.tissue_field = radial + 2.5 * field
         spacing = recipe.nucleus_spacing_px
         n = int(w * h / spacing ** 2)
-        self.nuclei = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n), rng.uniform(2.0, 3.5, n)], axis=1)
+        # Columns: x, y, radius, radius of a clear centre (0: a solid nucleus).
+        self.nuclei = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n), rng.uniform(*recipe.nucleus_radius_px, n),
+                                np.zeros(n)], axis=1)
         self.lesions: list[Lesion] = []
         cells = []
         if recipe.positive:
@@ -80,16 +91,24 @@ class _Scene:
                     if self._tissue_at(np.array([[y]]), np.array([[x]]))[0, 0]:
                         break
                 self.lesions.append(Lesion(float(x), float(y), float(r)))
-                m = int(np.pi * r * r / recipe.lesion_cell_spacing_px ** 2)
-                ang, rad = rng.uniform(0, 2 * np.pi, m), r * np.sqrt(rng.uniform(0, 1, m))
-                cells.append(np.stack([x + rad * np.cos(ang), y + rad * np.sin(ang),
-                                       rng.uniform(*recipe.lesion_cell_radius_px, m)], axis=1))
-        self.cells = np.concatenate(cells) if cells else np.zeros((0, 3))
-        # Lesion cells replace the normal nuclei where they grow.
-        keep = np.ones(len(self.nuclei), bool)
+                if recipe.lesion_texture == "cells":
+                    m = int(np.pi * r * r / recipe.lesion_cell_spacing_px ** 2)
+                    ang, rad = rng.uniform(0, 2 * np.pi, m), r * np.sqrt(rng.uniform(0, 1, m))
+                    cells.append(np.stack([x + rad * np.cos(ang), y + rad * np.sin(ang),
+                                           rng.uniform(*recipe.lesion_cell_radius_px, m), np.zeros(m)], axis=1))
+        self.cells = np.concatenate(cells) if cells else np.zeros((0, 4))
+        self.vesicular = np.zeros((0, 4))
+        inside = np.zeros(len(self.nuclei), bool)
         for les in self.lesions:
-            keep &= np.hypot(self.nuclei[:, 0] - les.l0_x, self.nuclei[:, 1] - les.l0_y) > les.l0_radius
-        self.nuclei = self.nuclei[keep]
+            inside |= np.hypot(self.nuclei[:, 0] - les.l0_x, self.nuclei[:, 1] - les.l0_y) <= les.l0_radius
+        if recipe.lesion_texture == "cells":  # lesion cells replace the normal nuclei where they grow
+            self.nuclei = self.nuclei[~inside]
+        elif recipe.lesion_texture == "vesicular":
+            self.vesicular = self.nuclei[inside].copy()
+            self.vesicular[:, 3] = recipe.vesicle_fraction * self.vesicular[:, 2]
+            self.nuclei = self.nuclei[~inside]
+        else:
+            raise ValueError(f"unknown lesion_texture {recipe.lesion_texture!r}: use 'cells' or 'vesicular'")
 
     def _tissue_at(self, l0_y: np.ndarray, l0_x: np.ndarray) -> np.ndarray:
         gy, gx = l0_y / self.grid_step, l0_x / self.grid_step
@@ -110,11 +129,19 @@ class _Scene:
         rgb = np.where(tissue[..., None], STROMA - 18 * fibres[..., None], GLASS)
         dark = np.zeros(tissue.shape, np.float32)
         lesion = np.zeros(tissue.shape, np.float32)
-        for points, target in ((self.nuclei, dark), (self.cells, lesion)):
+        rim = np.zeros(tissue.shape, np.float32)
+        for points, target in ((self.nuclei, dark), (self.cells, lesion), (self.vesicular, rim)):
             self._stamp(points, target, lx, ly, downsample)
         dark *= tissue
         lesion *= tissue * self.recipe.lesion_cell_strength  # lesions grow in tissue, never on the glass
+        rim *= tissue
         rgb = rgb * (1 - dark[..., None]) + NUCLEUS * dark[..., None]
+        if len(self.vesicular):
+            # The rim covers 1 - f^2 of the nucleus, so it departs from the stroma by 1 / (1 - f^2)
+            # as much as a solid nucleus does: the same stain per nucleus.
+            f = self.recipe.vesicle_fraction
+            rim_colour = np.clip(STROMA_MEAN - (STROMA_MEAN - NUCLEUS) / (1 - f * f), 0, 255)
+            rgb = rgb * (1 - rim[..., None]) + rim_colour * rim[..., None]
         rgb = rgb * (1 - lesion[..., None]) + LESION_CELL * lesion[..., None]
         return np.clip(rgb, 0, 255).astype(np.uint8)
 
@@ -124,14 +151,17 @@ class _Scene:
             return
         bx0, bx1, by0, by1 = lx[0] - 8 * ds, lx[-1] + 8 * ds, ly[0] - 8 * ds, ly[-1] + 8 * ds
         inside = (points[:, 0] > bx0) & (points[:, 0] < bx1) & (points[:, 1] > by0) & (points[:, 1] < by1)
-        for px, py, pr in points[inside]:
+        for px, py, pr, inner in points[inside]:
             c0, c1 = np.searchsorted(lx, [px - pr - ds, px + pr + ds])
             r0, r1 = np.searchsorted(ly, [py - pr - ds, py + pr + ds])
             if c1 <= c0 or r1 <= r0:
                 continue
             d = np.hypot(lx[None, c0:c1] - px, ly[r0:r1, None] - py)
-            # Anti-aliased disc: coverage falls from 1 to 0 over one level pixel at the rim.
+            # Anti-aliased disc: coverage falls from 1 to 0 over one level pixel at the rim; a
+            # nucleus with a clear centre is a disc less that centre.
             cover = np.clip((pr - d) / ds + 0.5, 0, 1)
+            if inner > 0:
+                cover -= np.clip((inner - d) / ds + 0.5, 0, 1)
             np.maximum(target[r0:r1, c0:c1], cover, out=target[r0:r1, c0:c1])
 
     def lesion_mask(self, cell: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -39,3 +40,38 @@ def test_negative_slides_have_no_lesions_and_differ_by_seed(tmp_path):
     assert info["lesions"] == [] and info["label"] == 0
     assert not np.load(tmp_path / "n.mask.npz")["mask"].any()
     assert not np.array_equal(_pixels(tmp_path / "n.svs")[2], _pixels(tmp_path / "m.svs")[2])
+
+
+def test_vesicular_lesions_vanish_when_averaged_to_a_few_microns_per_pixel(tmp_path):
+    """The resolution study's lesions: plain at 0.5 µm/px (rim pixels darker than any normal
+    nucleus, after the SVS's JPEG too), but at 4 µm/px (the 8x level, a box average) the same mean colour and the same
+    spread as the tissue around them."""
+    from engine.demo_data import resolution_recipe
+    from engine.synthetic import _Scene
+
+    recipe = dataclasses.replace(resolution_recipe(11, True), size=(1024, 1024), lesions=1, lesion_radius_um=130.0)
+    write_synthetic_slide(tmp_path / "v.svs", recipe, downsamples=(1, 2, 4, 8))
+    scene = _Scene(recipe)
+    (lesion,) = scene.lesions
+    with open_slide(tmp_path / "v.svs") as s:
+        levels = {s.level_downsamples[i]: to_rgb(s.read_region(0, 0, i, *s.level_dimensions[i])).astype(float)
+                  for i in range(s.level_count)}
+    for ds in (1, 8):
+        rgb = levels[ds]
+        centre = (np.arange(rgb.shape[0]) + 0.5) * ds
+        y, x = centre[:, None], centre[None, :]
+        # Whole pixels: their whole footprint in tissue, and inside or clear of the lesion.
+        tissue = scene._tissue_at(y - ds / 2, x - ds / 2) & scene._tissue_at(y + ds / 2, x + ds / 2)
+        dist = np.hypot(x - lesion.l0_x, y - lesion.l0_y)
+        inside, outside = tissue & (dist < lesion.l0_radius - ds), tissue & (dist > lesion.l0_radius + 4 * ds)
+        assert inside.sum() > 100 and outside.sum() > 100
+        grey = rgb.mean(-1)
+        grey_in, grey_out = grey[inside].std(), grey[outside].std()
+        darker_than_nuclei = grey < 80  # a normal nucleus is 100 (95, 55, 150); a rim 71
+        if ds == 1:  # dark rims: pixels darker than any normal nucleus, and a wider spread
+            assert darker_than_nuclei[inside].mean() > 0.02 and not darker_than_nuclei[outside].any()
+            assert grey_in > 1.1 * grey_out
+        else:
+            assert darker_than_nuclei[inside].mean() < 0.002
+            np.testing.assert_allclose(rgb[inside].mean(0), rgb[outside].mean(0), atol=3)
+            assert abs(grey_in / grey_out - 1) < 0.1, (grey_in, grey_out)
