@@ -83,6 +83,7 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
     from engine.slide_input import SlideRegionSource, choose_level, level_region, tissue_box
     from engine.slides import open_slide
     from engine.streaming import InputGradientSink, StreamingModule
+    from engine.streaming.pooled import GlobalPoolReducer
 
     cancel = cancel or CancelToken()
     device = resolve_device(spec.device)
@@ -102,7 +103,10 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
         layers: dict[str, np.ndarray] = {}
         boxes: dict[str, tuple] = {}
         # Per-block prediction patches are exact only when the head has no spatial stages left.
+        # Then the head is pool + linear, and the trunk's map is reduced block by block instead
+        # of being held (engine.streaming.pooled): memory stays flat with the slide's size.
         live_cells = len(list(head.stages.children())) == 0
+        reducer = GlobalPoolReducer(head.pool) if live_cells else None
         stream = StreamingModule(trunk, spec.tile_size or card.tile_size, freeze_batchnorm=True,
                                  progress=clock, should_stop=lambda: cancel.cancelled)
         out_hw = stream.output_size((region.lv_h, region.lv_w))
@@ -123,6 +127,7 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
 
         def on_block(rows, cols, fmap_block):
             if live_cells:
+                reducer.add(rows, cols, fmap_block)
                 with torch.no_grad():
                     probs = torch.softmax(head.forward_cells(fmap_block.float()), dim=1)[0]
                 prediction_patch(probs.cpu().numpy().astype(np.float32), rows, cols, out_hw, cell)
@@ -155,8 +160,12 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
 
                 sink = InputGradientSink(on_gradient, reduce=f)
             with autocast:
-                fmap = stream(source, input_grad_sink=sink)
-                logits = head(fmap.float())
+                if live_cells:
+                    stream.forward_blocks(source)
+                    logits = head.fc(reducer.pooled().float())
+                else:
+                    fmap = stream(source, input_grad_sink=sink)
+                    logits = head(fmap.float())
             probs = torch.softmax(logits.float(), dim=1)[0]
             if not live_cells:
                 with torch.no_grad():
@@ -170,7 +179,14 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
                 target = spec.saliency_class if spec.saliency_class is not None else int(probs.argmax())
                 if not 0 <= target < len(classes):
                     raise CheckpointError(f"saliency class {target} does not exist; the model has {len(classes)} classes")
-                logits[0, target].backward()
+                if live_cells:
+                    # d logit[target] / d pooled is the classifier's row; the reducer turns it
+                    # into the map's gradient block by block.
+                    grad_pooled = head.fc.weight[target].detach().float()[None, :]
+                    with autocast:
+                        stream.backward_from(source, reducer.grad_for_block(grad_pooled), input_grad_sink=sink)
+                else:
+                    logits[0, target].backward()
         except Cancelled:
             cancelled = True
 

@@ -6,6 +6,11 @@ split over the same blocks; each block's cone is recomputed with autograd and ba
 its own part of the gradient. Back-propagation is linear in the output gradient, so the sum over
 blocks of every parameter gradient and of the input gradient is the conventional gradient, up to
 floating-point summation order. Memory is one cone's activations plus the stitched map.
+
+When what follows the trunk reduces the map (a global pool), the map need not be held at all:
+:meth:`StreamingModule.forward_blocks` hands each block to ``on_block`` and keeps nothing, and
+:meth:`StreamingModule.backward_from` takes the map's gradient block by block from a callable
+(see :mod:`engine.streaming.pooled`). Memory is then one cone's activations, whatever the image.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from engine.streaming.sink import InputGradientSink
 from engine.streaming.sources import RegionSource, TensorSource
 
 ProgressFn = Callable[[str, int, int], None]  # (phase "forward"/"backward", blocks done, total)
+#: The output map's gradient for cells [rows) x [cols) of the output plane, or None where it is 0.
+BlockGradFn = Callable[[tuple[int, int], tuple[int, int]], "torch.Tensor | None"]
 
 
 @dataclass(frozen=True)
@@ -290,7 +297,28 @@ class StreamingModule(nn.Module):
         if self.should_stop is not None and self.should_stop():
             raise Cancelled("streaming pass cancelled")
 
-    def _forward_blocks(self, source) -> torch.Tensor:
+    def forward_blocks(self, x: torch.Tensor | RegionSource) -> None:
+        """Run the forward pass for ``on_block`` only, without autograd and keeping no output
+        map: each block's owned cells go to ``on_block`` and are then dropped."""
+        self.graph.check_modes()
+        source = TensorSource(x) if isinstance(x, torch.Tensor) else x
+        self._forward_blocks(source, keep_output=False)
+
+    def backward_from(self, x: torch.Tensor | RegionSource, grad_for_block: BlockGradFn, *,
+                      input_grad_sink: InputGradientSink | None = None, params: bool = False):
+        """The streamed backward pass with the output map's gradient given block by block:
+        ``grad_for_block(rows, cols)`` returns the gradient of cells ``[rows) x [cols)`` (output
+        plane; shape (N, C, rows, cols)), or None where it is zero. The input gradient goes to
+        ``input_grad_sink`` region by region; with ``params``, returns the trunk's parameter
+        gradients (a list, None for unused), else None. Nothing of the size of the map is held."""
+        self.graph.check_modes()
+        source = TensorSource(x) if isinstance(x, torch.Tensor) else x
+        need_params = [params and p.requires_grad for p in self.trunk.parameters()]
+        _, grads = self._backward_blocks(source, grad_for_block, input_grad_sink is not None, need_params,
+                                         input_grad_sink)
+        return grads if params else None
+
+    def _forward_blocks(self, source, keep_output: bool = True) -> torch.Tensor | None:
         n, _, h, w = source.shape
         plan = self.tile_plan((h, w))
         out: torch.Tensor | None = None
@@ -309,10 +337,11 @@ class StreamingModule(nn.Module):
                 rb, rp, cb, cp = plan.rows[i], plan.row_plans[i], plan.cols[j], plan.col_plans[j]
                 self._check_stop()
                 y = run_block(self.graph, self._read(source, rp.cone, cp.cone), rp, cp)
-                if out is None:
+                if out is None and keep_output:
                     out = y.new_empty((y.shape[0], y.shape[1], *plan.out_hw))
                 r0, c0 = rb.own_start - rb.start, cb.own_start - cb.start
-                out[:, :, rb.own_start:rb.end, cb.own_start:cb.end] = y[:, :, r0:, c0:]
+                if keep_output:
+                    out[:, :, rb.own_start:rb.end, cb.own_start:cb.end] = y[:, :, r0:, c0:]
                 if self.on_block is not None:
                     self.on_block((rb.own_start, rb.end), (cb.own_start, cb.end), y[:, :, r0:, c0:])
                 done += 1
@@ -320,8 +349,8 @@ class StreamingModule(nn.Module):
                     self.progress("forward", done, plan.n_blocks)
         return out
 
-    def _backward_blocks(self, source, grad_out: torch.Tensor, need_x: bool, need_params: Sequence[bool],
-                         sink: InputGradientSink | None):
+    def _backward_blocks(self, source, grad_out: torch.Tensor | BlockGradFn, need_x: bool,
+                         need_params: Sequence[bool], sink: InputGradientSink | None):
         n, c, h, w = source.shape
         plan = self.tile_plan((h, w))
         params = list(self.trunk.parameters())
@@ -364,11 +393,16 @@ class StreamingModule(nn.Module):
         return grad_x, grad_params
 
     @staticmethod
-    def _block_grad(grad_out: torch.Tensor, rb: Block, cb: Block) -> torch.Tensor | None:
+    def _block_grad(grad_out: torch.Tensor | BlockGradFn, rb: Block, cb: Block) -> torch.Tensor | None:
         """This block's share of the output gradient: its owned cells, zero where an earlier
         block owns them. None when that share is all zero (e.g. a max-pool head's gradient
         reaches a few cells only), which contributes nothing and is skipped."""
-        g = grad_out[:, :, rb.start:rb.end, cb.start:cb.end]
+        if callable(grad_out):
+            g = grad_out((rb.start, rb.end), (cb.start, cb.end))
+            if g is None:
+                return None
+        else:
+            g = grad_out[:, :, rb.start:rb.end, cb.start:cb.end]
         if rb.own_start != rb.start or cb.own_start != cb.start:
             g = g.clone()
             g[:, :, :rb.own_start - rb.start] = 0

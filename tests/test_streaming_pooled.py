@@ -1,0 +1,84 @@
+"""A global pool over the streamed map, reduced block by block (engine.streaming.pooled): the
+same logits and the same input and parameter gradients as pooling the stitched map, and the
+map is never allocated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.models import create_model
+from engine.streaming import InputGradientSink, StreamingModule
+from engine.streaming.pooled import GlobalPoolReducer
+from streaming_helpers import rel_err
+
+
+def _conventional(model, x, pool):
+    """Logits, input gradient of logit 1, and trunk parameter gradients, without streaming."""
+    x = x.clone().requires_grad_(True)
+    head = model.head()
+    logits = head(model.trunk()(x))
+    model.zero_grad()
+    logits[:, 1].sum().backward()
+    return logits.detach(), x.grad, [p.grad.clone() for p in model.trunk().parameters()]
+
+
+def _streamed(model, x, tile, batch_n):
+    trunk, head = model.trunk(), model.head()
+    reducer = GlobalPoolReducer(head.pool)
+    stream = StreamingModule(trunk, tile, on_block=reducer.add)
+    stream.forward_blocks(x)
+    logits = head.fc(reducer.pooled().to(x.dtype))
+    # d(sum_n logit[n, 1]) / d(pooled) is the fc's row 1 for every image.
+    grad_pooled = model.fc.weight[1].detach().expand(batch_n, -1)
+    full = torch.zeros_like(x)
+
+    def put(reg):
+        r0, r1, c0, c1 = reg.pixels
+        full[:, :, r0:r1, c0:c1] = reg.values
+
+    grads = stream.backward_from(x, reducer.grad_for_block(grad_pooled, x.dtype), input_grad_sink=InputGradientSink(put),
+                                 params=True)
+    return logits.detach(), full, grads
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+@pytest.mark.parametrize("hw,tile,batch_n", [((160, 131), 64, 1), ((96, 200), 80, 2), ((70, 70), 256, 1)])
+def test_block_by_block_pooling_equals_pooling_the_stitched_map(pool, hw, tile, batch_n):
+    torch.manual_seed(3)
+    model = create_model("smallnet", width=4, pool=pool).double().eval()
+    x = torch.randn(batch_n, 3, *hw, dtype=torch.float64)
+    ref_logits, ref_gx, ref_params = _conventional(model, x, pool)
+    logits, gx, params = _streamed(model, x, tile, batch_n)
+    assert rel_err(logits, ref_logits) < 1e-10
+    assert rel_err(gx, ref_gx) < 1e-10
+    for got, ref in zip(params, ref_params):
+        assert rel_err(got, ref) < 1e-10
+
+
+def test_max_ties_share_the_gradient_as_amax_does():
+    reducer = GlobalPoolReducer("max")
+    a = torch.tensor([[[[1.0, 5.0], [5.0, 0.0]]]])
+    b = torch.tensor([[[[5.0, 2.0]]]])
+    reducer.add((0, 2), (0, 2), a)
+    reducer.add((2, 3), (0, 2), b)
+    assert reducer.pooled().tolist() == [[5.0]]
+    grad = reducer.grad_for_block(torch.tensor([[3.0]]))
+    full = torch.cat([grad((0, 2), (0, 2)), grad((2, 3), (0, 2))], dim=2)
+    m = torch.cat([a, b], dim=2).requires_grad_(True)
+    (3.0 * m.amax(dim=(2, 3))).sum().backward()
+    assert torch.equal(full, m.grad)
+    assert grad((0, 1), (0, 1)) is None  # no maximum there: the block is skipped
+
+
+def test_forward_blocks_keeps_no_output_map(monkeypatch):
+    """The stitched map is the one allocation that grows with the image: forward_blocks must
+    not make it (new_empty is how the forward pass allocates it)."""
+    torch.manual_seed(0)
+    trunk = create_model("smallnet", width=4).eval().trunk()
+    calls = []
+    original = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
+    blocks = []
+    StreamingModule(trunk, 64, on_block=lambda r, c, v: blocks.append(v.shape)).forward_blocks(torch.randn(1, 3, 200, 200))
+    assert len(blocks) > 4 and calls == []
