@@ -12,7 +12,8 @@ inference pass under no_grad; x conv is the ratio to conventional at the same si
 the recompute floor of streaming (one extra forward plus the overlap area) for that tile;
 peak MiB is the process's peak RSS above its RSS before the step (the input tensor and model
 are already allocated then); work MiB is that peak less what every method must hold (the
-stitched map, its gradient and the input's gradient); grad err is the max relative error of every parameter gradient and
+stitched map, its gradient and the input's gradient; stream-pooled holds none of them: its
+global max pool is reduced block by block); grad err is the max relative error of every parameter gradient and
 the input gradient against conventional back-propagation in the same precision.
 """
 
@@ -76,7 +77,10 @@ def worker(cfg: dict) -> dict:
     # adaptive_max_pool2d back-propagates by index (no map-sized masks as amax would make).
     head = lambda fmap: fc(nn.functional.adaptive_max_pool2d(fmap, 1).flatten(1))  # noqa: E731
     size, method, mode = cfg["size"], cfg["method"], cfg["mode"]
-    lazy = method == "stream-lazy"
+    # stream-pooled: lazy input, and the global max pool reduced block by block
+    # (engine.streaming.pooled), so the trunk's map is never held, nor its gradient.
+    pooled = method == "stream-pooled"
+    lazy = method in ("stream-lazy", "stream-pooled")
 
     def make_tile(rows, cols):
         # A deterministic synthetic image computed per tile: nothing of full size exists.
@@ -106,7 +110,26 @@ def worker(cfg: dict) -> dict:
     else:
         run_trunk, inp = trunk, x
 
+    def pooled_step(inp):
+        from engine.streaming.pooled import GlobalPoolReducer
+
+        reducer = GlobalPoolReducer("max")
+        stream.on_block = reducer.add
+        stream.forward_blocks(inp)
+        vec = reducer.pooled().requires_grad_(mode == "train")
+        if mode == "train":
+            nn.functional.cross_entropy(fc(vec), target).backward()  # fc's gradients, and the pooled vector's
+            grads = stream.backward_from(inp, reducer.grad_for_block(vec.grad), params=True)
+            for p, g in zip(trunk.parameters(), grads):
+                p.grad = g
+        else:
+            with torch.no_grad():
+                fc(vec)
+        return None
+
     def step(inp):
+        if pooled:
+            return pooled_step(inp)
         if mode == "train":
             fmap = run_trunk(inp)
             nn.functional.cross_entropy(head(fmap), target).backward()
@@ -130,10 +153,11 @@ def worker(cfg: dict) -> dict:
     out["seconds"] = time.perf_counter() - t0
     out["cpu_seconds"] = _cpu_seconds() - cpu0
     out["peak_mib"] = _peak_mib() - base
-    out["map_mib"] = fmap.numel() * fmap.element_size() / 2**20
+    out_hw = stream.output_size((size, size)) if pooled else None
+    out["map_mib"] = channels * out_hw[0] * out_hw[1] * 4 / 2**20 if pooled else fmap.numel() * fmap.element_size() / 2**20
     # What streaming itself holds beyond what any method must hold: the stitched map (and its
     # gradient) and, when the input is a tensor that wants a gradient, that gradient.
-    must_hold = out["map_mib"] * (2 if mode == "train" else 1)
+    must_hold = 0.0 if pooled else out["map_mib"] * (2 if mode == "train" else 1)
     if mode == "train" and x is not None:
         must_hold += x.numel() * x.element_size() / 2**20
     out["work_mib"] = out["peak_mib"] - must_hold
@@ -225,6 +249,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiles", nargs="+", type=int)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
+    ap.add_argument("--methods", nargs="+", help="only these methods (conventional, checkpoint, stream, "
+                    "stream-lazy, stream-pooled, lightstream); conventional runs first for the error column")
     ap.add_argument("--no-conventional-above", type=int, default=4096,
                     help="skip conventional/checkpoint rows above this size (they need tens of GB)")
     ap.add_argument("--json", type=Path, help="also write all rows as JSON here")
@@ -255,9 +281,12 @@ def main(argv=None) -> int:
                     methods += [("conventional", None), ("checkpoint", None)]
                 # The lazy rows use the smallest tile, so their cones are equal across sizes
                 # (compare their memory: it should not grow with the image).
-                methods += [("stream", t) for t in tiles if t <= size] + [("stream-lazy", min(t for t in tiles if t <= size))]
+                smallest = min(t for t in tiles if t <= size)
+                methods += [("stream", t) for t in tiles if t <= size] + [("stream-lazy", smallest), ("stream-pooled", smallest)]
                 if peer and size <= args.peer_max_size:
                     methods += [("lightstream", t) for t in tiles if t <= size]
+                if args.methods:
+                    methods = [(m, t) for m, t in methods if m in args.methods]
                 for mode in args.modes:
                     for method, tile in methods:
                         if mode == "infer" and method == "checkpoint":

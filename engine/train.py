@@ -91,6 +91,9 @@ class Classifier(nn.Module):
         object.__setattr__(self, "trunk", trunk)
         object.__setattr__(self, "runner", runner)
         object.__setattr__(self, "head", model.head())
+        # Pool and linear only after the trunk: streamed, the map is pooled block by block and
+        # never held (StreamingModule.pooled), so memory does not grow with the slide.
+        self.pooled_head = streaming and len(list(self.head.stages.children())) == 0
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -99,6 +102,8 @@ class Classifier(nn.Module):
 
     def forward(self, x) -> torch.Tensor:
         """Logits (1, classes) for ``x``: a lazy source when streaming, else an NCHW tensor."""
+        if self.pooled_head:
+            return self.head.classify(self.runner.pooled(x, self.head.pool))
         fmap = self.runner(x)
         if self.channels_last:
             fmap = fmap.contiguous(memory_format=torch.channels_last)

@@ -106,17 +106,17 @@ def test_cancel_saves_and_resume_equals_uninterrupted(spec, tmp_path):
 def nan_head(monkeypatch):
     """Make the head return NaN logits on chosen training calls (counted from 0)."""
     calls = {"n": 0, "bad": set()}
-    original = ClassifierHead.forward
+    original = ClassifierHead.classify  # both the pooled streamed path and head.forward go through it
 
-    def forward(self, fmap):
-        out = original(self, fmap)
+    def classify(self, pooled):
+        out = original(self, pooled)
         if self.training:
             calls["n"] += 1
             if calls["n"] - 1 in calls["bad"]:
                 return out * math.nan
         return out
 
-    monkeypatch.setattr(ClassifierHead, "forward", forward)
+    monkeypatch.setattr(ClassifierHead, "classify", classify)
     return calls["bad"]
 
 
@@ -172,19 +172,25 @@ def test_the_gpu_numerics_paths_train_correctly_when_forced_on_cpu(spec, tmp_pat
 
     monkeypatch.setattr(engine.train, "autocast_dtype", lambda spec, device, dtype: amp_dtype)
     monkeypatch.setattr(engine.train, "use_channels_last", lambda spec, device: True)
-    seen: dict = {}
-    original_init = engine.train.Classifier.__init__
+    seen: dict = {"tiles": set(), "features": set()}
+    from engine.streaming.module import StreamingModule
 
-    def spying_init(self, model, **kwargs):
-        original_init(self, model, **kwargs)
-        # The trunk's stitched feature map, as the head receives it.
-        self.head.register_forward_pre_hook(lambda m, args: seen.setdefault("fmaps", set()).add(
-            (args[0].dtype, args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous())))
+    original_read, original_classify = StreamingModule._read, ClassifierHead.classify
 
-    monkeypatch.setattr(engine.train.Classifier, "__init__", spying_init)
+    def spying_read(self, source, rows, cols):  # every tile the trunk reads
+        x = original_read(self, source, rows, cols)
+        seen["tiles"].add(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return x
+
+    def spying_classify(self, pooled):  # the trunk's pooled features, as the head gets them
+        seen["features"].add(pooled.dtype)
+        return original_classify(self, pooled)
+
+    monkeypatch.setattr(StreamingModule, "_read", spying_read)
+    monkeypatch.setattr(ClassifierHead, "classify", spying_classify)
     mixed = Recorder()
     run_training(dataclasses.replace(spec, epochs=1, out_dir=str(tmp_path / "amp")), mixed)
-    assert seen == {"fmaps": {(amp_dtype, True)}}
+    assert seen == {"tiles": {True}, "features": {amp_dtype}}
     losses = [[e.values["loss"] for e in r.events if isinstance(e, Metrics) and e.phase == "train"]
               for r in (reference, mixed)]
     assert len(losses[1]) == len(losses[0]) and all(math.isfinite(v) for v in losses[1])

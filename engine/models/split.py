@@ -37,7 +37,11 @@ class ClassifierHead(nn.Module):
         return f.amax(dim=(2, 3)) if self.pool == "max" else f.mean(dim=(2, 3))
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pooled(fmap))
+        return self.classify(self.pooled(fmap))
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits from the pooled (N, C) features (a streamed trunk may pool block by block)."""
+        return self.fc(pooled)
 
     def forward_cells(self, fmap: torch.Tensor) -> torch.Tensor:
         f = self.features(fmap)

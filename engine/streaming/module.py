@@ -25,6 +25,7 @@ from torch import nn
 from engine.errors import Cancelled, TileSizeError
 from engine.streaming.executor import _crop, run_block
 from engine.streaming.graph import FROZEN_MODULES, StreamGraph, trace_trunk
+from engine.streaming.heap import release_free_heap
 from engine.streaming.plan import AxisGeometry, AxisPlan, Block, axis_blocks, axis_geometry, plan_axis
 from engine.streaming.sink import InputGradientSink
 from engine.streaming.sources import RegionSource, TensorSource
@@ -69,6 +70,33 @@ class _StreamFunction(torch.autograd.Function):
         if ctx.sink is not None or not ctx.needs_input_grad[3]:
             grad_x = None
         return (None, None, None, grad_x, *grad_params)
+
+
+class _PooledStreamFunction(torch.autograd.Function):
+    """Autograd node for :meth:`StreamingModule.pooled`: the map is reduced block by block in
+    forward and its gradient made block by block in backward; neither is ever whole."""
+
+    @staticmethod
+    def forward(ctx, module: "StreamingModule", source, sink, pool: str, x_anchor, *params):
+        from engine.streaming.pooled import GlobalPoolReducer
+
+        reducer = GlobalPoolReducer(pool)
+        module._forward_blocks(source, keep_output=False, reducer=reducer)
+        ctx.module, ctx.source, ctx.sink, ctx.reducer = module, source, sink, reducer
+        ctx.autocast = _autocast_state(module.compute_device(source))
+        return reducer.pooled().to(reducer.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_pooled):
+        module: StreamingModule = ctx.module
+        need_x = ctx.needs_input_grad[4] or ctx.sink is not None
+        need_params = ctx.needs_input_grad[5:]
+        with torch.enable_grad(), _autocast_context(ctx.autocast):
+            grad_x, grad_params = module._backward_blocks(ctx.source, ctx.reducer.grad_for_block(grad_pooled), need_x,
+                                                          need_params, ctx.sink)
+        if ctx.sink is not None or not ctx.needs_input_grad[4]:
+            grad_x = None
+        return (None, None, None, None, grad_x, *grad_params)
 
 
 def _autocast_state(device: torch.device):
@@ -129,6 +157,10 @@ class StreamingModule(nn.Module):
         self.progress = progress
         self.should_stop = should_stop
         self.on_block = on_block
+        #: Return freed heap pages to the OS every ``release_every`` blocks (CPU, glibc; 0: never):
+        #: keeps peak memory flat over many blocks (see engine.streaming.heap).
+        self.release_every = 0
+        self._blocks_since_release = 0
         #: Output-plane (row, col) to start the forward pass from: blocks nearest to it run first
         #: (e.g. what is on screen). Forward blocks are independent, so any order is exact; the
         #: backward pass keeps raster order, which the input-gradient sink relies on.
@@ -293,9 +325,41 @@ class StreamingModule(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _release(self) -> None:
+        """Between blocks, the block's activations freed: every ``release_every`` blocks give
+        their pages back (see :mod:`engine.streaming.heap`), on CPU, where the heap holds them."""
+        if not self.release_every or self.compute_device().type != "cpu":
+            return
+        self._blocks_since_release += 1
+        if self._blocks_since_release >= self.release_every:
+            self._blocks_since_release = 0
+            release_free_heap()
+
     def _check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
             raise Cancelled("streaming pass cancelled")
+
+    def pooled(self, x: torch.Tensor | RegionSource, pool: str, *,
+               input_grad_sink: InputGradientSink | None = None) -> torch.Tensor:
+        """``trunk(x)`` globally max- or mean-pooled (``pool`` "max" or "avg"): (N, C), with
+        autograd, equal to pooling :meth:`forward`'s map, but the map is reduced block by block
+        and never held, nor its gradient (see :mod:`engine.streaming.pooled`)."""
+        self.graph.check_modes()
+        source = TensorSource(x) if isinstance(x, torch.Tensor) else x
+        params = [p for p in self.trunk.parameters()]
+        if input_grad_sink is not None:
+            anchor = torch.zeros(0, requires_grad=True)
+        elif isinstance(source, TensorSource):
+            anchor = source.tensor
+        else:
+            anchor = torch.zeros(0)
+        if not (torch.is_grad_enabled() and (anchor.requires_grad or any(p.requires_grad for p in params))):
+            from engine.streaming.pooled import GlobalPoolReducer
+
+            reducer = GlobalPoolReducer(pool)
+            self._forward_blocks(source, keep_output=False, reducer=reducer)
+            return reducer.pooled().to(reducer.dtype)
+        return _PooledStreamFunction.apply(self, source, input_grad_sink, pool, anchor, *params)
 
     def forward_blocks(self, x: torch.Tensor | RegionSource) -> None:
         """Run the forward pass for ``on_block`` only, without autograd and keeping no output
@@ -318,7 +382,7 @@ class StreamingModule(nn.Module):
                                          input_grad_sink)
         return grads if params else None
 
-    def _forward_blocks(self, source, keep_output: bool = True) -> torch.Tensor | None:
+    def _forward_blocks(self, source, keep_output: bool = True, reducer=None) -> torch.Tensor | None:
         n, _, h, w = source.shape
         plan = self.tile_plan((h, w))
         out: torch.Tensor | None = None
@@ -342,8 +406,12 @@ class StreamingModule(nn.Module):
                 r0, c0 = rb.own_start - rb.start, cb.own_start - cb.start
                 if keep_output:
                     out[:, :, rb.own_start:rb.end, cb.own_start:cb.end] = y[:, :, r0:, c0:]
+                if reducer is not None:
+                    reducer.add((rb.own_start, rb.end), (cb.own_start, cb.end), y[:, :, r0:, c0:])
                 if self.on_block is not None:
                     self.on_block((rb.own_start, rb.end), (cb.own_start, cb.end), y[:, :, r0:, c0:])
+                del y
+                self._release()
                 done += 1
                 if self.progress:
                     self.progress("forward", done, plan.n_blocks)
@@ -385,6 +453,9 @@ class StreamingModule(nn.Module):
                         grad_x[:, :, rp.cone[0]:rp.cone[1], cp.cone[0]:cp.cone[1]] += gx_block.to(grad_x.dtype)
                 if sink is not None:
                     sink.add(bi, bj, gx_block)
+                if g is not None:
+                    del x, y, result, gx_block
+                    self._release()
                 done += 1
                 if self.progress:
                     self.progress("backward", done, plan.n_blocks)

@@ -24,6 +24,7 @@ class GlobalPoolReducer:
             raise ValueError(f"pool must be one of {POOLS}, got '{pool}'")
         self.pool = pool
         self.cells = 0
+        self.dtype: torch.dtype | None = None  # the map's
         self._sum: torch.Tensor | None = None  # (N, C), float64 for the mean
         self._max: torch.Tensor | None = None  # (N, C)
         self._where: list[torch.Tensor] = []  # rows of (n, c, row, col, value) that reached the running max
@@ -31,6 +32,7 @@ class GlobalPoolReducer:
     def add(self, rows: tuple[int, int], cols: tuple[int, int], values: torch.Tensor) -> None:
         """Cells ``[rows) x [cols)`` of the map (output plane), shape (N, C, rows, cols)."""
         values = values.detach()
+        self.dtype = values.dtype
         self.cells += values.shape[2] * values.shape[3]
         if self.pool == "avg":
             block_sum = values.double().sum(dim=(2, 3))
