@@ -159,15 +159,17 @@ def test_headless_demo_writes_the_saliency_view_and_the_maps(qtbot, tmp_path, de
     legend = np.zeros((h, w), bool)
     legend[MARGIN : MARGIN + LEGEND_H, w - MARGIN - LEGEND_W : w - MARGIN] = True
     changed = (np.abs(png.astype(int) - bare).max(axis=2) > 20) & ~legend
-    salient = np.nan_to_num(screen_samples(layers["saliency"], transform, (h, w))) > 0
+    # Once the run is done the demo hides saliency below a share of its maximum.
+    shown_from = demo.SALIENCY_SHOWN_FROM * float(saliency.max())
+    salient = np.nan_to_num(screen_samples(layers["saliency"], transform, (h, w))) >= shown_from
     painted, stray = int(changed.sum()), int((changed & ~grow(salient, 2)).sum())
-    assert painted > 500, "no overlay on the slide"
-    assert stray <= 0.01 * painted, f"{stray} of {painted} changed pixels lie where the saliency map is zero"
+    assert painted > 200, "no overlay on the slide"
+    assert stray <= 0.01 * painted, f"{stray} of {painted} changed pixels lie where the saliency map is hidden"
     core = ~grow(~salient, 2) & ~legend
     assert changed[core].mean() > 0.8, f"only {changed[core].mean():.0%} of the salient pixels are painted"
-    lut = lut_rgba("magma")  # the legend's gradient runs from the colormap's first colour to its last
-    row = png[MARGIN : MARGIN + LEGEND_H, w - MARGIN - LEGEND_W : w - MARGIN][LEGEND_H // 2]
-    assert np.abs(row[10].astype(int) - lut[0, :3]).max() <= 12 and np.abs(row[-10].astype(int) - lut[-1, :3]).max() <= 12
+    lut = lut_rgba("magma")  # the legend: grey below the threshold, then the colormap up to its last colour
+    row = png[MARGIN : MARGIN + LEGEND_H, w - MARGIN - LEGEND_W : w - MARGIN][LEGEND_H // 2].astype(int)
+    assert np.ptp(row[10]) <= 6 and row[10].mean() > 100 and np.abs(row[-10] - lut[-1, :3]).max() <= 12
 
 
 def test_window_path_shows_live_maps_then_selects_saliency(qtbot, tmp_path, demo_cache, bundled_model):

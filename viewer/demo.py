@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Mapping, TextIO
 
+import numpy as np
+
 from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QSettings, QTimer, Signal
 
 from engine.demo_data import DEMO_MODEL_DIR, default_cache_dir, ensure_demo_slides, showcase_slide
@@ -49,6 +51,8 @@ SALIENCY = "saliency"
 #: depend on at all; with a max-pool head, most of the slide), so the slide shows in its own
 #: colours around the saliency instead of under the colormap's black.
 NO_GRADIENT = 1e-30
+#: Once the run is done, saliency below this share of its maximum is hidden.
+SALIENCY_SHOWN_FROM = 0.1
 
 
 class DemoError(Exception):
@@ -176,6 +180,21 @@ class DemoDriver(QObject):
 
     def _on_job_finished(self, job, finished: Finished) -> None:
         if self.job is not None and job.job_id == self.job.job_id:
+            layer = self.window.live.stack_for(self.slide_key).layers.get(SALIENCY)
+            if layer is not None and layer.data_max > 0:
+                # A max-pooled head's gradient reaches a few cells strongly and many faintly;
+                # the faint ones drew dark squares all over the tissue. The threshold is in the
+                # Overlays panel for the user to lower.
+                stack = self.window.live.stack_for(self.slide_key)
+                threshold = SALIENCY_SHOWN_FROM * float(layer.data_max)
+                shown = layer.values[np.isfinite(layer.values) & (layer.values >= threshold)]
+                # Colours span the shown cells' 95th percentile, not the one strongest cell (the
+                # live range also kept headroom for values still to come).
+                top = float(np.percentile(shown, 95)) if shown.size else float(layer.data_max)
+                stack.set_style(SALIENCY, threshold=threshold, vmin=0.0, vmax=max(top, threshold * 1.01),
+                                auto_range=False)
+                if self.window.live.stack is self.window.live.stack_for(self.slide_key):
+                    self.window.live.overlay_panel.refresh()
             self.result = finished
             self.finished.emit(finished)
 
