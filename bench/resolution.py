@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -170,9 +169,9 @@ def table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         s, c = r["step_streaming"], r["step_conventional"]
-        lo, hi = auc_interval(r["test_scores"], r["test_labels"])
+        ci = "({:.2f}–{:.2f})".format(*auc_interval(r["test_scores"], r["test_labels"])) if "test_scores" in r else ""
         lines.append(
-            f"| {r['size']}² | {0.5 * SLIDE_PX / r['size']:g} | {r['test_auc']:.3f} ({lo:.2f}–{hi:.2f}) | {r['mass_in_lesion']:.3f} ({r['lesion_share']:.3f}) "
+            f"| {r['size']}² | {0.5 * SLIDE_PX / r['size']:g} | {r['test_auc']:.3f} {ci} | {r['mass_in_lesion']:.3f} ({r['lesion_share']:.3f}) "
             f"| {r['pixel_auc']:.3f} | {r['train_wall_s'] / 60:.1f} min ({r['epochs']} epochs) | {s['step_s']:.2f} s "
             f"| {c['step_s']:.2f} s | {s['peak_rss_mib']:.0f} MiB | {c['peak_rss_mib']:.0f} MiB |")
     return "\n".join(lines)

@@ -162,7 +162,7 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
             with autocast:
                 if live_cells:
                     stream.forward_blocks(source)
-                    logits = head.fc(reducer.pooled().float())
+                    logits = head.classify(reducer.pooled().float())
                 else:
                     fmap = stream(source, input_grad_sink=sink)
                     logits = head(fmap.float())

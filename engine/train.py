@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -452,14 +451,17 @@ class Trainer:
             self.classifier.runner.should_stop = lambda: self.cancel.cancelled
         self.net = distributed.wrap(self.classifier, self.ctx, self.device)
         outputs = {"last": str(self.out / "last"), "metrics": str(self.out / METRICS_LOG)}
+        in_step = False  # every rank reached the same point: the end, or an agreed cancel
         try:
             while self.epoch < spec.epochs:
                 if not self._run_epoch():
+                    in_step = True
                     return self._finish(True, outputs)
                 try:
                     metrics = self._validate()
                 except Cancelled:
                     self._save("last")
+                    in_step = True
                     return self._finish(True, outputs)
                 epoch_done = self.epoch
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
@@ -470,12 +472,13 @@ class Trainer:
                         self._save("best")
                         outputs["best"] = str(self.out / "best")
                 self._save("last")
+            in_step = True
         finally:
             # DDP's reducer holds the process group: release it first, so the group's gloo threads
             # are joined by destroy_process_group here, not by a destructor at interpreter exit
             # (which aborts the process, "terminate called without an active exception").
             self.net = self.classifier
-            distributed.shutdown(self.ctx, in_step=sys.exc_info()[0] is None)
+            distributed.shutdown(self.ctx, in_step=in_step)
         if (self.out / "best").exists():
             outputs["best"] = str(self.out / "best")
         return self._finish(False, outputs)

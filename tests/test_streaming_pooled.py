@@ -141,3 +141,43 @@ def test_freed_heap_is_released_every_few_blocks_on_cpu(monkeypatch):
     stream.release_every = 0
     stream.pooled(x, "avg").sum().backward()
     assert len(calls) == 2 * blocks + (2 * blocks) // 4
+
+
+def test_a_channel_flat_over_the_map_is_exact_without_storing_its_cells():
+    """A channel tied at its maximum everywhere (a dead or constant channel) must not store a
+    position per cell (that would outgrow the map); its gradient comes from the recomputed
+    blocks instead, and still equals amax's."""
+    from engine.streaming import pooled
+
+    torch.manual_seed(2)
+    trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.MaxPool2d(2)).double()
+    with torch.no_grad():
+        trunk[0].weight[0] = 0.0
+        trunk[0].bias[0] = 0.5  # channel 0 is 0.5 at every cell
+    fc = torch.nn.Linear(4, 2).double()
+    x = torch.randn(2, 3, 90, 70, dtype=torch.float64)
+    ref_x = x.clone().requires_grad_(True)
+    fc(trunk(ref_x).amax(dim=(2, 3))).square().sum().backward()
+    ref = [p.grad.clone() for p in trunk.parameters()]
+    trunk.zero_grad()
+
+    stream = StreamingModule(trunk, 24)
+    got_x = x.clone().requires_grad_(True)
+    reducers = []
+    original = pooled.GlobalPoolReducer.add
+
+    def spy(self, *args):
+        reducers.append(self)
+        return original(self, *args)
+
+    pooled.GlobalPoolReducer.add = spy
+    try:
+        fc(stream.pooled(got_x, "max")).square().sum().backward()
+    finally:
+        pooled.GlobalPoolReducer.add = original
+    reducer = reducers[0]
+    stored = sum(len(w) for w in reducer._where)
+    assert stored <= 2 * 4 * pooled.TIE_CAP, stored  # not the 2 x 45 x 35 cells of channel 0
+    assert rel_err(got_x.grad, ref_x.grad) < 1e-10
+    for got, want in zip(trunk.parameters(), ref):
+        assert rel_err(got.grad, want) < 1e-10

@@ -68,3 +68,10 @@ def test_the_step_axis_grows_in_jumps(qtbot):
     curves.add_train(1, 0.5)
     curves.redraw()
     assert curves.loss_plot.getViewBox().viewRange()[0][1] < 20
+
+
+def test_a_run_with_validation_points_only_shows_them(qtbot):
+    curves = TrainingCurves()
+    qtbot.addWidget(curves)
+    curves.set_curves([], [{"epoch": 0, "step": 40, "loss": 0.5, "accuracy": 0.5, "auc": 0.6}])
+    assert curves.loss_plot.getViewBox().viewRange()[0][1] >= 40

@@ -69,7 +69,10 @@ def _import_engine_modules() -> None:
     import engine.train  # noqa: F401  (torch.distributed, the optimisers, the data reader)
     # torch.optim's constructors import torch._dynamo (and sympy) on first use: ~120,000
     # objects and about a second, which would otherwise land in the first run's collections.
-    import torch._dynamo  # noqa: F401
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # noqa: BLE001 (e.g. a Python dynamo does not support): only a pause is lost
+        pass
 
 
 class UiThreadCollector(QObject):

@@ -31,8 +31,9 @@ from engine.streaming.sink import InputGradientSink
 from engine.streaming.sources import RegionSource, TensorSource
 
 ProgressFn = Callable[[str, int, int], None]  # (phase "forward"/"backward", blocks done, total)
-#: The output map's gradient for cells [rows) x [cols) of the output plane, or None where it is 0.
-BlockGradFn = Callable[[tuple[int, int], tuple[int, int]], "torch.Tensor | None"]
+#: The output map's gradient for cells [rows) x [cols) of the output plane, or None where it is 0;
+#: with a true ``needs_values`` attribute it is also given the block's recomputed ``values=``.
+BlockGradFn = Callable[..., "torch.Tensor | None"]
 
 
 @dataclass(frozen=True)
@@ -378,8 +379,9 @@ class StreamingModule(nn.Module):
         self.graph.check_modes()
         source = TensorSource(x) if isinstance(x, torch.Tensor) else x
         need_params = [params and p.requires_grad for p in self.trunk.parameters()]
-        _, grads = self._backward_blocks(source, grad_for_block, input_grad_sink is not None, need_params,
-                                         input_grad_sink)
+        with torch.enable_grad():  # the blocks are recomputed with autograd whatever the caller's mode
+            _, grads = self._backward_blocks(source, grad_for_block, input_grad_sink is not None, need_params,
+                                             input_grad_sink)
         return grads if params else None
 
     def _forward_blocks(self, source, keep_output: bool = True, reducer=None) -> torch.Tensor | None:
@@ -432,16 +434,20 @@ class StreamingModule(nn.Module):
             sink.begin(source.shape, [rp.cone for rp in plan.row_plans], [cp.cone for cp in plan.col_plans], device,
                        source.dtype)
         done = 0
+        # A block gradient that depends on the block's values (ties of a global max too many to
+        # store) gets them from the recomputation, so that runs before the gradient is known.
+        needs_values = callable(grad_out) and getattr(grad_out, "needs_values", False)
         for bi, (rb, rp) in enumerate(zip(plan.rows, plan.row_plans)):
             for bj, (cb, cp) in enumerate(zip(plan.cols, plan.col_plans)):
                 self._check_stop()
-                g = self._block_grad(grad_out, rb, cb)
+                x = y = None
+                if needs_values:
+                    x, y = self._recompute(source, rp, cp, need_x)
+                g = self._block_grad(grad_out, rb, cb, y)
                 gx_block = None
                 if g is not None:
-                    x = self._read(source, rp.cone, cp.cone).detach()
-                    if need_x:
-                        x.requires_grad_(True)
-                    y = run_block(self.graph, x, rp, cp)
+                    if y is None:
+                        x, y = self._recompute(source, rp, cp, need_x)
                     targets = ([x] if need_x else []) + wanted
                     result = torch.autograd.grad(y, targets, g.to(y.dtype), allow_unused=True)
                     if need_x:
@@ -451,10 +457,11 @@ class StreamingModule(nn.Module):
                             grads[k] = gk if grads[k] is None else grads[k].add_(gk)
                     if grad_x is not None and gx_block is not None:
                         grad_x[:, :, rp.cone[0]:rp.cone[1], cp.cone[0]:cp.cone[1]] += gx_block.to(grad_x.dtype)
+                    result = None
                 if sink is not None:
                     sink.add(bi, bj, gx_block)
-                if g is not None:
-                    del x, y, result, gx_block
+                if y is not None:
+                    x = y = gx_block = g = None
                     self._release()
                 done += 1
                 if self.progress:
@@ -463,13 +470,23 @@ class StreamingModule(nn.Module):
         grad_params = [next(it) if need else None for need in need_params]
         return grad_x, grad_params
 
+    def _recompute(self, source, rp: AxisPlan, cp: AxisPlan, need_x: bool):
+        """A block's cone read again and run with autograd: (input, output)."""
+        x = self._read(source, rp.cone, cp.cone).detach()
+        if need_x:
+            x.requires_grad_(True)
+        return x, run_block(self.graph, x, rp, cp)
+
     @staticmethod
-    def _block_grad(grad_out: torch.Tensor | BlockGradFn, rb: Block, cb: Block) -> torch.Tensor | None:
+    def _block_grad(grad_out: torch.Tensor | BlockGradFn, rb: Block, cb: Block,
+                    values: torch.Tensor | None = None) -> torch.Tensor | None:
         """This block's share of the output gradient: its owned cells, zero where an earlier
         block owns them. None when that share is all zero (e.g. a max-pool head's gradient
-        reaches a few cells only), which contributes nothing and is skipped."""
+        reaches a few cells only), which contributes nothing and is skipped. ``values``: the
+        block's recomputed output, for a callable that ``needs_values``."""
         if callable(grad_out):
-            g = grad_out((rb.start, rb.end), (cb.start, cb.end))
+            rows, cols = (rb.start, rb.end), (cb.start, cb.end)
+            g = grad_out(rows, cols, values=values) if values is not None else grad_out(rows, cols)
             if g is None:
                 return None
         else:

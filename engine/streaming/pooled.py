@@ -16,6 +16,12 @@ import torch
 POOLS = ("max", "avg")
 
 
+#: Positions kept per (image, channel) that tie at its maximum. A channel flat over the slide
+#: (e.g. a ReLU channel that is 0 everywhere) ties at every cell; past this many ties its cells
+#: are found again from the backward pass's recomputed block instead of being stored.
+TIE_CAP = 64
+
+
 class GlobalPoolReducer:
     """Running global ``"max"`` or ``"avg"`` pool of an (N, C, H, W) map given in disjoint blocks."""
 
@@ -27,6 +33,7 @@ class GlobalPoolReducer:
         self.dtype: torch.dtype | None = None  # the map's
         self._sum: torch.Tensor | None = None  # (N, C), float64 for the mean
         self._max: torch.Tensor | None = None  # (N, C)
+        self._ties: torch.Tensor | None = None  # (N, C) float64: cells at the running max
         self._where: list[torch.Tensor] = []  # rows of (n, c, row, col, value) that reached the running max
 
     def add(self, rows: tuple[int, int], cols: tuple[int, int], values: torch.Tensor) -> None:
@@ -39,61 +46,76 @@ class GlobalPoolReducer:
             self._sum = block_sum if self._sum is None else self._sum + block_sum
             return
         block_max = values.amax(dim=(2, 3))
+        at_max = values == block_max[:, :, None, None]
+        block_ties = at_max.sum(dim=(2, 3)).double()
         if self._max is None:
-            reached = torch.ones_like(block_max, dtype=torch.bool)
-            self._max = block_max.clone()
+            raised, equal = torch.ones_like(block_max, dtype=torch.bool), torch.zeros_like(block_max, dtype=torch.bool)
+            self._max, self._ties = block_max.clone(), block_ties
         else:
-            reached = block_max >= self._max
+            raised, equal = block_max > self._max, block_max == self._max
+            self._ties = torch.where(raised, block_ties, torch.where(equal, self._ties + block_ties, self._ties))
             self._max = torch.maximum(self._max, block_max)
-        if bool(reached.any()):
-            # Only the channels whose maximum this block reached or raised; their cells at it.
-            hit = (values == block_max[:, :, None, None]) & reached[:, :, None, None]
-            n, c, r, k = hit.nonzero(as_tuple=True)
+        keep = (raised | equal) & (self._ties <= TIE_CAP)  # record positions of sparse maxima only
+        if bool(keep.any()):
+            n, c, r, k = (at_max & keep[:, :, None, None]).nonzero(as_tuple=True)
             self._where.append(torch.stack([n.double(), c.double(), (r + rows[0]).double(), (k + cols[0]).double(),
                                             values[n, c, r, k].double()], dim=1))
             if len(self._where) > 64:  # keep the list short: drop rows below the running max
                 self._where = [self._maxima()]
 
     def _maxima(self) -> torch.Tensor:
-        rows = torch.cat(self._where)
+        """Stored positions at the final maximum, of channels with at most TIE_CAP ties."""
+        rows = torch.cat(self._where) if self._where else torch.zeros((0, 5), dtype=torch.float64)
+        rows = rows.to(self._max.device)
         n, c = rows[:, 0].long(), rows[:, 1].long()
-        return rows[rows[:, 4] == self._max[n, c].double()]
+        return rows[(rows[:, 4] == self._max[n, c].double()) & (self._ties[n, c] <= TIE_CAP)]
 
     def pooled(self) -> torch.Tensor:
-        """The pooled (N, C) vector (float32 for the max as the map's dtype gives it, the mean in
-        the map's precision or better)."""
+        """The pooled (N, C) vector: the maximum in the map's dtype, the mean from a float64 sum.
+        A new tensor (the reducer's own state never enters an autograd graph)."""
         if self.cells == 0:
             raise ValueError("no blocks were added")
         if self.pool == "avg":
             return self._sum / self.cells
-        return self._max
+        return self._max.clone()
 
     def grad_for_block(self, grad_pooled: torch.Tensor, dtype: torch.dtype | None = None):
         """The map's gradient block by block, given the gradient of the pooled (N, C) vector:
-        a callable for :meth:`StreamingModule.backward_from`."""
+        a callable for :meth:`StreamingModule.backward_from`. With channels tied at their max
+        over more than TIE_CAP cells, it has ``needs_values`` set: it is then called with the
+        block's recomputed values too, and finds those channels' maxima in them."""
         grad_pooled = grad_pooled.detach()
         if self.pool == "avg":
             per_cell = grad_pooled / self.cells
 
-            def grad_avg(rows, cols):
+            def grad_avg(rows, cols, values=None):
                 shape = (*per_cell.shape, rows[1] - rows[0], cols[1] - cols[0])
                 return per_cell.to(dtype or per_cell.dtype)[:, :, None, None].expand(shape)
 
             return grad_avg
-        maxima = self._maxima().to(grad_pooled.device)
+        device = grad_pooled.device
+        ties = self._ties.to(device)
+        share = grad_pooled.double() / ties  # amax spreads the gradient evenly over ties
+        dense = (ties > TIE_CAP) & (grad_pooled != 0)
+        maxima = self._maxima().to(device)
         n, c = maxima[:, 0].long(), maxima[:, 1].long()
-        ties = torch.zeros(grad_pooled.shape, dtype=torch.float64, device=grad_pooled.device)
-        ties.index_put_((n, c), torch.ones_like(n, dtype=torch.float64), accumulate=True)
-        share = grad_pooled.double()[n, c] / ties[n, c]  # amax spreads the gradient evenly over ties
         r, k = maxima[:, 2].long(), maxima[:, 3].long()
+        sparse_share = share[n, c]
+        top = self._max.to(device)
 
-        def grad_max(rows, cols):
+        def grad_max(rows, cols, values=None):
+            shape = (*grad_pooled.shape, rows[1] - rows[0], cols[1] - cols[0])
+            g = None
             inside = (r >= rows[0]) & (r < rows[1]) & (k >= cols[0]) & (k < cols[1])
-            if not bool(inside.any()):
-                return None
-            g = torch.zeros((*grad_pooled.shape, rows[1] - rows[0], cols[1] - cols[0]),
-                            dtype=dtype or grad_pooled.dtype, device=grad_pooled.device)
-            g[n[inside], c[inside], r[inside] - rows[0], k[inside] - cols[0]] = share[inside].to(g.dtype)
+            if bool(inside.any()):
+                g = torch.zeros(shape, dtype=dtype or grad_pooled.dtype, device=device)
+                g[n[inside], c[inside], r[inside] - rows[0], k[inside] - cols[0]] = sparse_share[inside].to(g.dtype)
+            if values is not None and bool(dense.any()):
+                at = (values.detach() == top[:, :, None, None].to(values.dtype)) & dense[:, :, None, None]
+                if bool(at.any()):
+                    g = torch.zeros(shape, dtype=dtype or grad_pooled.dtype, device=device) if g is None else g
+                    g += at * share[:, :, None, None].to(g.dtype)
             return g
 
+        grad_max.needs_values = bool(dense.any())
         return grad_max

@@ -153,7 +153,8 @@ class TrainingCurves(QWidget):
         # connect="finite": a skipped (NaN) step leaves a gap rather than breaking the line.
         self.train_item.setData(steps, loss, connect="finite")
         self.smooth_item.setData(steps, running_mean(loss, SMOOTH_STEPS), connect="finite")
-        last_step = float(np.nanmax(steps)) if len(steps) else 0.0
+        all_steps = [*self.train_steps, *(r["step"] for r in self.val_rows)]
+        last_step = float(max(all_steps)) if all_steps else 0.0
         if last_step > self._step_limit or last_step < self._step_limit / 4:  # outgrown, or a new run
             self._step_limit = roomy_limit(last_step)
             self.loss_plot.setXRange(0, self._step_limit, padding=0.02)
