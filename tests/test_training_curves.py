@@ -75,3 +75,16 @@ def test_a_run_with_validation_points_only_shows_them(qtbot):
     qtbot.addWidget(curves)
     curves.set_curves([], [{"epoch": 0, "step": 40, "loss": 0.5, "accuracy": 0.5, "auc": 0.6}])
     assert curves.loss_plot.getViewBox().viewRange()[0][1] >= 40
+
+
+def test_the_loss_axis_changes_in_jumps_and_holds_every_loss(qtbot):
+    curves = TrainingCurves()
+    qtbot.addWidget(curves)
+    ranges = set()
+    for step, loss in enumerate([2.5, 1.9, 1.2, 0.9, 0.7, 0.69, 0.6, 0.5, 0.45, 0.4] * 3, start=1):
+        curves.add_train(step, loss)
+        curves.redraw()
+        lo, hi = curves.loss_plot.getViewBox().viewRange()[1]
+        assert lo <= 0 and hi >= 2.5
+        ranges.add((lo, hi))
+    assert len(ranges) == 1

@@ -30,15 +30,19 @@ def running_mean(values: np.ndarray, n: int) -> np.ndarray:
         return (csum[hi] - csum[lo]) / (counts[hi] - counts[lo])
 
 
+def nice_ceiling(x: float) -> float:
+    """The smallest of ..., 0.1, 0.2, 0.5, 1, 2, 5, 10, ... at or above ``x`` (> 0)."""
+    decade = 10.0 ** np.floor(np.log10(x))
+    for m in (1.0, 2.0, 5.0, 10.0):
+        if m * decade >= x * (1 - 1e-12):
+            return float(m * decade)
+    return float(10.0 * decade)
+
+
 def roomy_limit(x: float) -> float:
     """The next of 10, 20, 50, 100, 200, ... at or above ``1.25 * x``: the step axis grows in
     jumps, so a new step rarely changes its range (which repaints the whole plot)."""
-    target = max(10.0, 1.25 * x)
-    decade = 10.0 ** np.floor(np.log10(target))
-    for m in (1.0, 2.0, 5.0, 10.0):
-        if m * decade >= target:
-            return float(m * decade)
-    return float(10.0 * decade)
+    return nice_ceiling(max(10.0, 1.25 * x))
 
 
 def add_light_grid(plot: pg.PlotWidget) -> None:
@@ -63,8 +67,9 @@ class TrainingCurves(QWidget):
         self.loss_plot = pg.PlotWidget(background="w")
         self.loss_plot.setTitle("Loss", color="k")
         self.loss_plot.setLabel("bottom", "optimiser step")
-        self.loss_plot.enableAutoRange(x=False)
+        self.loss_plot.enableAutoRange(x=False, y=False)
         self._step_limit = 0.0
+        self._loss_limit = 0.0
         add_light_grid(self.loss_plot)
         legend = self.loss_plot.addLegend(offset=(-10, 10), labelTextColor="k", labelTextSize="8pt")
         legend.setBrush(pg.mkBrush(255, 255, 255, 150))
@@ -158,6 +163,14 @@ class TrainingCurves(QWidget):
         if last_step > self._step_limit or last_step < self._step_limit / 4:  # outgrown, or a new run
             self._step_limit = roomy_limit(last_step)
             self.loss_plot.setXRange(0, self._step_limit, padding=0.02)
+        # The loss axis likewise: 0 to a round value above the highest loss, changed only when
+        # outgrown or four times too high (each change re-draws the axis and the whole plot).
+        losses = np.asarray([*self.train_loss, *(r.get("loss", np.nan) for r in self.val_rows)], float)
+        losses = losses[np.isfinite(losses)]
+        top = float(losses.max()) if losses.size else 1.0
+        if top > 0 and (top > self._loss_limit or top < self._loss_limit / 4):
+            self._loss_limit = nice_ceiling(top)
+            self.loss_plot.setYRange(0, self._loss_limit, padding=0.02)
         if not self._val_dirty:  # an unchanged plot is not repainted
             return
         self._val_dirty = False
