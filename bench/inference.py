@@ -104,8 +104,17 @@ def worker(cfg: dict) -> dict:
     run_inference(spec, on_event)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    # The largest input window a block read: blocks are evened out over the image, so at the
+    # same tile a small slide gets smaller cones (and smaller per-block memory) than a large one.
+    from engine.checkpoints import load_checkpoint
+    from engine.streaming import StreamingModule
+
+    model, _ = load_checkpoint(cfg["model"])
+    plan = StreamingModule(model.trunk(), cfg["tile"]).tile_plan((size, size))
+    cone = max(rp.cone[1] - rp.cone[0] for rp in plan.row_plans)
     return {"seconds": seconds, "mp_s": size * size / 1e6 / seconds, "peak_mib": peak,
-            "patches": len(events), "first_patch_s": first[0] if first else None}
+            "patches": len(events), "first_patch_s": first[0] if first else None, "cone": cone,
+            "blocks": plan.n_blocks}
 
 
 def main(argv=None) -> int:
@@ -122,7 +131,7 @@ def main(argv=None) -> int:
     sizes = args.sizes or ([1024, 2048] if args.quick else [2048, 4096, 8192])
     model = make_model()
     rows = []
-    print("| slide | job | tile | s | MP/s | peak MiB | patches | first patch s |\n|---|---|---|---|---|---|---|---|")
+    print("| slide | job | tile (cone) | blocks | s | MP/s | peak MiB | patches | first patch s |\n|---|---|---|---|---|---|---|---|---|")
     for size in sizes:
         slide = make_slide(size)
         for job in ("infer", "saliency"):
@@ -130,11 +139,11 @@ def main(argv=None) -> int:
                    "threads": args.threads}
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True)
             if proc.returncode:
-                print(f"| {size}² | {job} | {args.tile} | failed: {proc.stderr.strip().splitlines()[-1][:80]} | | | | |")
+                print(f"| {size}² | {job} | {args.tile} | failed: {proc.stderr.strip().splitlines()[-1][:80]} | | | | | |")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append({**cfg, **r})
-            print(f"| {size}² | {job} | {args.tile} | {r['seconds']:.1f} | {r['mp_s']:.2f} | {r['peak_mib']:.0f} | "
+            print(f"| {size}² | {job} | {args.tile} ({r['cone']}) | {r['blocks']} | {r['seconds']:.1f} | {r['mp_s']:.2f} | {r['peak_mib']:.0f} | "
                   f"{r['patches']} | {r['first_patch_s']:.2f} |", flush=True)
     return 0
 
