@@ -300,6 +300,14 @@ class StreamingModule(nn.Module):
         With ``input_grad_sink``, the input gradient is delivered to the sink region by region
         during backward (and not stored in ``x.grad``); this also works for lazy sources.
         """
+        source, anchor, params, grad_wanted = self._prepare(x, input_grad_sink)
+        if not grad_wanted:
+            return self._forward_blocks(source)
+        return _StreamFunction.apply(self, source, input_grad_sink, anchor, *params)
+
+    def _prepare(self, x, input_grad_sink):
+        """The source to read, the tensor autograd differentiates the input through, the trunk's
+        parameters, and whether any gradient is wanted."""
         self.graph.check_modes()
         source = TensorSource(x) if isinstance(x, torch.Tensor) else x
         if not isinstance(source, RegionSource):
@@ -313,9 +321,7 @@ class StreamingModule(nn.Module):
         else:
             anchor = torch.zeros(0)
         grad_wanted = torch.is_grad_enabled() and (anchor.requires_grad or any(p.requires_grad for p in params))
-        if not grad_wanted:
-            return self._forward_blocks(source)
-        return _StreamFunction.apply(self, source, input_grad_sink, anchor, *params)
+        return source, anchor, params, grad_wanted
 
     def _read(self, source, rows, cols) -> torch.Tensor:
         x = source.read(rows, cols)
@@ -345,16 +351,8 @@ class StreamingModule(nn.Module):
         """``trunk(x)`` globally max- or mean-pooled (``pool`` "max" or "avg"): (N, C), with
         autograd, equal to pooling :meth:`forward`'s map, but the map is reduced block by block
         and never held, nor its gradient (see :mod:`engine.streaming.pooled`)."""
-        self.graph.check_modes()
-        source = TensorSource(x) if isinstance(x, torch.Tensor) else x
-        params = [p for p in self.trunk.parameters()]
-        if input_grad_sink is not None:
-            anchor = torch.zeros(0, requires_grad=True)
-        elif isinstance(source, TensorSource):
-            anchor = source.tensor
-        else:
-            anchor = torch.zeros(0)
-        if not (torch.is_grad_enabled() and (anchor.requires_grad or any(p.requires_grad for p in params))):
+        source, anchor, params, grad_wanted = self._prepare(x, input_grad_sink)
+        if not grad_wanted:
             from engine.streaming.pooled import GlobalPoolReducer
 
             reducer = GlobalPoolReducer(pool)
