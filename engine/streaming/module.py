@@ -63,14 +63,21 @@ class _StreamFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        module: StreamingModule = ctx.module
-        need_x = ctx.needs_input_grad[3] or ctx.sink is not None
-        need_params = ctx.needs_input_grad[4:]
-        with torch.enable_grad(), _autocast_context(ctx.autocast):
-            grad_x, grad_params = module._backward_blocks(ctx.source, grad_out, need_x, need_params, ctx.sink)
-        if ctx.sink is not None or not ctx.needs_input_grad[3]:
-            grad_x = None
-        return (None, None, None, grad_x, *grad_params)
+        return (None, None, None, *_streamed_backward(ctx, grad_out, x_index=3))
+
+
+def _streamed_backward(ctx, grad_out, x_index: int) -> tuple:
+    """The backward pass of both autograd nodes: blocks recomputed in the forward's autocast
+    state. ``x_index``: where the input anchor sits among the node's inputs (the parameters
+    follow it). Returns the anchor's gradient (None when it goes to a sink) and the parameters'."""
+    module: StreamingModule = ctx.module
+    need_x = ctx.needs_input_grad[x_index] or ctx.sink is not None
+    need_params = ctx.needs_input_grad[x_index + 1:]
+    with torch.enable_grad(), _autocast_context(ctx.autocast):
+        grad_x, grad_params = module._backward_blocks(ctx.source, grad_out, need_x, need_params, ctx.sink)
+    if ctx.sink is not None or not ctx.needs_input_grad[x_index]:
+        grad_x = None
+    return (grad_x, *grad_params)
 
 
 class _PooledStreamFunction(torch.autograd.Function):
@@ -89,15 +96,7 @@ class _PooledStreamFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_pooled):
-        module: StreamingModule = ctx.module
-        need_x = ctx.needs_input_grad[4] or ctx.sink is not None
-        need_params = ctx.needs_input_grad[5:]
-        with torch.enable_grad(), _autocast_context(ctx.autocast):
-            grad_x, grad_params = module._backward_blocks(ctx.source, ctx.reducer.grad_for_block(grad_pooled), need_x,
-                                                          need_params, ctx.sink)
-        if ctx.sink is not None or not ctx.needs_input_grad[4]:
-            grad_x = None
-        return (None, None, None, None, grad_x, *grad_params)
+        return (None, None, None, None, *_streamed_backward(ctx, ctx.reducer.grad_for_block(grad_pooled), x_index=4))
 
 
 def _autocast_state(device: torch.device):
