@@ -28,6 +28,8 @@ class InferenceSpec:
     (``saliency_class``, default the predicted class) is streamed and averaged over
     ``saliency_cell`` x ``saliency_cell`` input pixels. With ``out_dir``, results are written there.
     ``priority_l0_box`` makes the prediction map start where the user is looking.
+    ``low_memory`` gives freed memory back to the OS after every tile (CPU): peak memory then stays
+    flat with the slide's size, at about 20% more time (see StreamingModule.release_every).
     """
 
     slide_path: str
@@ -43,6 +45,7 @@ class InferenceSpec:
     out_dir: str | None = None
     #: Level-0 box to compute first (e.g. the view on screen); the rest of the region follows.
     priority_l0_box: tuple[float, float, float, float] | None = None
+    low_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,9 @@ class TrainingSpec:
     ``warmup_steps`` linear warm-up steps; one optimiser step per ``accumulate`` slides (per rank);
     ``class_weights`` None, "balanced", or one weight per class.
     Numerics: ``dtype`` "float32" or "float64" (exactness checks); on GPU ``mixed_precision``
-    (bf16, else fp16 with loss scaling) and ``channels_last``.
+    (bf16, else fp16 with loss scaling); ``channels_last`` (NHWC) tiles on every device;
+    ``low_memory`` gives freed memory back to the OS after every tile (CPU): peak memory then stays
+    flat with the slide's size, at about 20% more time (see StreamingModule.release_every).
     From scratch (no ``pretrained``, nothing resumed), BatchNorm statistics are first estimated
     from centred crops of the first ``calibrate_norms`` training slides (0: keep PyTorch's initial mean 0 / variance 1, which fit no layer once frozen).
     Run: ``out_dir`` receives ``last/`` and ``best/`` (chosen by validation ``monitor``: "auc",
@@ -156,6 +161,7 @@ class TrainingSpec:
     dtype: str = "float32"
     mixed_precision: bool = True
     channels_last: bool = True
+    low_memory: bool = False
     seed: int = 0
     resume: bool = False
     checkpoint_every: int = 0

@@ -79,7 +79,8 @@ class Classifier(nn.Module):
     and head are views of it sharing its modules.
     """
 
-    def __init__(self, model: SplitNet, *, streaming: bool, tile_size: int, channels_last: bool = False):
+    def __init__(self, model: SplitNet, *, streaming: bool, tile_size: int, channels_last: bool = False,
+                 low_memory: bool = False):
         super().__init__()
         self.model = model
         self.streaming = streaming
@@ -87,6 +88,8 @@ class Classifier(nn.Module):
         trunk = model.trunk()
         runner = (StreamingModule(trunk, tile_size, freeze_batchnorm=True, channels_last=channels_last)
                   if streaming else trunk)
+        if streaming:
+            runner.release_every = 1 if low_memory else 0
         object.__setattr__(self, "trunk", trunk)
         object.__setattr__(self, "runner", runner)
         object.__setattr__(self, "head", model.head())
@@ -103,6 +106,8 @@ class Classifier(nn.Module):
         """Logits (1, classes) for ``x``: a lazy source when streaming, else an NCHW tensor."""
         if self.pooled_head:
             return self.head.classify(self.runner.pooled(x, self.head.pool))
+        if self.channels_last and isinstance(x, torch.Tensor):
+            x = x.contiguous(memory_format=torch.channels_last)
         fmap = self.runner(x)
         if self.channels_last:
             fmap = fmap.contiguous(memory_format=torch.channels_last)
@@ -141,8 +146,9 @@ def autocast_dtype(spec: TrainingSpec, device: torch.device, dtype: torch.dtype)
 
 
 def use_channels_last(spec: TrainingSpec, device: torch.device) -> bool:
-    """NHWC tiles on GPU (faster convolutions with cuDNN); CPU convolutions gain nothing."""
-    return spec.channels_last and device.type == "cuda"
+    """NHWC tiles: faster convolutions with cuDNN on GPUs and with oneDNN on CPUs (a streamed
+    smallnet training step 1.7x, ResNet-34 to layer2 1.1x on 2 CPU cores; see StreamingModule)."""
+    return spec.channels_last
 
 
 class Trainer:
@@ -181,7 +187,8 @@ class Trainer:
             load_pretrained_backbone(self.model, spec.pretrained)
         self.model.to(self.device, self.dtype)
         self.classifier = Classifier(self.model, streaming=spec.streaming, tile_size=spec.tile_size,
-                                     channels_last=use_channels_last(spec, self.device))
+                                     channels_last=use_channels_last(spec, self.device),
+                                     low_memory=spec.low_memory)
         self.card = ModelCard(
             architecture=spec.model, classes=self.classes, split=self.model.split, pool=spec.pool,
             model_kwargs={k: v for k, v in spec.model_kwargs.items() if k not in ("split", "pool", "num_classes")},

@@ -163,3 +163,17 @@ def test_cancel_during_saliency_keeps_prediction_and_finished_saliency(workdir):
     result = run_inference(spec, on_event, token)
     assert result.cancelled and result.prediction is not None
     assert len([e for e in seen if isinstance(e, MapPatch) and e.layer == "saliency"]) == 1
+
+
+def test_low_memory_gives_freed_heap_back_after_every_block_and_changes_no_value(workdir, monkeypatch):
+    import engine.streaming.module as module
+
+    calls = []
+    monkeypatch.setattr(module, "release_free_heap", lambda: calls.append(1))
+    plain, plain_events = _run(workdir, device="cpu")
+    assert calls == []
+    low, low_events = _run(workdir, device="cpu", low_memory=True)
+    forward_blocks = max(e.total for e in low_events if isinstance(e, Progress) and e.phase == "forward")
+    assert forward_blocks > 1 and len(calls) > forward_blocks  # every forward block, and the backward ones
+    assert low.prediction == plain.prediction
+    np.testing.assert_array_equal(_assemble(low_events, "saliency")[0], _assemble(plain_events, "saliency")[0])

