@@ -6,11 +6,18 @@ texture), read lazily tile by tile as in real use. Prints one table.
 
     python bench/inference.py --quick      # 1024² and 2048²
     python bench/inference.py              # 2048², 4096², 8192²
+    python bench/inference.py --equal-cones --low-memory   # is peak memory flat with the slide?
 
 Columns: MP/s is slide megapixels (at the level read) per second of the whole job (reads,
 trunk, head, maps); peak MiB is the process's peak RSS above its RSS before the job; patches is
 how many map patches were emitted (live updates); first patch is seconds from start to the first
 prediction patch.
+
+At one tile size the blocks are evened out over the image, so a small slide gets smaller cones
+(input windows) than a large one, and each block's activations grow with them. --equal-cones
+picks, per slide, the largest tile (up to --tile) whose cones are no larger than the smallest
+slide's, so the rows compare slides only. --low-memory runs the jobs with
+InferenceSpec(low_memory=True): freed heap pages go back to the OS after every block.
 """
 
 from __future__ import annotations
@@ -83,7 +90,8 @@ def worker(cfg: dict) -> dict:
     torch.set_num_threads(cfg["threads"])
     size = cfg["size"]
     spec = InferenceSpec(slide_path=cfg["slide"], model_path=cfg["model"], l0_region=(0, 0, size, size),
-                         saliency=cfg["job"] == "saliency", tile_size=cfg["tile"], saliency_cell=8)
+                         saliency=cfg["job"] == "saliency", tile_size=cfg["tile"], saliency_cell=8,
+                         low_memory=cfg.get("low_memory", False))
     events = []
     first = []
     t0 = time.perf_counter()
@@ -117,6 +125,32 @@ def worker(cfg: dict) -> dict:
             "blocks": plan.n_blocks}
 
 
+def _max_cone(trunk, tile: int, size: int) -> int:
+    from engine.streaming import StreamingModule
+
+    plan = StreamingModule(trunk, tile).tile_plan((size, size))
+    return max(rp.cone[1] - rp.cone[0] for rp in plan.row_plans)
+
+
+def _equal_cone_tiles(model_path: Path, sizes: list[int], tile: int) -> dict[int, int]:
+    """Per size, the largest tile up to ``tile`` whose cones are no larger than the smallest size's."""
+    from engine.checkpoints import load_checkpoint
+    from engine.streaming import StreamingModule
+
+    model, _ = load_checkpoint(model_path)
+    trunk = model.trunk()
+    smallest = min(sizes)
+    want = _max_cone(trunk, tile, smallest)
+    low = max(StreamingModule(trunk, tile).receptive_field)
+    tiles = {}
+    for size in sizes:
+        t = tile
+        while t > low and _max_cone(trunk, t, size) > want:
+            t -= 8
+        tiles[size] = t
+    return tiles
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -124,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", nargs="+", type=int)
     ap.add_argument("--tile", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--equal-cones", action="store_true", help="per slide, the tile whose cones match the smallest slide's")
+    ap.add_argument("--low-memory", action="store_true", help="InferenceSpec(low_memory=True)")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -132,18 +168,20 @@ def main(argv=None) -> int:
     model = make_model()
     rows = []
     print("| slide | job | tile (cone) | blocks | s | MP/s | peak MiB | patches | first patch s |\n|---|---|---|---|---|---|---|---|---|")
+    tiles = _equal_cone_tiles(model, sizes, args.tile) if args.equal_cones else {size: args.tile for size in sizes}
     for size in sizes:
         slide = make_slide(size)
         for job in ("infer", "saliency"):
-            cfg = {"size": size, "job": job, "slide": str(slide), "model": str(model), "tile": args.tile,
-                   "threads": args.threads}
+            cfg = {"size": size, "job": job, "slide": str(slide), "model": str(model), "tile": tiles[size],
+                   "threads": args.threads, "low_memory": args.low_memory}
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True)
             if proc.returncode:
-                print(f"| {size}² | {job} | {args.tile} | failed: {proc.stderr.strip().splitlines()[-1][:80]} | | | | | |")
+                print(f"| {size}² | {job} | {cfg['tile']} | failed: {proc.stderr.strip().splitlines()[-1][:80]} | | | | | |")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append({**cfg, **r})
-            print(f"| {size}² | {job} | {args.tile} ({r['cone']}) | {r['blocks']} | {r['seconds']:.1f} | {r['mp_s']:.2f} | {r['peak_mib']:.0f} | "
+            label = job + (" (low memory)" if args.low_memory else "")
+            print(f"| {size}² | {label} | {cfg['tile']} ({r['cone']}) | {r['blocks']} | {r['seconds']:.1f} | {r['mp_s']:.2f} | {r['peak_mib']:.0f} | "
                   f"{r['patches']} | {r['first_patch_s']:.2f} |", flush=True)
     return 0
 

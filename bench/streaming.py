@@ -15,6 +15,13 @@ are already allocated then); work MiB is that peak less what every method must h
 stitched map, its gradient and the input's gradient; stream-pooled holds none of them: its
 global max pool is reduced block by block); grad err is the max relative error of every parameter gradient and
 the input gradient against conventional back-propagation in the same precision.
+
+Layouts: the streaming rows use NHWC (channels-last) tiles, the engine's default. "conventional"
+and "lightstream" run NCHW, as PyTorch and the peer's documentation do; "conventional-nhwc" and
+"lightstream-nhwc" give them NHWC input too. x conv is the ratio to the fastest conventional row
+of that size and mode. (conventional-nhwc training runs up to 2048² only: at 4096² oneDNN falls
+back to its reference weight-gradient kernel, and one step had not finished after 9 minutes.)
+Inference rows fold BatchNorm into the convolutions for every method, as engine.api does.
 """
 
 from __future__ import annotations
@@ -70,17 +77,28 @@ def worker(cfg: dict) -> dict:
         if hasattr(m, "inplace"):
             m.inplace = False
     trunk = model.trunk()
+    size, method, mode = cfg["size"], cfg["method"], cfg["mode"]
+    if mode == "infer":
+        # Every method infers with the same network: BatchNorm folded into the convolutions, as
+        # engine.api does when nothing is trained.
+        from engine.models.fold import fold_batchnorm
+        trunk = fold_batchnorm(trunk)
+    # NHWC (channels-last) input for every method but the peer as its documentation runs it:
+    # oneDNN convolutions are faster so on CPU, and StreamingModule makes its tiles NHWC.
+    nhwc = method not in ("lightstream", "conventional", "checkpoint")
+    layout = torch.channels_last if nhwc else torch.contiguous_format
     # The head is global max pool + linear on the trunk's map, so the figures are the trunk's
     # (a head with more stages costs the same with and without streaming, and hides the ratio).
     channels = [m for m in trunk.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
     fc = nn.Linear(channels, 2)
     # adaptive_max_pool2d back-propagates by index (no map-sized masks as amax would make).
     head = lambda fmap: fc(nn.functional.adaptive_max_pool2d(fmap, 1).flatten(1))  # noqa: E731
-    size, method, mode = cfg["size"], cfg["method"], cfg["mode"]
     # stream-pooled: lazy input, and the global max pool reduced block by block
     # (engine.streaming.pooled), so the trunk's map is never held, nor its gradient.
-    pooled = method == "stream-pooled"
-    lazy = method in ("stream-lazy", "stream-pooled")
+    # stream-pooled-trim: the same, giving freed heap pages back after every block
+    # (StreamingModule.release_every = 1).
+    pooled = method.startswith("stream-pooled")
+    lazy = method in ("stream-lazy", "stream-pooled", "stream-pooled-trim")
 
     def make_tile(rows, cols):
         # A deterministic synthetic image computed per tile: nothing of full size exists.
@@ -89,7 +107,7 @@ def worker(cfg: dict) -> dict:
         ch = torch.arange(3, dtype=torch.float32)[:, None, None]
         return torch.sin(r * 0.013 + ch) * torch.cos(c * 0.007 - ch)[None].expand(1, 3, -1, -1)
 
-    x = None if lazy else make_tile((0, size), (0, size)).contiguous()
+    x = None if lazy else make_tile((0, size), (0, size)).contiguous(memory_format=layout)
     if x is not None and mode == "train":
         x.requires_grad_(True)
     target = torch.tensor([1])
@@ -97,10 +115,11 @@ def worker(cfg: dict) -> dict:
 
     if method.startswith("stream"):
         stream = StreamingModule(trunk, cfg["tile"])
+        stream.release_every = 1 if method == "stream-pooled-trim" else 0
         run_trunk = stream
         inp = CallableSource((1, 3, size, size), make_tile) if lazy else x
         out["floor"] = _floor(stream, size)
-    elif method == "lightstream":
+    elif method.startswith("lightstream"):
         run_trunk, inp = _lightstream_runner(trunk, cfg["tile"], mode, x, out), x
     elif method == "checkpoint":
         from torch.utils.checkpoint import checkpoint_sequential
@@ -141,7 +160,7 @@ def worker(cfg: dict) -> dict:
 
     # Warm up on a small input: one-time costs (library init, tracing, kernel selection) are not
     # what a whole-slide step costs.
-    warm = make_tile((0, 512), (0, 512)).requires_grad_(mode == "train")
+    warm = make_tile((0, 512), (0, 512)).contiguous(memory_format=layout).requires_grad_(mode == "train")
     step(CallableSource(warm.shape, make_tile) if lazy else warm)
     model.zero_grad(set_to_none=True)
     fc.zero_grad(set_to_none=True)
@@ -249,8 +268,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiles", nargs="+", type=int)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
-    ap.add_argument("--methods", nargs="+", help="only these methods (conventional, checkpoint, stream, "
-                    "stream-lazy, stream-pooled, lightstream); conventional runs first for the error column")
+    ap.add_argument("--methods", nargs="+", help="only these methods (conventional, conventional-nhwc, checkpoint, stream, "
+                    "stream-lazy, stream-pooled, stream-pooled-trim, lightstream, lightstream-nhwc); conventional runs first for the error column")
     ap.add_argument("--no-conventional-above", type=int, default=4096,
                     help="skip conventional/checkpoint rows above this size (they need tens of GB)")
     ap.add_argument("--json", type=Path, help="also write all rows as JSON here")
@@ -278,22 +297,24 @@ def main(argv=None) -> int:
             for size in sizes:
                 methods = []
                 if size <= args.no_conventional_above:
-                    methods += [("conventional", None), ("checkpoint", None)]
+                    methods += [("conventional", None), ("conventional-nhwc", None), ("checkpoint", None)]
                 # The lazy rows use the smallest tile, so their cones are equal across sizes
                 # (compare their memory: it should not grow with the image).
                 smallest = min(t for t in tiles if t <= size)
-                methods += [("stream", t) for t in tiles if t <= size] + [("stream-lazy", smallest), ("stream-pooled", smallest)]
+                methods += [("stream", t) for t in tiles if t <= size] + [(m, smallest) for m in ("stream-lazy", "stream-pooled", "stream-pooled-trim")]
                 if peer and size <= args.peer_max_size:
-                    methods += [("lightstream", t) for t in tiles if t <= size]
+                    methods += [(m, t) for m in ("lightstream", "lightstream-nhwc") for t in tiles if t <= size]
                 if args.methods:
                     methods = [(m, t) for m, t in methods if m in args.methods]
                 for mode in args.modes:
                     for method, tile in methods:
                         if mode == "infer" and method == "checkpoint":
                             continue  # checkpointing changes nothing without autograd
+                        if mode == "train" and method == "conventional-nhwc" and size > 2048:
+                            continue  # oneDNN's reference kernel there: see the docstring
                         cfg = dict(model=model, size=size, method=method, tile=tile, mode=mode,
                                    threads=args.threads, ref_dir=ref_dir)
-                        res = run_config(cfg, peer if method == "lightstream" else sys.executable)
+                        res = run_config(cfg, peer if method.startswith("lightstream") else sys.executable)
                         rows.append({**cfg, **res})
                         _print_row(rows, rows[-1])
     if args.json:
@@ -311,9 +332,10 @@ def _fmt(rows, r) -> str:
     if "error" in r:
         return (f"| {r['model']} | {r['size']}² | {r['mode']} | {r['method']} | {r['tile'] or ''} | failed: "
                 f"{r['error']} | | | | | | | |")
-    conv = next((c for c in rows if c["model"] == r["model"] and c["size"] == r["size"] and c["mode"] == r["mode"]
-                 and c["method"] == "conventional" and "seconds" in c), None)
-    key = "cpu_seconds" if "cpu_seconds" in r and conv and "cpu_seconds" in conv else "seconds"
+    convs = [c for c in rows if c["model"] == r["model"] and c["size"] == r["size"] and c["mode"] == r["mode"]
+             and c["method"].startswith("conventional") and "seconds" in c]
+    key = "cpu_seconds" if "cpu_seconds" in r and convs and all("cpu_seconds" in c for c in convs) else "seconds"
+    conv = min(convs, key=lambda c: c[key]) if convs else None
     ratio = f"{r[key] / conv[key]:.2f}" if conv else "–"
     cpu = f"{r['cpu_seconds']:.1f}" if "cpu_seconds" in r else ""
     floor = ""
