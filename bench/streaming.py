@@ -18,7 +18,7 @@ the input gradient against conventional back-propagation in the same precision.
 
 Layouts: the streaming rows use NHWC (channels-last) tiles, the engine's default. "conventional"
 and "lightstream" run NCHW, as PyTorch and the peer's documentation do; "conventional-nhwc" and
-"lightstream-nhwc" give them NHWC input too. x conv is the ratio to the fastest conventional row
+"lightstream-nhwc" give them NHWC input too; "stream-nchw" streams NCHW tiles. x conv is the ratio to the fastest conventional row
 of that size and mode. (conventional-nhwc training runs up to 2048² only: at 4096² oneDNN falls
 back to its reference weight-gradient kernel, and one step had not finished after 9 minutes.)
 Inference rows fold BatchNorm into the convolutions for every method, as engine.api does.
@@ -85,7 +85,7 @@ def worker(cfg: dict) -> dict:
         trunk = fold_batchnorm(trunk)
     # NHWC (channels-last) input for every method but the peer as its documentation runs it:
     # oneDNN convolutions are faster so on CPU, and StreamingModule makes its tiles NHWC.
-    nhwc = method not in ("lightstream", "conventional", "checkpoint")
+    nhwc = method not in ("lightstream", "conventional", "checkpoint", "stream-nchw")
     layout = torch.channels_last if nhwc else torch.contiguous_format
     # The head is global max pool + linear on the trunk's map, so the figures are the trunk's
     # (a head with more stages costs the same with and without streaming, and hides the ratio).
@@ -114,7 +114,7 @@ def worker(cfg: dict) -> dict:
     out: dict = {}
 
     if method.startswith("stream"):
-        stream = StreamingModule(trunk, cfg["tile"])
+        stream = StreamingModule(trunk, cfg["tile"], channels_last=method != "stream-nchw")
         stream.release_every = 1 if method == "stream-pooled-trim" else 0
         run_trunk = stream
         inp = CallableSource((1, 3, size, size), make_tile) if lazy else x
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiles", nargs="+", type=int)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
-    ap.add_argument("--methods", nargs="+", help="only these methods (conventional, conventional-nhwc, checkpoint, stream, "
+    ap.add_argument("--methods", nargs="+", help="only these methods (conventional, conventional-nhwc, checkpoint, stream, stream-nchw, "
                     "stream-lazy, stream-pooled, stream-pooled-trim, lightstream, lightstream-nhwc); conventional runs first for the error column")
     ap.add_argument("--no-conventional-above", type=int, default=4096,
                     help="skip conventional/checkpoint rows above this size (they need tens of GB)")
@@ -301,7 +301,8 @@ def main(argv=None) -> int:
                 # The lazy rows use the smallest tile, so their cones are equal across sizes
                 # (compare their memory: it should not grow with the image).
                 smallest = min(t for t in tiles if t <= size)
-                methods += [("stream", t) for t in tiles if t <= size] + [(m, smallest) for m in ("stream-lazy", "stream-pooled", "stream-pooled-trim")]
+                methods += [(m, t) for m in ("stream", "stream-nchw") for t in tiles if t <= size]
+                methods += [(m, smallest) for m in ("stream-lazy", "stream-pooled", "stream-pooled-trim")]
                 if peer and size <= args.peer_max_size:
                     methods += [(m, t) for m in ("lightstream", "lightstream-nhwc") for t in tiles if t <= size]
                 if args.methods:

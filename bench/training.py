@@ -51,7 +51,7 @@ def worker(cfg: dict) -> dict:
     arch, split, kw = MODELS[cfg["model"]]
     model = create_model(arch, num_classes=2, split=split, **kw).to(device)
     on_gpu = device.type == "cuda"
-    clf = Classifier(model, streaming=cfg["method"] == "streaming", tile_size=cfg["tile"], channels_last=on_gpu).train()
+    clf = Classifier(model, streaming=cfg["method"] == "streaming", tile_size=cfg["tile"], channels_last=True).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     size = cfg["size"]
     rgb = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)

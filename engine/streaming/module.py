@@ -135,9 +135,10 @@ class StreamingModule(nn.Module):
         freeze_batchnorm: put BatchNorm and Dropout layers in eval mode and keep them there
             (BatchNorm then uses its running statistics, which is local).
         channels_last: feed tiles in channels-last (NHWC) memory format. Default on: faster
-            convolutions with cuDNN on GPUs and with oneDNN on CPUs (measured on 2 CPU cores,
-            torch 2.13, float32: ResNet-34 to layer2 inference 1.4x, smallnet 1.8x; training
-            1.1x and 1.7x). The output map is returned in the usual (NCHW) layout either way.
+            convolutions with cuDNN on GPUs and with oneDNN on CPUs (bench/streaming.py, stream
+            vs stream-nchw, 2 CPU cores, torch 2.13, float32, 4096²: ResNet-34 to layer2
+            inference 1.29x, training 1.03x; smallnet 1.95x and 1.63x). The output map is
+            returned in the usual (NCHW) layout either way.
         progress: optional ``fn(phase, done, total)`` called after each block.
         should_stop: optional callable checked before each block; when it returns True the
             pass stops by raising :class:`~engine.errors.Cancelled`.
