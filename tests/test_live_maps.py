@@ -302,5 +302,16 @@ def test_whole_slide_runs_start_where_the_user_looks(qtbot, window, gate, runner
     qtbot.waitUntil(lambda: bool(runner.calls), timeout=10_000)
     assert runner.calls[-1].l0_region is None  # the whole slide (the engine takes the tissue box)
     assert runner.calls[-1].priority_l0_box == pytest.approx((vis.x0, vis.y0, vis.x1, vis.y1))
+    assert runner.calls[-1].low_memory is False
     gate.set()
     window.live.cancel()
+
+
+def test_low_memory_box_reaches_the_job(qtbot, window, gate, runner, synthetic_slide_path, model_path):
+    open_slide(qtbot, window, synthetic_slide_path)
+    load_model(qtbot, window, model_path)
+    window.live.model_panel.low_memory.setChecked(True)
+    gate.set()
+    with qtbot.waitSignal(window.live.jobs.job_finished, timeout=10_000):
+        window.live.model_panel.view_button.click()
+    assert runner.calls[-1].low_memory is True

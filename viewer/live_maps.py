@@ -228,7 +228,7 @@ class LiveMaps(QObject):
         spec = InferenceSpec(
             slide_path=self.slide_path, model_path=self.model_panel.model_path, l0_region=region,
             device=self.model_panel.device.currentText(), saliency=self.model_panel.saliency.isChecked(),
-            priority_l0_box=priority,
+            priority_l0_box=priority, low_memory=self.model_panel.low_memory.isChecked(),
         )
         job = self.jobs.submit(spec, self.stack_for(self.slide_path).style_for, target=self.slide_path)
         self._descriptions[job.job_id] = f"{Path(self.slide_path).name} · {scope}"
