@@ -145,7 +145,7 @@ def _equal_cone_tiles(model_path: Path, sizes: list[int], tile: int) -> dict[int
     tiles = {}
     for size in sizes:
         t = tile
-        while t > low and _max_cone(trunk, t, size) > want:
+        while t - 8 >= low and _max_cone(trunk, t, size) > want:
             t -= 8
         tiles[size] = t
     return tiles
@@ -175,12 +175,12 @@ def main(argv=None) -> int:
             cfg = {"size": size, "job": job, "slide": str(slide), "model": str(model), "tile": tiles[size],
                    "threads": args.threads, "low_memory": args.low_memory}
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True)
+            label = job + (" (low memory)" if args.low_memory else "")
             if proc.returncode:
-                print(f"| {size}² | {job} | {cfg['tile']} | failed: {proc.stderr.strip().splitlines()[-1][:80]} | | | | | |")
+                print(f"| {size}² | {label} | {cfg['tile']} | failed: {proc.stderr.strip().splitlines()[-1][:80]} | | | | | |")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append({**cfg, **r})
-            label = job + (" (low memory)" if args.low_memory else "")
             print(f"| {size}² | {label} | {cfg['tile']} ({r['cone']}) | {r['blocks']} | {r['seconds']:.1f} | {r['mp_s']:.2f} | {r['peak_mib']:.0f} | "
                   f"{r['patches']} | {r['first_patch_s']:.2f} |", flush=True)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from engine.api import run_inference
@@ -177,3 +178,15 @@ def test_low_memory_gives_freed_heap_back_after_every_block_and_changes_no_value
     assert forward_blocks > 1 and len(calls) > forward_blocks  # every forward block, and the backward ones
     assert low.prediction == plain.prediction
     np.testing.assert_array_equal(_assemble(low_events, "saliency")[0], _assemble(plain_events, "saliency")[0])
+
+
+def test_inference_streams_the_trunk_with_its_batchnorm_folded(workdir, monkeypatch):
+    import engine.models.fold as fold
+
+    folded = []
+    real = fold.fold_batchnorm
+    monkeypatch.setattr(fold, "fold_batchnorm", lambda trunk: folded.append((trunk, real(trunk))) or folded[-1][1])
+    _run(workdir, device="cpu", saliency=False)
+    (trunk, result), = folded
+    has_bn = lambda m: any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # noqa: E731
+    assert has_bn(trunk) and not has_bn(result)

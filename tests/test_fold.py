@@ -66,6 +66,42 @@ def test_a_conv_whose_output_has_two_consumers_keeps_its_batchnorm():
     assert torch.equal(folded(x), net(x))
 
 
+def test_a_conv_or_batchnorm_called_twice_is_not_folded():
+    class Reused(torch.nn.Module):  # one conv (and one BatchNorm) at two places: one folded weight cannot serve both
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn1, self.bn2 = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn2(self.conv(self.bn1(self.conv(x))))
+
+    net = Reused().double().eval()
+    for bn in (net.bn1, net.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.rand(1, 4, 9, 9, dtype=torch.float64)
+    assert torch.allclose(fold_batchnorm(net)(x), net(x), rtol=1e-12, atol=1e-12)
+
+
+def test_batchnorm_in_training_mode_and_untraceable_trunks_are_left_alone():
+    trunk = _trunk_with_statistics("smallnet", "stage4").train()  # batch statistics: not an affine map
+    folded = fold_batchnorm(trunk)
+    assert folded is trunk
+
+    class DataDependent(torch.nn.Module):  # fx cannot trace it; StreamingModule reports that itself
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 3, 3), torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            for _ in range(x.shape[1]):
+                x = self.bn(self.conv(x))
+            return x
+
+    net = DataDependent().eval()
+    assert fold_batchnorm(net) is net
+
+
 def test_a_trunk_without_batchnorm_is_returned_as_it_is():
     trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     assert fold_batchnorm(trunk) is trunk

@@ -202,3 +202,18 @@ def test_the_gpu_numerics_paths_train_correctly_when_forced_on_cpu(spec, tmp_pat
     assert isinstance(mixed.events[-1], Finished) and not mixed.events[-1].cancelled
     model, _ = load_checkpoint(tmp_path / "amp" / "last")
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_low_memory_training_gives_freed_heap_back_after_every_block_with_the_same_losses(spec, tmp_path, monkeypatch):
+    import engine.streaming.module as module
+
+    calls = []
+    monkeypatch.setattr(module, "release_free_heap", lambda: calls.append(1))
+    plain = Recorder()
+    run_training(dataclasses.replace(spec, epochs=1, out_dir=str(tmp_path / "plain")), plain)
+    assert calls == []
+    low = Recorder()
+    run_training(dataclasses.replace(spec, epochs=1, out_dir=str(tmp_path / "low"), low_memory=True), low)
+    steps = len(low.losses())
+    assert steps > 0 and len(calls) >= 4 * steps  # a 96² input is 4 blocks: each forward block at least
+    assert low.losses() == plain.losses()

@@ -20,7 +20,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 def _foldable_pairs(trunk: nn.Module) -> list[tuple[str, str]]:
     """(conv name, BatchNorm name) pairs where the BatchNorm is the conv's only consumer and each
     module is called once (a module reused at two places cannot take one folded weight)."""
-    graph = fx.symbolic_trace(trunk).graph
+    try:
+        graph = fx.symbolic_trace(trunk).graph
+    except Exception:  # noqa: BLE001  (untraceable: nothing folded; StreamingModule explains the trace failure)
+        return []
     modules = dict(trunk.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -34,15 +37,15 @@ def _foldable_pairs(trunk: nn.Module) -> list[tuple[str, str]]:
         if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
             continue
         conv, bn = modules[src.target], modules[node.target]
-        if (isinstance(conv, nn.Conv2d) and bn.track_running_stats and bn.running_mean is not None
-                and calls[src.target] == 1 and calls[node.target] == 1):
+        if (isinstance(conv, nn.Conv2d) and not bn.training and bn.track_running_stats
+                and bn.running_mean is not None and calls[src.target] == 1 and calls[node.target] == 1):
             pairs.append((src.target, node.target))
     return pairs
 
 
 def fold_batchnorm(trunk: nn.Module) -> nn.Module:
-    """A copy of ``trunk`` with each BatchNorm2d that only follows a Conv2d folded into it (with
-    its running statistics) and replaced by ``nn.Identity``; the module tree and parameter names
+    """A copy of ``trunk`` with each eval-mode BatchNorm2d that only follows a Conv2d folded into
+    it (with its running statistics) and replaced by ``nn.Identity``; the module tree and parameter names
     stay as they were, and ``trunk`` itself is untouched. Returns ``trunk`` when there is nothing
     to fold. The copy's parameters do not require gradients."""
     pairs = _foldable_pairs(trunk) if any(isinstance(m, nn.BatchNorm2d) for m in trunk.modules()) else []
