@@ -154,3 +154,20 @@ def test_input_without_grad_gets_none_and_params_still_exact(branchy):
     for a, p in zip(got, branchy.parameters()):
         assert torch.allclose(a, p.grad, rtol=0, atol=1e-10 * p.grad.abs().max().item())
     assert x.grad is None
+
+
+def test_a_channels_last_input_gets_its_gradient_in_its_own_layout_without_a_copy():
+    """The input gradient is made in the input's layout: one of another layout is copied by
+    autograd into the input's, a second input-sized buffer on a whole-slide tensor."""
+    torch.manual_seed(0)
+    trunk = create_model("smallnet", width=4).double().eval().trunk()
+    x = torch.rand(2, 3, 150, 170, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    ref = x.detach().clone().requires_grad_(True)
+    trunk(ref).square().sum().backward()
+    x.requires_grad_(True)
+    arriving = []
+    x.register_hook(lambda g: arriving.append(g.stride()))  # the gradient as autograd hands it over
+    out = StreamingModule(trunk, 96)(x)
+    out.square().sum().backward()
+    assert arriving == [x.stride()]
+    assert torch.allclose(x.grad, ref.grad, rtol=1e-10, atol=1e-13)

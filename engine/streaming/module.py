@@ -430,7 +430,12 @@ class StreamingModule(nn.Module):
         device = self.compute_device(source)
         grad_x = None
         if need_x and sink is None:
-            grad_x = torch.zeros(source.shape, dtype=source.dtype, device=device)
+            if isinstance(source, TensorSource):
+                # In the input's own layout: autograd would copy a gradient whose strides differ
+                # from an (e.g. channels-last) input's into its layout, a second input-sized buffer.
+                grad_x = torch.zeros_like(source.tensor, device=device, memory_format=torch.preserve_format)
+            else:
+                grad_x = torch.zeros(source.shape, dtype=source.dtype, device=device)
         if sink is not None:
             sink.begin(source.shape, [rp.cone for rp in plan.row_plans], [cp.cone for cp in plan.col_plans], device,
                        source.dtype)
