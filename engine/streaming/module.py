@@ -311,10 +311,7 @@ class StreamingModule(nn.Module):
     def _prepare(self, x, input_grad_sink):
         """The source to read, the tensor autograd differentiates the input through, the trunk's
         parameters, and whether any gradient is wanted."""
-        self.graph.check_modes()
-        source = TensorSource(x) if isinstance(x, torch.Tensor) else x
-        if not isinstance(source, RegionSource):
-            raise TypeError(f"StreamingModule takes an NCHW tensor or a RegionSource, got {type(x).__name__}")
+        source = self._source(x)
         params = [p for p in self.trunk.parameters()]
         if input_grad_sink is not None:
             # The gradient goes to the sink, not to a tensor: a dummy leaf makes autograd call backward.
@@ -325,6 +322,15 @@ class StreamingModule(nn.Module):
             anchor = torch.zeros(0)
         grad_wanted = torch.is_grad_enabled() and (anchor.requires_grad or any(p.requires_grad for p in params))
         return source, anchor, params, grad_wanted
+
+    def _source(self, x) -> RegionSource:
+        """``x`` as a region source (a tensor wrapped without copying), after checking that the
+        trunk's layers are still in the modes streaming needs."""
+        self.graph.check_modes()
+        source = TensorSource(x) if isinstance(x, torch.Tensor) else x
+        if not isinstance(source, RegionSource):
+            raise TypeError(f"StreamingModule takes an NCHW tensor or a RegionSource, got {type(x).__name__}")
+        return source
 
     def _read(self, source, rows, cols) -> torch.Tensor:
         x = source.read(rows, cols)
@@ -366,9 +372,7 @@ class StreamingModule(nn.Module):
     def forward_blocks(self, x: torch.Tensor | RegionSource) -> None:
         """Run the forward pass for ``on_block`` only, without autograd and keeping no output
         map: each block's owned cells go to ``on_block`` and are then dropped."""
-        self.graph.check_modes()
-        source = TensorSource(x) if isinstance(x, torch.Tensor) else x
-        self._forward_blocks(source, keep_output=False)
+        self._forward_blocks(self._source(x), keep_output=False)
 
     def backward_from(self, x: torch.Tensor | RegionSource, grad_for_block: BlockGradFn, *,
                       input_grad_sink: InputGradientSink | None = None, params: bool = False):
@@ -377,8 +381,7 @@ class StreamingModule(nn.Module):
         plane; shape (N, C, rows, cols)), or None where it is zero. The input gradient goes to
         ``input_grad_sink`` region by region; with ``params``, returns the trunk's parameter
         gradients (a list, None for unused), else None. Nothing of the size of the map is held."""
-        self.graph.check_modes()
-        source = TensorSource(x) if isinstance(x, torch.Tensor) else x
+        source = self._source(x)
         need_params = [params and p.requires_grad for p in self.trunk.parameters()]
         with torch.enable_grad():  # the blocks are recomputed with autograd whatever the caller's mode
             _, grads = self._backward_blocks(source, grad_for_block, input_grad_sink is not None, need_params,
