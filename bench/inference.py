@@ -45,7 +45,7 @@ def make_slide(size: int) -> Path:
     """A size x size synthetic H&E-like slide (pink stroma, purple nuclei), cached."""
     import numpy as np
 
-    from engine.svs import write_svs
+    from engine.io.svs import write_svs
 
     path = CACHE / f"inference-{size}.svs"
     if path.exists():
@@ -67,7 +67,7 @@ def make_slide(size: int) -> Path:
 def make_model() -> Path:
     import torch
 
-    from engine.checkpoints import ModelCard, save_checkpoint
+    from engine.io.checkpoints import ModelCard, save_checkpoint
     from engine.models import create_model
 
     path = CACHE / "inference-model"
@@ -85,7 +85,8 @@ def worker(cfg: dict) -> dict:
     import torch
 
     from engine.api import run_inference
-    from engine.jobs import InferenceSpec, MapPatch
+    from engine.events import MapPatch
+    from engine.specs import InferenceSpec
 
     torch.set_num_threads(cfg["threads"])
     size = cfg["size"]
@@ -114,7 +115,7 @@ def worker(cfg: dict) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     # The largest input window a block read: blocks are evened out over the image, so at the
     # same tile a small slide gets smaller cones (and smaller per-block memory) than a large one.
-    from engine.checkpoints import load_checkpoint
+    from engine.io.checkpoints import load_checkpoint
     from engine.streaming import StreamingModule
 
     model, _ = load_checkpoint(cfg["model"])
@@ -134,7 +135,7 @@ def _max_cone(trunk, tile: int, size: int) -> int:
 
 def _equal_cone_tiles(model_path: Path, sizes: list[int], tile: int) -> dict[int, int]:
     """Per size, the largest tile up to ``tile`` whose cones are no larger than the smallest size's."""
-    from engine.checkpoints import load_checkpoint
+    from engine.io.checkpoints import load_checkpoint
     from engine.streaming import StreamingModule
 
     model, _ = load_checkpoint(model_path)

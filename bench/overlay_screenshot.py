@@ -25,7 +25,7 @@ from PySide6.QtCore import QEventLoop, QSettings, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 from torch import nn  # noqa: E402
 
-from engine.checkpoints import ModelCard, save_checkpoint  # noqa: E402
+from engine.io.checkpoints import ModelCard, save_checkpoint  # noqa: E402
 from engine.models import create_model  # noqa: E402
 from viewer.main_window import MainWindow  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The paper in miniature: does end-to-end training at higher resolution find what lower misses?
 
-Trains the same network (engine.demo_data.demo_training_spec: SmallNet, max-pooled head) on the
-same synthetic slides (engine.demo_data.resolution_cohort: lesions of vesicular nuclei, a texture
+Trains the same network (engine.demo.data.demo_training_spec: SmallNet, max-pooled head) on the
+same synthetic slides (engine.demo.data.resolution_cohort: lesions of vesicular nuclei, a texture
 inside the nuclei), read at 0.5, 1, 2 and 4 µm/px so the whole 1 x 1 mm slide is 2048², 1024²,
 512² or 256² input pixels, with streaming and image-level labels only, a fixed seed and
 a held-out test split. Prints, per resolution:
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MAP_L0_CELL = 32  # level-0 pixels per saliency cell at every resolution (16 µm)
-SLIDE_PX = 2048  # engine.demo_data.RESOLUTION_SLIDE_PX (not imported here: children import torch lazily)
+SLIDE_PX = 2048  # engine.demo.data.RESOLUTION_SLIDE_PX (not imported here: children import torch lazily)
 QUICK_SPLITS = {"train": 12, "val": 4, "test": 8}
 SLIDES_CACHE = "resolution-slides"
 
@@ -57,7 +57,7 @@ def child(args: list[str]) -> dict:
 
 
 def cohort(quick: bool):
-    from engine.demo_data import resolution_cohort
+    from engine.demo.data import resolution_cohort
 
     return resolution_cohort(QUICK_SPLITS if quick else None)
 
@@ -66,8 +66,8 @@ def cohort(quick: bool):
 
 def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str) -> dict:
     from engine.api import run_training
-    from engine.demo_data import demo_training_spec
-    from engine.jobs import Metrics
+    from engine.demo.data import demo_training_spec
+    from engine.events import Metrics
 
     base = peak_rss_mib()
     val_auc: list[float] = []
@@ -89,10 +89,11 @@ def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str) 
 
 def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: str) -> dict:
     from engine.api import run_inference
-    from engine.demo_data import LEVEL_DOWNSAMPLES
-    from engine.jobs import InferenceSpec, MapPatch
+    from engine.demo.data import LEVEL_DOWNSAMPLES
+    from engine.events import MapPatch
+    from engine.specs import InferenceSpec
     from engine.metrics import roc_auc, saliency_localisation
-    from engine.synthetic import _Scene
+    from engine.demo.synthetic import _Scene
 
     level = LEVEL_DOWNSAMPLES.index(SLIDE_PX // size)
     model = out / f"run-{size}" / "best"
@@ -131,7 +132,7 @@ def step_one(size: int, streaming: bool) -> dict:
     import torch
 
     from engine.models.registry import create_model
-    from engine.train import Classifier
+    from engine.train.loop import Classifier
 
     torch.manual_seed(0)
     model = create_model("smallnet", num_classes=2, pool="max", width=16)
@@ -182,9 +183,9 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
     map of each resolution's model (each map scaled to its own 99th percentile)."""
     from PIL import Image, ImageDraw
 
-    from engine.results import colorize
+    from engine.io.maps import colorize
     from engine.slides import open_slide, to_rgb
-    from engine.synthetic import _Scene
+    from engine.demo.synthetic import _Scene
 
     results = sorted(results, key=lambda r: r["size"])
     names = [s for s in cohort(quick) if s.split == "test" and s.label == "lesion"][:rows]
@@ -233,12 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.table_from.read_text())
         print(table(saved["results"]))
         if args.figure:  # redraw from the saved maps beside results.json
-            from engine.demo_data import default_cache_dir
+            from engine.demo.data import default_cache_dir
 
             slides_dir = args.slides or default_cache_dir(SLIDES_CACHE)
             figure(saved["results"], slides_dir, args.table_from.parent, saved["quick"], args.figure)
         return 0
-    from engine.demo_data import default_cache_dir, ensure_demo_slides
+    from engine.demo.data import default_cache_dir, ensure_demo_slides
 
     slides_dir = args.slides or default_cache_dir(SLIDES_CACHE + ("-quick" if args.quick else ""))
     out = args.out / ("quick" if args.quick else "full")

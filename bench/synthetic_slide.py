@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.geometry import Box
-from engine.svs import write_svs
+from engine.io.svs import write_svs
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench"

@@ -41,9 +41,9 @@ def worker(cfg: dict) -> dict:
     import torch
     from torch.nn import functional as F
 
-    from engine.data import Augmentation, input_source
+    from engine.train.data import Augmentation, input_source
     from engine.models import create_model
-    from engine.train import Classifier
+    from engine.train.loop import Classifier
 
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
@@ -101,7 +101,7 @@ def scaling(args) -> None:
     """Wall time of `python -m engine train` over the same slides with 1 process and with 2 ranks."""
     import numpy as np
 
-    from engine.svs import write_svs_array
+    from engine.io.svs import write_svs_array
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -1,6 +1,6 @@
 """The engine's front door: the viewer and the CLI run jobs only through these functions.
 
-Each job takes a frozen spec, an ``on_event`` callback and a :class:`~engine.jobs.CancelToken`,
+Each job takes a frozen spec, an ``on_event`` callback and a :class:`~engine.events.CancelToken`,
 runs on the caller's thread (the viewer calls it from a worker), and reports through events.
 torch is imported inside the functions, so importing this module stays cheap for the GUI.
 """
@@ -11,14 +11,14 @@ import time
 import numpy as np
 
 from engine.errors import Cancelled, CheckpointError
-from engine.jobs import (CancelToken, EventCallback, Finished, InferenceSpec, MapPatch, Prediction, Progress,
-                         TrainingSpec)
-from engine.results import MapLayer, write_maps
+from engine.events import CancelToken, EventCallback, Finished, MapPatch, Prediction, Progress
+from engine.specs import InferenceSpec, TrainingSpec
+from engine.io.maps import MapLayer, write_maps
 
 
 def read_model_card(path):
     """The model card of a checkpoint (JSON only; no weights are read)."""
-    from engine.checkpoints import read_model_card as _read
+    from engine.io.checkpoints import read_model_card as _read
 
     return _read(path)
 
@@ -27,7 +27,7 @@ def check_model(path):
     """Load a checkpoint once as a job would (the weights against the card's sha256, their keys
     and shapes against its architecture) and return its card. Raises
     :class:`~engine.errors.CheckpointError` naming the file. Imports torch."""
-    from engine.checkpoints import load_checkpoint
+    from engine.io.checkpoints import load_checkpoint
 
     _, card = load_checkpoint(path)
     return card
@@ -79,9 +79,9 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
     """
     import torch
 
-    from engine.checkpoints import load_checkpoint
+    from engine.io.checkpoints import load_checkpoint
     from engine.models.fold import fold_batchnorm
-    from engine.slide_input import SlideRegionSource, choose_level, level_region, tissue_box
+    from engine.slides.region import SlideRegionSource, choose_level, level_region, tissue_box
     from engine.slides import open_slide
     from engine.streaming import InputGradientSink, StreamingModule
     from engine.streaming.pooled import GlobalPoolReducer
@@ -210,9 +210,9 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
 def run_training(spec: TrainingSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
     """Train (fine-tune) a classifier on whole slides with slide-level labels, the trunk streamed.
 
-    Emits :class:`~engine.jobs.Progress` (phase "train": optimiser steps of the epoch; "val": slides),
-    :class:`~engine.jobs.Metrics` per optimiser step and per validation,
-    :class:`~engine.jobs.CheckpointSaved` and :class:`~engine.jobs.StepSkipped`; returns (and
+    Emits :class:`~engine.events.Progress` (phase "train": optimiser steps of the epoch; "val": slides),
+    :class:`~engine.events.Metrics` per optimiser step and per validation,
+    :class:`~engine.events.CheckpointSaved` and :class:`~engine.events.StepSkipped`; returns (and
     emits) ``Finished`` whose ``outputs`` name the ``last`` and ``best`` checkpoints and the
     metrics log. A cancel saves ``last`` at the next step (or tile) and returns
     ``Finished(cancelled=True)``. Under ``torchrun`` the same call trains with DDP (slides
@@ -220,7 +220,7 @@ def run_training(spec: TrainingSpec, on_event: EventCallback, cancel: CancelToke
     :class:`~engine.errors.LabelsError`, :class:`~engine.errors.SlideError`,
     :class:`~engine.errors.CheckpointError` or :class:`~engine.errors.TrainingError`.
     """
-    from engine.train import Trainer
+    from engine.train.loop import Trainer
 
     return Trainer(spec, on_event, cancel or CancelToken()).run()
 

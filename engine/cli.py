@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from engine.errors import CheckpointError, SlideError, StreamSlideError, TrainingError
-from engine.jobs import CancelToken, CheckpointSaved, Finished, InferenceSpec, Metrics, Progress, StepSkipped, TrainingSpec
-from engine.results import ResultsError
+from engine.events import CancelToken, CheckpointSaved, Finished, Metrics, Progress, StepSkipped
+from engine.specs import InferenceSpec, TrainingSpec
+from engine.io.maps import ResultsError
 
 EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE, EXIT_DIVERGED = 0, 2, 3, 4, 5, 6, 7
 LOW_MEMORY_HELP = ("give freed memory back to the OS after every tile (CPU): peak memory stays flat with "
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     if args.command == "demo":
-        from engine import demo_check
+        from engine.demo import check as demo_check
         return demo_check.main()
     try:
         if args.command == "train":

@@ -3,7 +3,7 @@
     python resources/train_demo_model.py                # generate the demo cohort, train, package
     python resources/train_demo_model.py --from-run R   # package the best checkpoint of a finished run
 
-Training is ``engine.demo_data.demo_training_spec`` at a 1024² input (the whole 2 x 2 mm demo
+Training is ``engine.demo.data.demo_training_spec`` at a 1024² input (the whole 2 x 2 mm demo
 slide at 2 µm/px, pyramid level 2): SmallNet, image-level labels only, the trunk streamed,
 seed 0. It is the 1024² row of ``bench/resolution.py`` (which keeps its runs in
 ``bench/out/resolution/full/run-1024``, so ``--from-run`` can package that one): the resolution
@@ -31,8 +31,8 @@ MPP = 2.0  # the same in µm/px, which is what the card says (runs before this r
 
 def train(run_dir: Path, epochs: int, device: str) -> Path:
     from engine.api import run_training
-    from engine.demo_data import demo_training_spec, ensure_demo_slides
-    from engine.jobs import Metrics
+    from engine.demo.data import demo_training_spec, ensure_demo_slides
+    from engine.events import Metrics
 
     slides = ensure_demo_slides(progress=lambda i, n, name: print(f"generating {name} ({i + 1}/{n})", flush=True))
 
@@ -49,7 +49,7 @@ def train(run_dir: Path, epochs: int, device: str) -> Path:
 
 def package(best: Path, target: Path) -> None:
     """Copy ``model.safetensors`` + ``model.json`` of ``best`` into ``target``, checked, atomically."""
-    from engine.checkpoints import load_checkpoint
+    from engine.io.checkpoints import load_checkpoint
 
     _, card = load_checkpoint(best)  # verifies the sha256 and the architecture before anything moves
     if card.input_mpp not in (None, MPP) or (card.input_mpp is None and card.input_level != LEVEL) \
@@ -62,7 +62,7 @@ def package(best: Path, target: Path) -> None:
     # The run's labels path is this machine's cache; say what the data were instead.
     card_json["input_mpp"], card_json["input_level"] = MPP, None  # the same pixels, right on any pyramid
     card_json["provenance"] = {**card_json.get("provenance", {}), "made_by": "resources/train_demo_model.py (engine.train)",
-                               "labels": "engine.demo_data cohort: 32 training + 8 validation slides, image-level labels"}
+                               "labels": "engine.demo.data cohort: 32 training + 8 validation slides, image-level labels"}
     (staging / "model.json").write_text(json.dumps(card_json, indent=1) + "\n")
     load_checkpoint(staging)  # the edited card still describes the weights
     old = target.with_name(target.name + ".old")

@@ -60,7 +60,7 @@ def synthetic_rgb() -> np.ndarray:
 @pytest.fixture(scope="session")
 def synthetic_slide_path(tmp_path_factory) -> Path:
     """A 4096x3072 three-level Aperio SVS (1x, 4x, 16x) of known colours, written once."""
-    from engine.svs import write_svs_array
+    from engine.io.svs import write_svs_array
 
     path = tmp_path_factory.mktemp("slides") / "synthetic.svs"
     label = np.full((120, 200, 3), (10, 90, 160), np.uint8)
@@ -95,7 +95,7 @@ def corrupt_tile_slide(tmp_path) -> Path:
     """An SVS whose level-0 tile (1, 1) has its JPEG header wiped: it opens, that read fails."""
     import tifffile
 
-    from engine.svs import write_svs_array
+    from engine.io.svs import write_svs_array
 
     path = write_svs_array(tmp_path / "corrupt.svs", synthetic_rgb()[:1024, :1024], downsamples=(1, 4))
     with tifffile.TiffFile(path) as tif:

@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 from engine.errors import CheckpointError, SlideError
-from engine.jobs import CancelToken, Finished, InferenceSpec, MapPatch, Prediction, Progress
+from engine.events import CancelToken, Finished, MapPatch, Prediction, Progress
+from engine.specs import InferenceSpec
 
 CLASSES = ("normal", "tumour")
 

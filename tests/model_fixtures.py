@@ -46,7 +46,7 @@ def green_detector() -> nn.Module:
 
 
 def write_test_slide(path: Path, boxes=GREEN_BOXES, size=(1024, 768)) -> Path:
-    from engine.svs import write_svs_array
+    from engine.io.svs import write_svs_array
 
     rgb = np.empty((size[1], size[0], 3), np.uint8)
     rgb[:] = GREY
@@ -58,7 +58,7 @@ def write_test_slide(path: Path, boxes=GREEN_BOXES, size=(1024, 768)) -> Path:
 
 
 def save_green_detector(directory: Path, *, tile_size: int = 256) -> Path:
-    from engine.checkpoints import ModelCard, save_checkpoint
+    from engine.io.checkpoints import ModelCard, save_checkpoint
 
     card = ModelCard(architecture="smallnet", classes=CLASSES, split="stage4", pool="max",
                      model_kwargs={"width": 4}, input_mpp=0.5, tile_size=tile_size,

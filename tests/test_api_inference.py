@@ -10,8 +10,9 @@ import pytest
 
 from engine.api import run_inference
 from engine.errors import CheckpointError, SlideError
-from engine.jobs import CancelToken, Finished, InferenceSpec, MapPatch, Prediction, Progress
-from engine.results import read_maps
+from engine.events import CancelToken, Finished, MapPatch, Prediction, Progress
+from engine.specs import InferenceSpec
+from engine.io.maps import read_maps
 from engine.slides import open_slide
 from model_fixtures import CLASSES, GREEN_BOXES, save_green_detector, write_test_slide
 

@@ -18,8 +18,8 @@ import pytest
 import safetensors.torch
 import torch
 
-import engine.checkpoints as ckpt
-from engine.checkpoints import (ModelCard, build_model, import_state_dict, load_checkpoint,
+import engine.io.checkpoints as ckpt
+from engine.io.checkpoints import (ModelCard, build_model, import_state_dict, load_checkpoint,
                                 load_pretrained_backbone, read_model_card, save_checkpoint)
 from engine.errors import CheckpointError
 from engine.models import create_model
@@ -90,7 +90,7 @@ def test_card_is_indented_human_readable_json(saved, card):
 
 
 def test_read_model_card_does_not_import_torch(saved):
-    code = ("import sys; from engine.checkpoints import read_model_card\n"
+    code = ("import sys; from engine.io.checkpoints import read_model_card\n"
             f"c = read_model_card({str(saved)!r}); assert c.architecture == 'smallnet'\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -392,7 +392,7 @@ def test_weights_only_load_alone_still_refuses_when_the_scan_is_bypassed(malicio
 def test_malicious_pickle_never_runs_with_torch_force_no_weights_only_load(malicious):
     # torch reads the variable inside torch.load, so it must be set in the process that loads.
     files, marker = malicious
-    code = ("import sys\nfrom engine.checkpoints import import_state_dict\nfrom engine.errors import CheckpointError\n"
+    code = ("import sys\nfrom engine.io.checkpoints import import_state_dict\nfrom engine.errors import CheckpointError\n"
             "for p in sys.argv[1:]:\n"
             "    try:\n        import_state_dict(p)\n        print('LOADED', p)\n"
             "    except CheckpointError as e:\n        print('REFUSED', p)\n")

@@ -13,9 +13,9 @@ import pytest
 from PySide6.QtCore import QSettings
 from PySide6.QtGui import QImage
 
-from engine.demo_data import DEMO_MODEL_DIR, showcase_slide
+from engine.demo.data import DEMO_MODEL_DIR, showcase_slide
 from engine.errors import SlideError
-from engine.results import read_maps
+from engine.io.maps import read_maps
 from viewer import demo
 from viewer.colormaps import lut_rgba
 from viewer.images import qimage_to_rgb

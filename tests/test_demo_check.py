@@ -1,7 +1,7 @@
 """`make check-exact` (python -m engine demo): the float64 and float32 streamed training step
 against conventional back-propagation must report exact, and print its table."""
 
-from engine import demo_check
+from engine.demo import check as demo_check
 
 
 def test_the_engine_check_reports_exact_in_both_precisions(capsys):

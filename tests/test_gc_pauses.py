@@ -61,7 +61,7 @@ def test_importing_the_engine_freezes_torch_and_the_lazy_imports_of_a_run(tmp_pa
             "assert not engine_imported()\n"
             "import_engine(); import_engine()\n"
             "assert engine_imported()\n"
-            "assert 'torch._dynamo' in sys.modules and 'engine.train' in sys.modules\n"
+            "assert 'torch._dynamo' in sys.modules and 'engine.train.loop' in sys.modules\n"
             "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
             "assert len(gc.get_objects()) < 20_000, len(gc.get_objects())\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=120)

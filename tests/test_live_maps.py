@@ -15,8 +15,8 @@ from fake_engine import CLASSES, FakeRunner, cell_value
 from PySide6.QtCore import QPoint, QSettings, Qt, QTimer
 from PySide6.QtGui import QImage
 
-from engine.checkpoints import ModelCard
-from engine.svs import write_svs_array
+from engine.io.checkpoints import ModelCard
+from engine.io.svs import write_svs_array
 from viewer.colormaps import lut_rgba
 from viewer.images import qimage_to_rgb
 from viewer.widgets.colorbar import LEGEND_H, LEGEND_W, MARGIN

@@ -11,7 +11,7 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage
 from PySide6.QtWidgets import QApplication
 
-from engine.svs import write_svs_array
+from engine.io.svs import write_svs_array
 from viewer.images import qimage_to_rgb
 
 

@@ -79,7 +79,7 @@ def test_virtual_tiles_are_area_averages_of_their_real_level(monkeypatch, chunk_
 @pytest.fixture(scope="module")
 def single_level_slide_path(tmp_path_factory):
     """The known-colour synthetic slide as ONE level (4096x3072): virtual levels ds 2 and 4."""
-    from engine.svs import write_svs_array
+    from engine.io.svs import write_svs_array
 
     return write_svs_array(tmp_path_factory.mktemp("single") / "single.svs", synthetic_rgb(), downsamples=(1,), mpp=0.25, app_mag=40)
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from engine.slides import open_slide, to_rgb
-from engine.synthetic import SlideRecipe, write_synthetic_slide
+from engine.demo.synthetic import SlideRecipe, write_synthetic_slide
 
 
 def _pixels(path):
@@ -46,8 +46,8 @@ def test_vesicular_lesions_vanish_when_averaged_to_a_few_microns_per_pixel(tmp_p
     """The resolution study's lesions: plain at 0.5 µm/px (rim pixels darker than any normal
     nucleus, after the SVS's JPEG too), but at 4 µm/px (the 8x level, a box average) the same mean colour and the same
     spread as the tissue around them."""
-    from engine.demo_data import resolution_recipe
-    from engine.synthetic import _Scene
+    from engine.demo.data import resolution_recipe
+    from engine.demo.synthetic import _Scene
 
     recipe = dataclasses.replace(resolution_recipe(11, True), size=(1024, 1024), lesions=1, lesion_radius_um=130.0)
     write_synthetic_slide(tmp_path / "v.svs", recipe, downsamples=(1, 2, 4, 8))

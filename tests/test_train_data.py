@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from engine import cli
-from engine.data import (Augmentation, InputSpec, Prefetcher, input_source, read_labels, read_slide_input,
+from engine.train.data import (Augmentation, InputSpec, Prefetcher, input_source, read_labels, read_slide_input,
                          split_records)
 from engine.errors import LabelsError
 from engine.slides import open_slide
 from engine.metrics import classification_metrics, roc_auc
 from engine.models import create_model
-from engine.train_state import find_checkpoint, load_training_state, save_training_state
+from engine.train.state import find_checkpoint, load_training_state, save_training_state
 from train_fixtures import write_training_set
 
 
@@ -123,7 +123,7 @@ def test_roc_auc_matches_counting_pairs():
 
 
 def test_a_crash_between_the_renames_leaves_the_old_checkpoint_recoverable(tmp_path):
-    from engine.checkpoints import ModelCard
+    from engine.io.checkpoints import ModelCard
 
     model = create_model("smallnet", width=4, num_classes=2)
     card = ModelCard(architecture="smallnet", classes=("a", "b"), split="stage4", model_kwargs={"width": 4})

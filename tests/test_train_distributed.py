@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from engine.api import run_training
-from engine.checkpoints import load_checkpoint
-from engine.jobs import TrainingSpec
+from engine.io.checkpoints import load_checkpoint
+from engine.specs import TrainingSpec
 from train_fixtures import write_training_set
 
 ROOT = Path(__file__).resolve().parents[1]

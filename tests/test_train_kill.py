@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from engine import cli
-from engine.checkpoints import load_checkpoint
+from engine.io.checkpoints import load_checkpoint
 from engine.models import create_model
-from engine.train_state import find_checkpoint, load_training_state
+from engine.train.state import find_checkpoint, load_training_state
 from train_fixtures import write_training_set
 
 ROOT = Path(__file__).resolve().parents[1]

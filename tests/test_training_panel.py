@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QSettings, QTimer
 
-from engine.jobs import Finished, Metrics, Progress
+from engine.events import Finished, Metrics, Progress
 from train_fixtures import write_training_set
 from viewer import fine_tuning
 

@@ -33,7 +33,7 @@ def write_training_set(folder: Path, *, n_per_class: int = 4, size: int = 128, s
                        val_per_class: int = 0) -> Path:
     """``n_per_class`` negative ("benign") and positive ("tumour") SVS slides plus ``labels.csv``;
     the last ``val_per_class`` of each class get split "val", the rest "train"."""
-    from engine.svs import write_svs_array
+    from engine.io.svs import write_svs_array
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

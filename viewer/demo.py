@@ -1,7 +1,7 @@
 """``make demo`` / ``streamslide-demo`` / ``python -m viewer.demo``: the viewer on a positive demo
 slide with the bundled model, its prediction and saliency maps growing live.
 
-Before any window exists, the showcase slide (``engine.demo_data.showcase_slide``) is generated
+Before any window exists, the showcase slide (``engine.demo.data.showcase_slide``) is generated
 into the slide cache if it is not there yet (a few seconds, once), and the model is loaded once
 to check it. Then:
 
@@ -32,9 +32,9 @@ import numpy as np
 
 from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QSettings, QTimer, Signal
 
-from engine.demo_data import DEMO_MODEL_DIR, default_cache_dir, ensure_demo_slides, showcase_slide
+from engine.demo.data import DEMO_MODEL_DIR, default_cache_dir, ensure_demo_slides, showcase_slide
 from engine.errors import CheckpointError
-from engine.jobs import Finished, Progress
+from engine.events import Finished, Progress
 from viewer.main_window import MainWindow
 
 EXIT_OK = 0
@@ -270,7 +270,7 @@ class _Outputs(QObject):
 
 
 def describe_output(kind: str) -> str:
-    """What a file of ``engine.results.write_maps`` holds, from its kind ("maps_npz", ...)."""
+    """What a file of ``engine.io.maps.write_maps`` holds, from its kind ("maps_npz", ...)."""
     if kind == "maps_npz":
         return "float maps: class probabilities and saliency, with their level-0 boxes"
     if kind == "prediction_json":

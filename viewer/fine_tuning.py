@@ -16,7 +16,8 @@ from typing import Callable
 from PySide6.QtCore import QObject, QSettings, Qt, Signal
 from PySide6.QtWidgets import QMainWindow, QMessageBox, QScrollArea, QSplitter, QWidget
 
-from engine.jobs import CheckpointSaved, Finished, Metrics, Progress, StepSkipped, TrainingSpec
+from engine.events import CheckpointSaved, Finished, Metrics, Progress, StepSkipped
+from engine.specs import TrainingSpec
 from viewer.background import BackgroundRunner
 from viewer.labels_table import LabelTable, read_labels_rows, write_labels_csv
 from viewer.live_maps import LiveMaps

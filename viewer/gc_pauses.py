@@ -63,10 +63,10 @@ def import_engine() -> None:
 
 def _import_engine_modules() -> None:
     import engine.api  # noqa: F401
-    import engine.checkpoints  # noqa: F401
-    import engine.slide_input  # noqa: F401
+    import engine.io.checkpoints  # noqa: F401
+    import engine.slides.region  # noqa: F401
     import engine.streaming  # noqa: F401
-    import engine.train  # noqa: F401  (torch.distributed, the optimisers, the data reader)
+    import engine.train.loop  # noqa: F401  (torch.distributed, the optimisers, the data reader)
     # torch.optim's constructors import torch._dynamo (and sympy) on first use: ~120,000
     # objects and about a second, which would otherwise land in the first run's collections.
     try:

@@ -16,7 +16,7 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
-from engine.jobs import CancelToken
+from engine.events import CancelToken
 
 Handler = Callable[[int, object], None]
 

@@ -1,6 +1,6 @@
 """The viewer's only door to ``engine.api``: inference jobs on one worker, one at a time.
 
-The UI thread freezes an :class:`~engine.jobs.InferenceSpec`, and :meth:`JobController.submit`
+The UI thread freezes an :class:`~engine.events.InferenceSpec`, and :meth:`JobController.submit`
 gives the job a generation number and a cancel token, cancelling earlier jobs on the same
 target (their maps would be overwritten anyway). Jobs on other targets wait in a queue: one
 job on the device at a time. On the worker, every ``MapPatch`` is split into display layers
@@ -25,7 +25,8 @@ from PySide6.QtCore import QObject, Signal
 
 from engine.errors import Cancelled, StreamSlideError
 from engine.geometry import Box
-from engine.jobs import CancelToken, Event, Finished, InferenceSpec, MapPatch, Prediction, Progress
+from engine.events import CancelToken, Event, Finished, MapPatch, Prediction, Progress
+from engine.specs import InferenceSpec
 from viewer.colormaps import LayerStyle, colourize
 from viewer.overlay import ColouredPatch, LayerPatch, MapGeometry, finite_range, layer_names
 from viewer.gc_pauses import import_engine

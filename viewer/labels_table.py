@@ -72,7 +72,7 @@ def write_labels_csv(path: str | Path, rows: list[tuple[str, str]]) -> str:
 def read_labels_rows(path: str) -> tuple[str, dict[str, str], tuple[str, ...]]:
     """Worker job: parse and check a labels CSV (or class folders) with the engine's reader.
     Returns (path, absolute slide path -> label, classes); a bad file raises ``LabelsError``."""
-    from engine.data import read_labels
+    from engine.train.data import read_labels
 
     labels = read_labels(path)
     return path, {str(r.path): labels.classes[r.label] for r in labels.records}, labels.classes

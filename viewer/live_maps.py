@@ -18,7 +18,8 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QFileDialog, QLabel, QVBoxLayout, QWidget
 
 from engine.geometry import Box
-from engine.jobs import Finished, InferenceSpec, Prediction, Progress
+from engine.events import Finished, Prediction, Progress
+from engine.specs import InferenceSpec
 from viewer.background import BackgroundRunner
 from viewer.jobs import Job, JobController, Runner, engine_runner
 from viewer.overlay import MapGeometry, OverlayStack, finite_range, layer_names
@@ -41,7 +42,7 @@ def read_card(path: str) -> tuple[str, object]:
 def write_maps_job(out_dir: str, planes: dict[str, tuple[list[np.ndarray], tuple]], slide_path: str,
                    classes: tuple[str, ...], prediction: Prediction | None) -> dict[str, str]:
     """Worker job: stack display planes back into engine layers and write them."""
-    from engine.results import MapLayer, write_maps
+    from engine.io.maps import MapLayer, write_maps
 
     layers = {name: MapLayer(np.stack(arrays) if name == "prediction" else arrays[0], l0_box) for name, (arrays, l0_box) in planes.items()}
     return write_maps(out_dir, layers, slide_path=slide_path, classes=classes, prediction=prediction)
@@ -49,7 +50,7 @@ def write_maps_job(out_dir: str, planes: dict[str, tuple[list[np.ndarray], tuple
 
 def read_maps_job(path: str) -> tuple[str, list[tuple[str, MapGeometry, np.ndarray, tuple[float, float]]]]:
     """Worker job: read ``maps.npz`` into display layers (name, geometry, values, value range)."""
-    from engine.results import read_maps
+    from engine.io.maps import read_maps
 
     layers, meta = read_maps(path)
     classes = tuple(meta.get("classes", ()))

@@ -79,7 +79,7 @@ class LayerPatch:
 
 @dataclass(frozen=True)
 class ColouredPatch:
-    """A :class:`engine.jobs.MapPatch` split into display layers, ready for the UI thread.
+    """A :class:`engine.events.MapPatch` split into display layers, ready for the UI thread.
     ``map_r0, map_c0``: the patch's first cell in the map."""
 
     generation: int

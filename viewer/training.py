@@ -1,6 +1,6 @@
 """The viewer's only door to ``engine.api.run_training``: one training run at a time, on a worker.
 
-The UI thread freezes a :class:`~engine.jobs.TrainingSpec` and :meth:`TrainingController.start`
+The UI thread freezes a :class:`~engine.events.TrainingSpec` and :meth:`TrainingController.start`
 runs it on a dedicated worker thread with a cancel token and a generation number. Events come
 back the way inference events do (see ``viewer/jobs.py``): the worker appends to a bounded inbox
 and posts one wake-up; the UI thread drains it in short turns, so even a run that reports
@@ -25,7 +25,8 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from engine.jobs import CancelToken, CheckpointSaved, Event, Finished, Metrics, Progress, StepSkipped, TrainingSpec
+from engine.events import CancelToken, CheckpointSaved, Event, Finished, Metrics, Progress, StepSkipped
+from engine.specs import TrainingSpec
 from viewer.gc_pauses import import_engine
 from viewer.inbox import UiInbox
 from viewer.jobs import run_to_outcome

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from engine.jobs import Prediction, Progress
+from engine.events import Prediction, Progress
 
 
 def format_eta(seconds: float | None) -> str:

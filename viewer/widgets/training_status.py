@@ -13,7 +13,7 @@ import resource
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QFormLayout, QLabel, QProgressBar, QSizePolicy, QVBoxLayout, QWidget
 
-from engine.jobs import Progress
+from engine.events import Progress
 from viewer.widgets.job_panel import format_eta
 
 MEMORY_POLL_MS = 1000

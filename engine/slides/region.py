@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import RegionError
-from engine.slides import SlideSource, to_rgb
+from engine.slides.source import SlideSource, to_rgb
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.checkpoints import (WEIGHTS_NAME, ModelCard, _fsync_dir, _write_temp, load_checkpoint, read_model_card,
+from engine.io.checkpoints import (WEIGHTS_NAME, ModelCard, _fsync_dir, _write_temp, load_checkpoint, read_model_card,
                                 save_checkpoint)
 from engine.errors import CheckpointError
 

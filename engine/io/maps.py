@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import StreamSlideError
-from engine.jobs import L0Box, Prediction
+from engine.events import L0Box, Prediction
 
 #: Viridis at ten evenly spaced stops (perceptually uniform, colour-blind safe), interpolated.
 _VIRIDIS = np.array([
@@ -64,7 +64,7 @@ def write_maps(out_dir: str | os.PathLike, layers: dict[str, MapLayer], *, slide
                classes: tuple[str, ...], prediction: Prediction | None, slide_mpp: float | None = None,
                extra: dict | None = None) -> dict[str, str]:
     """Write the maps and the prediction; returns ``{kind: path}`` of what was written."""
-    from engine.svs import write_svs_array
+    from engine.io.svs import write_svs_array
 
     out = Path(out_dir)
     try:

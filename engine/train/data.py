@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from engine.errors import LabelsError
-from engine.slide_input import choose_level, level_region, tissue_box
+from engine.slides.region import choose_level, level_region, tissue_box
 from engine.slides import open_slide, to_rgb
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",

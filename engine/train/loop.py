@@ -25,18 +25,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engine import distributed
-from engine.checkpoints import ModelCard, load_pretrained_backbone
-from engine.data import (Augmentation, InputSpec, Prefetcher, SlideRecord, draw_augmentation, input_source,
+from engine.train import distributed
+from engine.io.checkpoints import ModelCard, load_pretrained_backbone
+from engine.train.data import (Augmentation, InputSpec, Prefetcher, SlideRecord, draw_augmentation, input_source,
                          read_labels, read_slide_input, split_records)
 from engine.errors import Cancelled, TrainingError
-from engine.jobs import (CancelToken, CheckpointSaved, EventCallback, Finished, Metrics, Progress, StepSkipped,
-                         TrainingSpec)
+from engine.events import CancelToken, CheckpointSaved, EventCallback, Finished, Metrics, Progress, StepSkipped
+from engine.specs import TrainingSpec
 from engine.metrics import classification_metrics
 from engine.models import SplitNet, create_model
 from engine.streaming import StreamingModule
 from engine.streaming.graph import FROZEN_MODULES
-from engine.train_state import find_checkpoint, load_training_state, save_training_state
+from engine.train.state import find_checkpoint, load_training_state, save_training_state
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")

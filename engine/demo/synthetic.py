@@ -120,7 +120,7 @@ class _Scene:
         return v > 0.35
 
     def render(self, downsample: float, lv_box: Box) -> np.ndarray:
-        """RGB uint8 of a level box (engine.svs's renderer contract)."""
+        """RGB uint8 of a level box (engine.io.svs's renderer contract)."""
         x0, y0, x1, y1 = int(lv_box.x0), int(lv_box.y0), int(lv_box.x1), int(lv_box.y1)
         ly = (np.arange(y0, y1, dtype=np.float32) + 0.5) * downsample
         lx = (np.arange(x0, x1, dtype=np.float32) + 0.5) * downsample
@@ -182,7 +182,7 @@ def write_synthetic_slide(path: str | os.PathLike, recipe: SlideRecipe, *, mask_
                           downsamples: tuple[int, ...] | None = None) -> dict:
     """Write the slide (SVS; ``downsamples`` per level, default: halve to thumbnail size) and, beside it, ``<stem>.mask.npz`` (lesion mask at ``mask_cell``
     level-0 pixels per cell) and ``<stem>.json`` (recipe, lesions). Returns that JSON."""
-    from engine.svs import write_svs
+    from engine.io.svs import write_svs
 
     path = Path(path)
     scene = _Scene(recipe)
@@ -191,7 +191,7 @@ def write_synthetic_slide(path: str | os.PathLike, recipe: SlideRecipe, *, mask_
         # Coarser levels as a scanner would see them: box averages of the level-0 pixels (the
         # scene's own rendering at a downsample point-samples sub-pixel cells, which changes the
         # mean colour of fine texture). Level 0 is rendered in bands to bound temporaries.
-        from engine.svs import array_renderer
+        from engine.io.svs import array_renderer
 
         rgb = np.empty((h, w, 3), np.uint8)
         for y0 in range(0, h, 512):

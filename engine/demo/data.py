@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.synthetic import SlideRecipe, write_synthetic_slide
+from engine.demo.synthetic import SlideRecipe, write_synthetic_slide
 
-RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 DEMO_MODEL_DIR = RESOURCES / "demo_model"  # model.safetensors + model.json (made by resources/train_demo_model.py)
 CLASSES = ("normal", "lesion")
 LEVEL_DOWNSAMPLES = (1, 2, 4, 8)
@@ -142,7 +142,7 @@ def demo_training_spec(labels: str | os.PathLike, out_dir: str | os.PathLike, *,
     (16 channels, total stride 16, max-pooled head, so one lesion anywhere can decide the
     slide) on whole ``slide_px``² slides read at the level that makes them ``input_size``² pixels,
     image-level labels, AdamW with a cosine schedule, flips/rotations and mild colour jitter."""
-    from engine.jobs import TrainingSpec
+    from engine.specs import TrainingSpec
 
     # By µm/px, not level index, so the model's card is right on any slide's pyramid.
     mpp = 0.5 * LEVEL_DOWNSAMPLES[LEVEL_DOWNSAMPLES.index(slide_px // input_size)]

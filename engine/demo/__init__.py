@@ -1,0 +1,1 @@
+"""Synthetic slides, the demo cohorts and the engine's exactness check."""

@@ -1,0 +1,1 @@
+"""Every file format the engine reads or writes, each owned by one module."""

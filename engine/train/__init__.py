@@ -1,0 +1,1 @@
+"""Training on whole slides: the loop, its state, data, distributed setup."""
