@@ -183,7 +183,7 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
     map of each resolution's model (each map scaled to its own 99th percentile)."""
     from PIL import Image, ImageDraw
 
-    from engine.io.maps import colorize
+    from engine.colormaps import colorize_rgb
     from engine.slides import open_slide, to_rgb
     from engine.demo.synthetic import _Scene
 
@@ -211,7 +211,7 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
         for j, r in enumerate(results):
             sal = np.load(out / f"saliency-{r['size']}.npz")[slide.name]
             hi = float(np.percentile(sal, 99)) or float(sal.max()) or 1.0  # sparse maps: p99 can be 0
-            rgb = colorize(np.clip(sal / hi, 0, 1), 0.0, 1.0)
+            rgb = colorize_rgb(np.clip(sal / hi, 0, 1), "viridis", 0.0, 1.0)
             canvas.paste(Image.fromarray(rgb).resize((cell, cell), Image.Resampling.NEAREST), ((j + 1) * (cell + 6), y))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)

@@ -13,7 +13,8 @@ import numpy as np
 from engine.errors import Cancelled, CheckpointError
 from engine.events import CancelToken, EventCallback, Finished, MapPatch, Prediction, Progress
 from engine.specs import InferenceSpec, TrainingSpec
-from engine.io.maps import MapLayer, write_maps
+from engine.io.maps import MapLayer
+from engine.io.maps import write_maps as _write_maps
 
 
 def read_model_card(path):
@@ -31,6 +32,71 @@ def check_model(path):
 
     _, card = load_checkpoint(path)
     return card
+
+
+def run_saliency(spec: InferenceSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
+    """:func:`run_inference` with the saliency map (the streamed input gradient) always on."""
+    import dataclasses
+
+    return run_inference(dataclasses.replace(spec, saliency=True), on_event, cancel)
+
+
+def list_models() -> list[str]:
+    """The registered architectures' names (imports torch)."""
+    from engine.models import list_models as _list
+
+    return _list()
+
+
+def read_labels(path, classes=None):
+    """A labels CSV or class-folder tree as an ``engine.train.data.LabelSet`` (torch-free)."""
+    from engine.train.data import read_labels as _read
+
+    return _read(path, classes)
+
+
+def read_maps(path):
+    """A ``maps.npz`` written by a job: ``({layer: MapLayer}, metadata)`` (torch-free)."""
+    from engine.io.maps import read_maps as _read
+
+    return _read(path)
+
+
+def write_maps(out_dir, layers, **kwargs):
+    """Write float maps (``{layer: MapLayer}``) and their rendered TIFFs into ``out_dir``; see
+    :func:`engine.io.maps.write_maps`. Returns ``{kind: path}``."""
+    from engine.io.maps import write_maps as _write
+
+    return _write(out_dir, layers, **kwargs)
+
+
+def demo_model_dir():
+    """The bundled demo model's folder (``resources/demo_model``)."""
+    from engine.demo.data import DEMO_MODEL_DIR
+
+    return DEMO_MODEL_DIR
+
+
+def demo_cache_dir():
+    """Where demo slides are cached (``$STREAMSLIDE_CACHE/demo-slides`` or ``~/.cache/...``)."""
+    from engine.demo.data import default_cache_dir
+
+    return default_cache_dir()
+
+
+def ensure_demo_slides(root=None, slides=None, progress=None, *, labels: bool = True):
+    """Generate the demo slides that are missing or stale under ``root``; see
+    :func:`engine.demo.data.ensure_demo_slides`. Returns the folder."""
+    from engine.demo.data import ensure_demo_slides as _ensure
+
+    return _ensure(root, slides, progress, labels=labels)
+
+
+def showcase_slide():
+    """The demo's positive test slide (a ``DemoSlide``; its file is ``root / slide.filename``)."""
+    from engine.demo.data import showcase_slide as _showcase
+
+    return _showcase()
 
 
 def resolve_device(name: str):
@@ -199,7 +265,7 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
             extra = {"model": str(spec.model_path), "level": level, "region_l0": list(region.l0_box),
                      "cancelled": cancelled}
             mpp = slide.mpp[0] if slide.mpp else None
-            outputs = write_maps(spec.out_dir, {k: MapLayer(v, boxes[k]) for k, v in layers.items()},
+            outputs = _write_maps(spec.out_dir, {k: MapLayer(v, boxes[k]) for k, v in layers.items()},
                                  slide_path=spec.slide_path, classes=classes, prediction=prediction,
                                  slide_mpp=mpp, extra=extra)
     done = Finished(cancelled, outputs, prediction)

@@ -10,18 +10,11 @@ Opacity is applied when painting, so changing it never re-maps anything.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
-
 import numpy as np
-from pyqtgraph import colormap
 
-#: Perceptually uniform sequential maps, then diverging ones (CET-D1: blue-white-red,
-#: CET-D1A: its darker variant); names as pyqtgraph knows them.
-SEQUENTIAL = ("viridis", "magma", "inferno", "plasma", "cividis")
-DIVERGING = ("CET-D1", "CET-D1A")
-COLORMAPS = SEQUENTIAL + DIVERGING
-LUT_SIZE = 256
+from engine.colormaps import COLORMAPS, DIVERGING, LUT_SIZE, SEQUENTIAL, colorize_bgra, lut_indices, lut_rgba
 
+__all__ = ["COLORMAPS", "DIVERGING", "LUT_SIZE", "SEQUENTIAL", "LayerStyle", "colourize", "lut_indices", "lut_rgba"]
 
 @dataclass(frozen=True)
 class LayerStyle:
@@ -50,35 +43,6 @@ class LayerStyle:
         return replace(new, version=self.version + 1) if not new.maps_like(self) else new
 
 
-@lru_cache(maxsize=None)
-def lut_rgba(name: str) -> np.ndarray:
-    """(LUT_SIZE, 4) uint8 RGBA of the named colormap (read-only; shared between threads)."""
-    if name not in COLORMAPS:
-        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
-    lut = np.ascontiguousarray(colormap.get(name).getLookupTable(0.0, 1.0, LUT_SIZE, alpha=True), dtype=np.uint8)
-    lut.setflags(write=False)
-    return lut
-
-
-@lru_cache(maxsize=None)
-def _lut_bgra(name: str) -> np.ndarray:
-    lut = lut_rgba(name)[:, [2, 1, 0, 3]].copy()
-    lut.setflags(write=False)
-    return lut
-
-
-def lut_indices(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """LUT indices (uint8) of float ``values`` scaled linearly from [vmin, vmax] and clipped."""
-    span = vmax - vmin if vmax != vmin else 1.0
-    scaled = (np.nan_to_num(values, nan=vmin) - vmin) * ((LUT_SIZE - 1) / span)
-    return np.clip(scaled + 0.5, 0, LUT_SIZE - 1).astype(np.uint8)
-
-
 def colourize(values: np.ndarray, style: LayerStyle) -> np.ndarray:
-    """(h, w) float -> (h, w, 4) uint8 premultiplied BGRA, C-contiguous. Runs on workers."""
-    bgra = _lut_bgra(style.colormap)[lut_indices(values, style.vmin, style.vmax)]
-    hidden = np.isnan(values)
-    if style.threshold is not None:
-        hidden |= values < style.threshold
-    bgra[hidden] = 0
-    return bgra
+    """(h, w) float -> (h, w, 4) uint8 premultiplied BGRA, C-contiguous, in ``style``. Runs on workers."""
+    return colorize_bgra(values, style.colormap, style.vmin, style.vmax, style.threshold)

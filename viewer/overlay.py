@@ -18,7 +18,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QRectF, QTimer, Signal, Slot
 from PySide6.QtGui import QImage, QPainter
 
-from engine.geometry import Box
+from engine.geometry import Box, MapGeometry
 from viewer.colormaps import LayerStyle, colourize
 from viewer.state import ViewTransform
 
@@ -29,40 +29,6 @@ log = logging.getLogger(__name__)
 AUTO_RANGE_HEADROOM = 1.5
 
 Submit = Callable[..., object]  # BackgroundRunner.submit's shape: (fn, *args, on_done=, on_error=)
-
-
-@dataclass(frozen=True)
-class MapGeometry:
-    """Where a map lies: ``shape`` (h, w) cells evenly covering ``l0_box``."""
-
-    l0_box: Box
-    shape: tuple[int, int]
-
-    @property
-    def l0_cell(self) -> tuple[float, float]:
-        """(width, height) of one map cell in level-0 pixels."""
-        return self.l0_box.width / self.shape[1], self.l0_box.height / self.shape[0]
-
-    def cells_to_l0(self, map_c0: int, map_r0: int, map_c1: int, map_r1: int) -> Box:
-        cw, ch = self.l0_cell
-        return Box(self.l0_box.x0 + map_c0 * cw, self.l0_box.y0 + map_r0 * ch, self.l0_box.x0 + map_c1 * cw, self.l0_box.y0 + map_r1 * ch)
-
-    def l0_to_cells(self, l0_box: Box) -> tuple[int, int, int, int]:
-        """(c0, r0, c1, r1): the cells touching ``l0_box``, clipped to the map (may be empty)."""
-        cw, ch = self.l0_cell
-        h, w = self.shape
-        c0 = min(max(math.floor((l0_box.x0 - self.l0_box.x0) / cw), 0), w)
-        r0 = min(max(math.floor((l0_box.y0 - self.l0_box.y0) / ch), 0), h)
-        c1 = min(max(math.ceil((l0_box.x1 - self.l0_box.x0) / cw), 0), w)
-        r1 = min(max(math.ceil((l0_box.y1 - self.l0_box.y0) / ch), 0), h)
-        return c0, r0, c1, r1
-
-    def cell_at(self, l0_x: float, l0_y: float) -> tuple[int, int] | None:
-        """(row, col) of the cell under a level-0 point, or None off the map."""
-        if not self.l0_box.contains(l0_x, l0_y):
-            return None
-        cw, ch = self.l0_cell
-        return min(int((l0_y - self.l0_box.y0) / ch), self.shape[0] - 1), min(int((l0_x - self.l0_box.x0) / cw), self.shape[1] - 1)
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.colormaps import colorize_rgb
 from engine.errors import StreamSlideError
 from engine.events import L0Box, Prediction
-
-#: Viridis at ten evenly spaced stops (perceptually uniform, colour-blind safe), interpolated.
-_VIRIDIS = np.array([
-    [68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
-    [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43], [253, 231, 37]], dtype=np.float64)
-
 
 class ResultsError(StreamSlideError):
     """Maps could not be written or read (disk full, unreadable or foreign file)."""
@@ -34,17 +29,6 @@ class MapLayer:
 
     values: np.ndarray
     l0_box: L0Box
-
-
-def colorize(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """(h, w) floats to (h, w, 3) uint8 viridis, ``lo``..``hi`` mapped to the ends; NaN is black."""
-    t = np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-    pos = np.nan_to_num(t, nan=0.0) * (len(_VIRIDIS) - 1)
-    i = np.minimum(pos.astype(np.int64), len(_VIRIDIS) - 2)
-    f = (pos - i)[..., None]
-    rgb = _VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f
-    rgb[np.isnan(values)] = 0
-    return np.round(rgb).astype(np.uint8)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -84,7 +68,7 @@ def write_maps(out_dir: str | os.PathLike, layers: dict[str, MapLayer], *, slide
         for name, layer in layers.items():
             for k, (label, plane) in enumerate(_planes(name, layer.values, classes)):
                 hi = 1.0 if name == "prediction" else float(np.nanmax(plane)) if np.isfinite(plane).any() else 1.0
-                rgb = colorize(plane, 0.0, hi)
+                rgb = colorize_rgb(plane, "viridis", 0.0, hi)
                 cell_l0 = (layer.l0_box[2] - layer.l0_box[0]) / plane.shape[1]
                 tif = out / f"{label}.tif"
                 mpp = slide_mpp * cell_l0 if slide_mpp else None

@@ -24,7 +24,7 @@ from engine.io.checkpoints import (ModelCard, build_model, import_state_dict, lo
 from engine.errors import CheckpointError
 from engine.models import create_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def test_importing_the_engine_freezes_torch_and_the_lazy_imports_of_a_run(tmp_pa
             "assert 'torch._dynamo' in sys.modules and 'engine.train.loop' in sys.modules\n"
             "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
             "assert len(gc.get_objects()) < 20_000, len(gc.get_objects())\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
 
 
 def test_the_collector_skips_its_ticks_while_the_engine_is_imported(qtbot, monkeypatch):

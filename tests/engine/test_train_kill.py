@@ -19,7 +19,7 @@ from engine.models import create_model
 from engine.train.state import find_checkpoint, load_training_state
 from train_fixtures import write_training_set
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from model_fixtures import GREEN_BOXES, save_green_detector, write_test_slide
 def test_viewer_modules_never_import_torch():
     code = ("import sys, viewer.main_window, viewer.live_maps, viewer.jobs, viewer.overlay\n"
             "assert 'torch' not in sys.modules, 'the viewer imported torch'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_real_engine_maps_show_over_the_green_squares(qtbot, tmp_path):

@@ -16,7 +16,7 @@ from engine.io.checkpoints import load_checkpoint
 from engine.specs import TrainingSpec
 from train_fixtures import write_training_set
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_two_gloo_ranks_equal_one_process_with_the_same_effective_batch(tmp_path):
