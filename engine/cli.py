@@ -18,7 +18,7 @@ from pathlib import Path
 from engine.errors import CheckpointError, SlideError, StreamSlideError, TrainingError
 from engine.events import CancelToken, CheckpointSaved, Finished, Metrics, Progress, StepSkipped
 from engine.specs import InferenceSpec, TrainingSpec
-from engine.io.maps import ResultsError
+from engine.errors import ResultsError
 
 EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE, EXIT_DIVERGED = 0, 2, 3, 4, 5, 6, 7
 LOW_MEMORY_HELP = ("give freed memory back to the OS after every tile (CPU): peak memory stays flat with "

@@ -53,3 +53,12 @@ class LabelsError(StreamSlideError, ValueError):
 
 class TrainingError(StreamSlideError):
     """Training could not go on: repeated non-finite losses or gradients, or a resume that does not fit."""
+
+
+class SpecError(StreamSlideError, ValueError):
+    """A job spec asks for something impossible (an unknown option, a value out of range); the
+    message names the field, the value and the choices."""
+
+
+class ResultsError(StreamSlideError):
+    """Results could not be written or read (disk full, read-only folder, unreadable or foreign file)."""

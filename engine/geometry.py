@@ -21,6 +21,18 @@ class Box:
     x1: float
     y1: float
 
+    @classmethod
+    def of(cls, value: "Box | tuple[float, float, float, float] | list[float]") -> "Box":
+        """``value`` as a Box: a Box as it is, or ``(x0, y0, x1, y1)`` (JSON, CLI arguments)."""
+        if isinstance(value, Box):
+            return value
+        x0, y0, x1, y1 = value
+        return cls(x0, y0, x1, y1)
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        """``(x0, y0, x1, y1)``, for files and messages."""
+        return (self.x0, self.y0, self.x1, self.y1)
+
     @property
     def width(self) -> float:
         return self.x1 - self.x0

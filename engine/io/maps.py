@@ -16,12 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.colormaps import colorize_rgb
-from engine.errors import StreamSlideError
+from engine.errors import ResultsError
 from engine.events import L0Box, Prediction
-
-class ResultsError(StreamSlideError):
-    """Maps could not be written or read (disk full, unreadable or foreign file)."""
-
 
 @dataclass(frozen=True)
 class MapLayer:
