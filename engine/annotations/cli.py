@@ -51,7 +51,8 @@ def _warn(lines, stream) -> None:
         stream.write(f"warning: {line}\n")
 
 
-def main_convert(args: argparse.Namespace, out=sys.stdout, err=sys.stderr) -> int:
+def main_convert(args: argparse.Namespace, out=None, err=None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     try:
         loaded = load_annotations(args.input, format=args.from_format)
     except AnnotationError as exc:
@@ -72,7 +73,8 @@ def main_convert(args: argparse.Namespace, out=sys.stdout, err=sys.stderr) -> in
     return EXIT_OK
 
 
-def main_stats(args: argparse.Namespace, out=sys.stdout, err=sys.stderr) -> int:
+def main_stats(args: argparse.Namespace, out=None, err=None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     mpp = args.mpp
     if mpp is None and args.slide:
         try:

@@ -47,8 +47,9 @@ def polygons_from_map(values, grid: MapGeometry, threshold: float, *, class_name
                       score_name: str = "score") -> list[Annotation]:
     """One polygon annotation (with holes) per connected region of cells ``>= threshold``.
 
-    ``simplify_l0``: Douglas-Peucker tolerance in level-0 px (topology kept); None takes half a
-    cell, which turns stair steps into slopes, 0 keeps the exact cell outlines. Regions under
+    ``simplify_l0``: Douglas-Peucker tolerance in level-0 px (topology kept); None takes three
+    quarters of a cell, enough to turn stair steps (whose corners lie up to 0.71 cell off the
+    slope) into straight edges; 0 keeps the exact cell outlines. Regions under
     ``min_area_l0`` px² are left out. Each annotation measures its area (``Area px^2``, and
     ``Area µm^2`` with an ``mpp``) and the mean and max of the map over its own cells.
     """
@@ -56,7 +57,7 @@ def polygons_from_map(values, grid: MapGeometry, threshold: float, *, class_name
     mxy = mpp_xy(mpp)
     cw, ch = grid.l0_cell
     if simplify_l0 is None:
-        simplify_l0 = 0.5 * min(cw, ch)
+        simplify_l0 = 0.75 * min(cw, ch)
     if not (math.isfinite(simplify_l0) and simplify_l0 >= 0):
         raise AnnotationError(f"simplify_l0 must be a finite number >= 0, got {simplify_l0!r}")
     with np.errstate(invalid="ignore"):
@@ -65,7 +66,7 @@ def polygons_from_map(values, grid: MapGeometry, threshold: float, *, class_name
     scale = np.array([cw, ch])
     out = []
     for cells in shapely.get_parts(region_cells(mask)):
-        if cells.area * cw * ch < min_area_l0:
+        if cells.is_empty or cells.area * cw * ch < min_area_l0:
             continue
         l0 = shapely.transform(shapely.simplify(cells, 0), lambda xy: xy * scale + origin)
         c0, r0, c1, r1 = (int(round(b)) for b in cells.bounds)
