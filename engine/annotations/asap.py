@@ -236,7 +236,7 @@ class _Reader:
         if record.color and color is None:
             self.warnings.append(f"{where}: colour {record.color!r} is not #rrggbb; the class colour is used")
         try:
-            return Annotation(shape[0], shape[1], group, color, record.name)
+            return Annotation._from_checked(shape[0], shape[1], class_name=group, color=color, name=record.name)
         except AnnotationError as exc:
             raise AnnotationError(f"{where}: {exc}") from None
 

@@ -62,10 +62,17 @@ def read_geojson(data: str | bytes, source: str) -> tuple[AnnotationSet, list[st
     except RecursionError:
         raise AnnotationError(f"{source}: JSON nested too deeply") from None
     annotations, warnings = AnnotationSet(), []
-    for i, feature in enumerate(_features(doc, source)):
+    features = _features(doc, source)
+    for i, feature in enumerate(features):
         annotation = _read_feature(feature, f"{source}: feature {i}", annotations, warnings)
         if annotation is not None:
             annotations.append(annotation)
+    for member, what in (("nucleusGeometry", "cell nucleus outlines"), ("metadata", "QuPath object metadata"),
+                         ("plane", "z-slice / time-point planes (all read onto one plane)")):
+        n = sum(1 for f in features if member in f or member in (f.get("geometry") or {})
+                or member in (f.get("properties") or {}))
+        if n:
+            warnings.append(f"{source}: {n} feature(s) carry {what}, which are not kept")
     return annotations, warnings
 
 
@@ -120,7 +127,8 @@ def _read_feature(feature, where: str, annotations: AnnotationSet, warnings: lis
     if shape is None:
         return None
     try:
-        return Annotation(shape[0], shape[1], class_name, color, name, locked, measurements, object_type)
+        return Annotation._from_checked(shape[0], shape[1], class_name=class_name, color=color, name=name,
+                                        locked=locked, measurements=measurements, object_type=object_type)
     except AnnotationError as exc:
         raise AnnotationError(f"{where}: {exc}") from None
 
@@ -224,17 +232,22 @@ def _geometry(geometry: dict, kind_hint, where: str, warnings: list[str]):
             arrays = [coords_array(ring, f"{label} ring {r}") for r, ring in enumerate(rings)]
             polygon = polygon_from_rings(arrays, label, warnings)
             if polygon is not None:
-                parts.extend(shapely.get_parts(polygon))
+                parts.append(polygon)
         if not parts:
             return None
-        shape = parts[0] if gtype == "Polygon" and len(parts) == 1 else shapely.MultiPolygon(parts)
-        shape = polygonal_or_none(shape, where, warnings)  # parts of a MultiPolygon may overlap
-        if shape is None:
-            return None
+        if gtype == "Polygon":
+            shape = parts[0]  # already checked (and repaired, which may have made it a MultiPolygon)
+        else:
+            shape = shapely.MultiPolygon([p for part in parts for p in shapely.get_parts(part)])
+            shape = polygonal_or_none(shape, where, warnings)  # parts of a MultiPolygon may overlap
+            if shape is None:
+                return None
     elif gtype == "LineString":
         shape = shapely.LineString(coords_array(coords, where, min_points=2))
     elif gtype == "MultiLineString":
         lines = _list(coords, where, "MultiLineString coordinates")
+        if not lines:
+            raise AnnotationError(f"{where}: MultiLineString has no lines")
         shape = shapely.MultiLineString([coords_array(c, f"{where} line {i}", min_points=2)
                                          for i, c in enumerate(lines)])
     elif gtype == "Point":

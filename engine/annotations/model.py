@@ -13,6 +13,7 @@ import numbers
 import zlib
 from collections.abc import Iterable, Mapping, MutableSequence
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from types import MappingProxyType
 
 import numpy as np
@@ -96,6 +97,10 @@ class Annotation:
     object_type: str = "annotation"
 
     def __post_init__(self) -> None:
+        self._check_geometry()
+        self._check_fields()
+
+    def _check_geometry(self) -> None:
         if self.kind not in KINDS:
             raise AnnotationError(f"unknown annotation kind {self.kind!r} (one of {', '.join(KINDS)})")
         if not isinstance(self.geometry, BaseGeometry) or self.geometry.is_empty:
@@ -107,6 +112,8 @@ class Annotation:
             raise AnnotationError("a rectangle annotation needs an axis-aligned 4-corner polygon")
         if self.kind in (POLYGON, MULTIPOLYGON) and not shapely.is_valid(self.geometry):
             raise AnnotationError(f"invalid {self.kind}: {shapely.is_valid_reason(self.geometry)}")
+
+    def _check_fields(self) -> None:
         if self.class_name is not None and (not isinstance(self.class_name, str) or not self.class_name):
             raise AnnotationError(f"a class name must be a non-empty string or None, got {self.class_name!r}")
         if self.name is not None and not isinstance(self.name, str):
@@ -118,6 +125,17 @@ class Annotation:
         if self.object_type not in OBJECT_TYPES:
             raise AnnotationError(f"unknown object type {self.object_type!r} (one of {', '.join(OBJECT_TYPES)})")
         object.__setattr__(self, "measurements", MappingProxyType(_measurements(self.measurements)))
+
+    @classmethod
+    def _from_checked(cls, geometry: BaseGeometry, kind: str, **fields) -> "Annotation":
+        """For this package's readers, whose geometry already passed the same checks (finite and
+        in range, repaired if invalid, of the kind's type): checks only the other fields."""
+        a = object.__new__(cls)
+        values = {f.name: f.default for f in dataclass_fields(cls) if f.name not in ("geometry", "kind")}
+        values.update(fields, measurements=fields.get("measurements", {}), geometry=geometry, kind=kind)
+        a.__dict__.update(values)  # frozen fields live in __dict__
+        a._check_fields()
+        return a
 
     def __reduce__(self):
         # The read-only mapping does not pickle; rebuild from a plain dict.
@@ -182,6 +200,13 @@ class Annotation:
         if kind is None:
             raise AnnotationError(f"no annotation kind for a {geometry.geom_type} geometry")
         return cls(geometry, kind, **meta)
+
+    def simplified(self, tolerance_l0: float) -> "Annotation":
+        """Polygons and lines with vertices within ``tolerance_l0`` px of a straighter outline
+        dropped (Douglas-Peucker, topology kept); rectangles, ellipses and points as they are."""
+        if self.kind not in (POLYGON, MULTIPOLYGON, LINE) or tolerance_l0 <= 0:
+            return self
+        return replace(self, geometry=shapely.simplify(self.geometry, tolerance_l0, preserve_topology=True))
 
     def replace(self, **changes) -> "Annotation":
         """A copy with some fields changed (checked again)."""

@@ -319,3 +319,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, every_kin
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.xml"]
     with pytest.raises(ResultsError, match="cannot write the annotations"):
         save_annotations(every_kind, tmp_path / "no" / "such" / "dir.geojson")
+
+
+def test_what_qupath_files_carry_beyond_the_model_is_reported(tmp_path):
+    square = {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]]]}
+    features = [{"type": "Feature", "geometry": square, "nucleusGeometry": square, "properties": {"objectType": "cell"}},
+                {"type": "Feature", "geometry": dict(square, plane={"c": -1, "z": 3, "t": 0}),
+                 "properties": {"objectType": "tmaCore", "metadata": {"k": "v"}}}]
+    loaded = load_annotations(_write(tmp_path, "q.geojson", json.dumps(features)))
+    assert [a.object_type for a in loaded.annotations] == ["cell", "annotation"]
+    text = " | ".join(loaded.warnings)
+    for what in ("QuPath object type 'tmaCore' read as an annotation", "1 feature(s) carry cell nucleus outlines",
+                 "1 feature(s) carry QuPath object metadata", "1 feature(s) carry z-slice"):
+        assert what in text

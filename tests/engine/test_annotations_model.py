@@ -126,3 +126,11 @@ def test_annotation_set_is_list_like_and_holds_class_colours():
     declared = AnnotationSet(list(s), classes={"Tumor": (200, 0, 0), "Stroma": s.class_color("Stroma")})
     assert declared == s  # equal when every class is drawn in the same colour
     assert AnnotationSet(list(s), classes={"Tumor": (0, 0, 0)}) != s
+
+
+def test_simplified_straightens_polygons_and_leaves_drawn_shapes():
+    wobbly = Annotation.polygon([(0, 0), (50, 0.2), (100, 0), (100, 100), (0, 100)], name="w")
+    assert len(wobbly.simplified(0.5).geometry.exterior.coords) == 5 and wobbly.simplified(0.5).name == "w"
+    assert wobbly.simplified(0.1) == wobbly  # the 0.2 px bump is kept
+    box = Annotation.rectangle(Box(0, 0, 10, 10))
+    assert box.simplified(100) is box and wobbly.simplified(0) is wobbly
