@@ -146,6 +146,9 @@ class _Reader:
 
     def start(self, name: str, attrs: dict) -> None:
         parent = self.stack[-1] if self.stack else None
+        if parent is None and name not in ("ASAP_Annotations", "Annotations"):  # ASAP reads either
+            raise AnnotationError(f"{self.where()}: root element <{name}> is not ASAP's <ASAP_Annotations>; "
+                                  "not an ASAP annotation file")
         self.stack.append(name)
         if name == "Coordinate":
             if self.current is None or parent != "Coordinates":

@@ -260,6 +260,7 @@ def _asap(body: str) -> str:
     (_asap(_ANNOTATION.format(type="Measurement", coords='<Coordinate Order="0" X="1" Y="2"/>')),
      "a Measurement needs 2 coordinates"),
     (_asap('<Coordinate Order="0" X="1" Y="2"/>'), "line 4: <Coordinate> outside an <Annotation>"),
+    ('<?xml version="1.0"?>\n<svg><Annotations/></svg>', "line 2: root element <svg> is not ASAP's"),
     (_asap("").replace("</ASAP_Annotations>", "<AnnotationGroups><Group Color='#FF0000'/></AnnotationGroups>"
                        "</ASAP_Annotations>"), "line 6: <Group> without a Name"),
 ])
@@ -332,3 +333,13 @@ def test_what_qupath_files_carry_beyond_the_model_is_reported(tmp_path):
     for what in ("QuPath object type 'tmaCore' read as an annotation", "1 feature(s) carry cell nucleus outlines",
                  "1 feature(s) carry QuPath object metadata", "1 feature(s) carry z-slice"):
         assert what in text
+
+
+@pytest.mark.parametrize("encoding, declaration", [("utf-8-sig", ""), ("utf-16", ""),
+                                                   ("iso-8859-1", ' encoding="ISO-8859-1"')])
+def test_asap_xml_in_other_encodings(tmp_path, encoding, declaration):
+    body = _ANNOTATION.format(type="Dot", coords='<Coordinate Order="0" X="1" Y="2"/>').replace('"A1"', '"Lésion"')
+    path = tmp_path / "e.xml"
+    path.write_bytes(_asap(body).replace('version="1.0"', f'version="1.0"{declaration}').encode(encoding))
+    (dot,) = load_annotations(path).annotations
+    assert dot.name == "Lésion" and dot.kind == "point"
