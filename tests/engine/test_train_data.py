@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from engine import cli
-from engine.train.data import (Augmentation, InputSpec, Prefetcher, input_source, read_labels, read_slide_input,
-                         split_records)
 from engine.errors import LabelsError
-from engine.slides import open_slide
+from engine.io.labels import read_labels
 from engine.metrics import classification_metrics, roc_auc
 from engine.models import create_model
+from engine.slides import open_slide
+from engine.train.data import Augmentation, InputSpec, Prefetcher, input_source, read_slide_input, split_records
 from engine.train.state import find_checkpoint, load_training_state, save_training_state
 from train_fixtures import write_training_set
 
@@ -136,9 +136,10 @@ def test_a_crash_between_the_renames_leaves_the_old_checkpoint_recoverable(tmp_p
     fresh = create_model("smallnet", width=4, num_classes=2)
     opt2 = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
     assert load_training_state(tmp_path / "last", fresh, optimizer=opt2) == {"step": 1}
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
     buf = [s["momentum_buffer"] for s in opt2.state_dict()["state"].values()]
-    assert all(torch.equal(a, b) for a, b in zip(buf, [s["momentum_buffer"] for s in opt.state_dict()["state"].values()]))
+    assert all(torch.equal(a, b)
+               for a, b in zip(buf, [s["momentum_buffer"] for s in opt.state_dict()["state"].values()], strict=True))
 
 
 def test_cli_train_writes_checkpoints_and_a_metrics_log(slides, tmp_path, capsys):
