@@ -41,9 +41,9 @@ def worker(cfg: dict) -> dict:
     import torch
     from torch.nn import functional as F
 
-    from engine.train.data import Augmentation, input_source
     from engine.models import create_model
     from engine.train.classifier import Classifier
+    from engine.train.data import Augmentation, input_source
 
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])

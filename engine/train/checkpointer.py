@@ -12,8 +12,8 @@ from engine.errors import TrainingError
 from engine.events import CheckpointSaved, Event
 from engine.io.checkpoints import ModelCard
 from engine.io.runs import LAST, RunFolder
+from engine.io.training_state import find_checkpoint, load_training_state, save_training_state
 from engine.train.distributed import DistContext
-from engine.train.state import find_checkpoint, load_training_state, save_training_state
 
 
 @dataclass

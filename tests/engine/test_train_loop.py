@@ -13,9 +13,10 @@ from engine.api import run_training
 from engine.errors import TrainingError
 from engine.events import CancelToken, CheckpointSaved, Finished, Metrics, StepSkipped
 from engine.io.checkpoints import load_checkpoint
+from engine.io.runs import RunFolder
+from engine.io.training_state import find_checkpoint
 from engine.models.split import ClassifierHead
 from engine.specs import TrainingSpec
-from engine.train.state import find_checkpoint
 from train_fixtures import write_training_set
 
 
@@ -81,6 +82,9 @@ def test_streamed_training_learns_the_local_pattern(spec, tmp_path):
     assert [r["step"] for r in rows if r["phase"] == "train"] == list(range(4 * 6))
     assert [r["epoch"] for r in rows if r["phase"] == "val"] == [0, 1, 2, 3]
     assert {e.kind for e in rec.of(CheckpointSaved)} == {"last", "best"}
+    summary = RunFolder(spec.out_dir).summary()  # what the viewer's runs list shows
+    assert (summary.model, summary.epochs, summary.epochs_done, summary.steps) == ("smallnet", 4, 4, 24)
+    assert summary.checkpoint == done.outputs["best"] and summary.val["auc"] == 1.0
 
 
 def test_cancel_saves_and_resume_equals_uninterrupted(spec, tmp_path):
