@@ -90,10 +90,11 @@ def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str) 
 def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: str) -> dict:
     from engine.api import run_inference
     from engine.demo.data import LEVEL_DOWNSAMPLES
-    from engine.events import MapPatch
-    from engine.specs import InferenceSpec
-    from engine.metrics import roc_auc, saliency_localisation
     from engine.demo.synthetic import _Scene
+    from engine.events import MapPatch
+    from engine.io import atomic
+    from engine.metrics import roc_auc, saliency_localisation
+    from engine.specs import InferenceSpec
 
     level = LEVEL_DOWNSAMPLES.index(SLIDE_PX // size)
     model = out / f"run-{size}" / "best"
@@ -120,7 +121,7 @@ def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: st
             tissue = scene._tissue_at(centres[:, None], centres[None, :])
             localisation.append(saliency_localisation(sal, lesion, tissue))
             maps[slide.name] = sal
-    np.savez_compressed(out / f"saliency-{size}.npz", **maps)
+    atomic.write_with(out / f"saliency-{size}.npz", lambda f: np.savez_compressed(f, **maps))
     mean = lambda key: float(np.nanmean([m[key] for m in localisation]))  # noqa: E731
     return {"size": size, "test_auc": roc_auc(np.array(scores), np.array(labels)), "test_scores": scores,
             "test_labels": labels, "mass_in_lesion": mean("mass_in_lesion"), "lesion_share": mean("lesion_share"),
@@ -132,7 +133,7 @@ def step_one(size: int, streaming: bool) -> dict:
     import torch
 
     from engine.models.registry import create_model
-    from engine.train.loop import Classifier
+    from engine.train.classifier import Classifier
 
     torch.manual_seed(0)
     model = create_model("smallnet", num_classes=2, pool="max", width=16)
@@ -184,8 +185,9 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
     from PIL import Image, ImageDraw
 
     from engine.colormaps import colorize_rgb
-    from engine.slides import open_slide, to_rgb
     from engine.demo.synthetic import _Scene
+    from engine.io import atomic
+    from engine.slides import open_slide, to_rgb
 
     results = sorted(results, key=lambda r: r["size"])
     names = [s for s in cohort(quick) if s.split == "test" and s.label == "lesion"][:rows]
@@ -213,8 +215,9 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
             hi = float(np.percentile(sal, 99)) or float(sal.max()) or 1.0  # sparse maps: p99 can be 0
             rgb = colorize_rgb(np.clip(sal / hi, 0, 1), "viridis", 0.0, 1.0)
             canvas.paste(Image.fromarray(rgb).resize((cell, cell), Image.Resampling.NEAREST), ((j + 1) * (cell + 6), y))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    atomic.make_folder(path.parent)
+    image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    atomic.write_with(path, lambda f: canvas.save(f, format=image_format))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             figure(saved["results"], slides_dir, args.table_from.parent, saved["quick"], args.figure)
         return 0
     from engine.demo.data import default_cache_dir, ensure_demo_slides
+    from engine.io import atomic
 
     slides_dir = args.slides or default_cache_dir(SLIDES_CACHE + ("-quick" if args.quick else ""))
     out = args.out / ("quick" if args.quick else "full")
@@ -272,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{size}²: test AUC {row['test_auc']:.3f}, saliency mass in lesions {row['mass_in_lesion']:.3f} "
               f"(even {row['lesion_share']:.3f}), pixel AUC {row['pixel_auc']:.3f}, "
               f"{row['train_wall_s'] / 60:.1f} min", flush=True)
-        (out / "results.json").write_text(json.dumps({"results": results, "epochs": epochs, "quick": args.quick}, indent=1))
+        atomic.write_json(out / "results.json", {"results": results, "epochs": epochs, "quick": args.quick}, indent=1)
     text = table(results)
-    (out / "table.md").write_text(text + "\n")
+    atomic.write_text(out / "table.md", text + "\n")
     print(text)
     figure(results, slides_dir, out, args.quick, out / "saliency.png")
     if args.figure:

@@ -3,7 +3,7 @@ conventional, and the 2-rank DDP scaling on CPU.
 
 Each (size, method) runs in a fresh process, so its peak memory is its own; all run in one
 invocation, so ratios compare like with like on a shared, noisy machine. A step is one whole
-slide through ``engine.train.Classifier`` (trunk streamed or not, head, cross-entropy, backward,
+slide through ``engine.train.classifier.Classifier`` (trunk streamed or not, head, cross-entropy, backward,
 SGD step), the same module ``run_training`` uses, on a random uint8 slide kept as uint8 and
 normalised per tile. Conventional runs are skipped once their estimated activation memory
 exceeds ``--budget-gib`` (it would swap or be killed), and reported as such.
@@ -41,9 +41,9 @@ def worker(cfg: dict) -> dict:
     import torch
     from torch.nn import functional as F
 
-    from engine.train.data import Augmentation, input_source
     from engine.models import create_model
-    from engine.train.loop import Classifier
+    from engine.train.classifier import Classifier
+    from engine.train.data import Augmentation, input_source
 
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
@@ -101,18 +101,19 @@ def scaling(args) -> None:
     """Wall time of `python -m engine train` over the same slides with 1 process and with 2 ranks."""
     import numpy as np
 
+    from engine.io.labels import write_labels_csv
     from engine.io.svs import write_svs_array
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rng = np.random.default_rng(0)
-        rows = ["slide,label,split"]
+        rows = []
         for i in range(args.scaling_slides):
             name = f"s{i}.svs"
             write_svs_array(folder / name, rng.integers(0, 256, (args.scaling_size,) * 2 + (3,), dtype=np.uint8),
                             mpp=0.5, app_mag=20, tile=256, downsamples=(1,))
-            rows.append(f"{name},{'ab'[i % 2]},train")
-        (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+            rows.append((name, "ab"[i % 2], "train"))
+        write_labels_csv(folder / "labels.csv", rows)
         arch, split, kw = MODELS[args.model]
         common = ["-m", "engine", "train", "--labels", str(folder / "labels.csv"), "--model", arch, "--split", split,
                   "--tile", str(args.tile), "--epochs", "1", "--no-tissue-crop", "--device", args.device]

@@ -60,5 +60,9 @@ class SpecError(StreamSlideError, ValueError):
     message names the field, the value and the choices."""
 
 
-class ResultsError(StreamSlideError):
-    """Results could not be written or read (disk full, read-only folder, unreadable or foreign file)."""
+class ResultsError(StreamSlideError, OSError):
+    """A file could not be written or read (disk full, read-only folder, unreadable or foreign file).
+
+    Also an OSError: a failed write raised a bare OSError before :mod:`engine.io.atomic` named
+    the file and the cause, and callers that catch OSError must still catch it.
+    """

@@ -6,7 +6,10 @@ One place decides every default: the field defaults below.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+
+from engine.errors import SpecError
 
 
 @dataclass(frozen=True)
@@ -109,3 +112,31 @@ class TrainingSpec:
     max_nonfinite: int = 3
     prefetch: int = 2
     calibrate_norms: int = 4
+
+    # The choices of the fields that name one (not dataclass fields: no annotation). The CLI's
+    # argument choices and the trainer read them from here.
+    OPTIMIZERS = ("sgd", "adamw")
+    SCHEDULES = ("cosine", "constant")
+    MONITORS = ("auc", "accuracy", "loss")
+    MONITORS_LOWER_IS_BETTER = ("loss",)
+    DTYPES = ("float32", "float64")
+
+    def __post_init__(self) -> None:
+        """Refuse a spec that cannot run, naming the field (:class:`~engine.errors.SpecError`).
+        Only the values themselves are checked; files (labels, weights) are opened by the run."""
+        for name, choices in (("optimizer", self.OPTIMIZERS), ("schedule", self.SCHEDULES),
+                              ("monitor", self.MONITORS), ("dtype", self.DTYPES)):
+            if getattr(self, name) not in choices:
+                raise SpecError(f"{name} '{getattr(self, name)}' is not one of {', '.join(choices)}")
+        for name in ("epochs", "accumulate", "tile_size", "max_nonfinite"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.val_fraction < 1:
+            raise SpecError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if isinstance(self.class_weights, str) and self.class_weights != "balanced":
+            raise SpecError(f"class_weights must be None, 'balanced' or one number per class, "
+                            f"got '{self.class_weights}'")
+
+    def as_json(self) -> dict:
+        """The spec as JSON values (tuples as lists), as a run folder's ``spec.json`` keeps it."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}

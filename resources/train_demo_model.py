@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,29 +47,27 @@ def train(run_dir: Path, epochs: int, device: str) -> Path:
 
 def package(best: Path, target: Path) -> None:
     """Copy ``model.safetensors`` + ``model.json`` of ``best`` into ``target``, checked, atomically."""
-    from engine.io.checkpoints import load_checkpoint
+    from engine.io import atomic
+    from engine.io.checkpoints import card_path, load_checkpoint, weights_path
 
     _, card = load_checkpoint(best)  # verifies the sha256 and the architecture before anything moves
     if card.input_mpp not in (None, MPP) or (card.input_mpp is None and card.input_level != LEVEL) \
             or tuple(card.classes) != ("normal", "lesion"):
         raise SystemExit(f"{best} is not a demo model (µm/px {card.input_mpp}, level {card.input_level}, classes {card.classes})")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".demo_model-", dir=target.parent))
-    shutil.copy2(best / "model.safetensors", staging / "model.safetensors")
-    card_json = json.loads((best / "model.json").read_text())
+    card_json = json.loads(card_path(best).read_text())
     # The run's labels path is this machine's cache; say what the data were instead.
     card_json["input_mpp"], card_json["input_level"] = MPP, None  # the same pixels, right on any pyramid
     card_json["provenance"] = {**card_json.get("provenance", {}), "made_by": "resources/train_demo_model.py (engine.train)",
                                "labels": "engine.demo.data cohort: 32 training + 8 validation slides, image-level labels"}
-    (staging / "model.json").write_text(json.dumps(card_json, indent=1) + "\n")
-    load_checkpoint(staging)  # the edited card still describes the weights
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        target.replace(old)
-    staging.replace(target)
-    shutil.rmtree(old, ignore_errors=True)
-    print(f"demo model: {target} ({(target / 'model.safetensors').stat().st_size / 1024:.0f} KiB); "
-          f"card: {json.dumps(json.loads((target / 'model.json').read_text()).get('provenance', {}))}")
+
+    def fill(staging: Path) -> None:
+        atomic.write_bytes(weights_path(staging), weights_path(best).read_bytes())
+        atomic.write_json(card_path(staging), card_json, indent=1)
+        load_checkpoint(staging)  # the edited card still describes the weights
+
+    atomic.replace_folder(target, fill)
+    print(f"demo model: {target} ({weights_path(target).stat().st_size / 1024:.0f} KiB); "
+          f"card: {json.dumps(json.loads(card_path(target).read_text()).get('provenance', {}))}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,6 @@ is what a streamed trunk has to learn.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ def write_training_set(folder: Path, *, n_per_class: int = 4, size: int = 128, s
                        val_per_class: int = 0) -> Path:
     """``n_per_class`` negative ("benign") and positive ("tumour") SVS slides plus ``labels.csv``;
     the last ``val_per_class`` of each class get split "val", the rest "train"."""
+    from engine.io.labels import write_labels_csv
     from engine.io.svs import write_svs_array
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,8 +45,4 @@ def write_training_set(folder: Path, *, n_per_class: int = 4, size: int = 128, s
                             downsamples=(1,))
             split = "val" if i >= n_per_class - val_per_class else "train"
             rows.append((name, label, split))
-    with open(folder / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(("slide", "label", "split"))
-        w.writerows(rows)
-    return folder / "labels.csv"
+    return write_labels_csv(folder / "labels.csv", rows)

@@ -53,7 +53,7 @@ def check(model: str = "resnet18", split: str = "layer2", size: int = 768, tile:
     stream = StreamingModule(trunk, tile)
     y_s, g_s, gx_s, t_s = step(stream)
     return CheckResult(model, str(dtype).replace("torch.", ""), size, tile, stream.tile_plan((size, size)).n_blocks,
-                       _rel(y_s, y_ref), max(_rel(a, b) for a, b in zip(g_s, g_ref)), _rel(gx_s, gx_ref), t_s, t_ref)
+                       _rel(y_s, y_ref), max(_rel(a, b) for a, b in zip(g_s, g_ref, strict=True)), _rel(gx_s, gx_ref), t_s, t_ref)
 
 
 def main() -> int:

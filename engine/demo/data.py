@@ -23,7 +23,6 @@ and reused while their recipe is unchanged.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Callable
 
 from engine.demo.synthetic import SlideRecipe, write_synthetic_slide
+from engine.io import atomic
+from engine.io.labels import write_labels_csv
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 DEMO_MODEL_DIR = RESOURCES / "demo_model"  # model.safetensors + model.json (made by resources/train_demo_model.py)
@@ -105,8 +106,7 @@ def ensure_demo_slides(root: str | os.PathLike | None = None, slides: list[DemoS
     and, with ``labels``, write ``labels.csv`` (``slide,label,split``) listing them. Returns
     ``root``. About 3 s a slide. (The viewer demo makes one slide and leaves the labels of a
     cohort already there alone.)"""
-    root = Path(root) if root is not None else default_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    root = atomic.make_folder(root if root is not None else default_cache_dir())
     slides = demo_cohort() if slides is None else slides
     for i, slide in enumerate(slides):
         stamp = root / f"{slide.name}.recipe"
@@ -114,20 +114,15 @@ def ensure_demo_slides(root: str | os.PathLike | None = None, slides: list[DemoS
             if progress:
                 progress(i, len(slides), slide.name)
             write_synthetic_slide(slide.path(root), slide.recipe, downsamples=LEVEL_DOWNSAMPLES)
-            stamp.write_text(_fingerprint(slide))  # written last: a killed run regenerates the slide
+            atomic.write_text(stamp, _fingerprint(slide))  # written last: a killed run regenerates the slide
     if labels:
         write_labels(root / "labels.csv", slides)
     return root
 
 
 def write_labels(path: Path, slides: list[DemoSlide]) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["slide", "label", "split"])
-        for slide in slides:
-            writer.writerow([f"{slide.name}.svs", slide.label, slide.split])
-    os.replace(tmp, path)
+    """``labels.csv`` of the cohort: ``slide,label,split``, slide files beside it."""
+    write_labels_csv(path, [(f"{slide.name}.svs", slide.label, slide.split) for slide in slides])
 
 
 def showcase_slide() -> DemoSlide:

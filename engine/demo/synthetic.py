@@ -11,7 +11,6 @@ that OpenSlide reads, rendered tile by tile so large slides never sit in memory.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.geometry import Box
+from engine.io import atomic
 
 GLASS = np.array([242, 240, 244], np.float32)
 STROMA = np.array([233, 160, 196], np.float32)
@@ -201,7 +201,7 @@ def write_synthetic_slide(path: str | os.PathLike, recipe: SlideRecipe, *, mask_
         render = scene.render
     write_svs(path, recipe.size, render, downsamples=downsamples, mpp=recipe.mpp, app_mag=20 * 0.5 / recipe.mpp, tile=256)
     mask = scene.lesion_mask(mask_cell)
-    np.savez_compressed(path.with_suffix(".mask.npz"), mask=mask, cell=np.int64(mask_cell))
+    atomic.write_with(path.with_suffix(".mask.npz"), lambda f: np.savez_compressed(f, mask=mask, cell=np.int64(mask_cell)))
     info = {"recipe": asdict(recipe), "label": int(recipe.positive), "lesions": [asdict(le) for le in scene.lesions]}
-    path.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    atomic.write_json(path.with_suffix(".json"), info, indent=2)
     return info

@@ -1,15 +1,15 @@
 """Write and read a job's maps: ``maps.npz`` (float arrays with level-0 geometry), one tiled
 TIFF image per layer (colour-mapped, openable by this viewer and other tools), ``prediction.json``.
 
-Every file is written to a temporary name in its folder, fsynced and moved into place, so a
-crash or a full disk never leaves a half-written result under the final name.
+Every file is written through :mod:`engine.io.atomic`, so a crash or a full disk never leaves
+a half-written result under the final name; a failed write is a
+:class:`~engine.errors.ResultsError` naming the file and the cause.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,9 @@ import numpy as np
 from engine.colormaps import colorize_rgb
 from engine.errors import ResultsError
 from engine.events import L0Box, Prediction
+from engine.geometry import Box
+from engine.io import atomic
+
 
 @dataclass(frozen=True)
 class MapLayer:
@@ -27,61 +30,43 @@ class MapLayer:
     l0_box: L0Box
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_maps(out_dir: str | os.PathLike, layers: dict[str, MapLayer], *, slide_path: str,
                classes: tuple[str, ...], prediction: Prediction | None, slide_mpp: float | None = None,
                extra: dict | None = None) -> dict[str, str]:
     """Write the maps and the prediction; returns ``{kind: path}`` of what was written."""
     from engine.io.svs import write_svs_array
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        written: dict[str, str] = {}
-        arrays: dict[str, np.ndarray] = {}
-        for name, layer in layers.items():
-            arrays[f"{name}"] = np.asarray(layer.values, dtype=np.float32)
-            arrays[f"{name}_l0_box"] = np.asarray(layer.l0_box, dtype=np.float64)
-        meta = {"slide": str(slide_path), "classes": list(classes), "layers": sorted(layers),
-                **(extra or {})}
-        arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        npz = out / "maps.npz"
-        _atomic_write(npz, lambda f: np.savez_compressed(f, **arrays))
-        written["maps_npz"] = str(npz)
+    out = atomic.make_folder(out_dir)
+    written: dict[str, str] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name, layer in layers.items():
+        arrays[f"{name}"] = np.asarray(layer.values, dtype=np.float32)
+        arrays[f"{name}_l0_box"] = np.asarray(Box.of(layer.l0_box).as_tuple(), dtype=np.float64)
+    meta = {"slide": str(slide_path), "classes": list(classes), "layers": sorted(layers),
+            **(extra or {})}
+    arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    npz = out / "maps.npz"
+    atomic.write_with(npz, lambda f: np.savez_compressed(f, **arrays))
+    written["maps_npz"] = str(npz)
 
-        for name, layer in layers.items():
-            for k, (label, plane) in enumerate(_planes(name, layer.values, classes)):
-                hi = 1.0 if name == "prediction" else float(np.nanmax(plane)) if np.isfinite(plane).any() else 1.0
-                rgb = colorize_rgb(plane, "viridis", 0.0, hi)
-                cell_l0 = (layer.l0_box[2] - layer.l0_box[0]) / plane.shape[1]
-                tif = out / f"{label}.tif"
-                mpp = slide_mpp * cell_l0 if slide_mpp else None
-                # write_svs_array is itself atomic (temporary name, then os.replace).
-                write_svs_array(tif, np.ascontiguousarray(rgb), mpp=mpp, app_mag=None, tile=256)
-                written[f"{label}_tiff"] = str(tif)
+    for name, layer in layers.items():
+        l0_box = Box.of(layer.l0_box)  # a Box or an (x0, y0, x1, y1) tuple
+        for label, plane in _planes(name, layer.values, classes):
+            hi = 1.0 if name == "prediction" else float(np.nanmax(plane)) if np.isfinite(plane).any() else 1.0
+            rgb = colorize_rgb(plane, "viridis", 0.0, hi)
+            cell_l0 = l0_box.width / plane.shape[1]
+            tif = out / f"{label}.tif"
+            mpp = slide_mpp * cell_l0 if slide_mpp else None
+            write_svs_array(tif, np.ascontiguousarray(rgb), mpp=mpp, app_mag=None, tile=256)
+            written[f"{label}_tiff"] = str(tif)
 
-        if prediction is not None:
-            doc = {"slide": str(slide_path), "classes": list(prediction.classes),
-                   "probabilities": list(prediction.probabilities), "label": prediction.label, **(extra or {})}
-            pj = out / "prediction.json"
-            _atomic_write(pj, lambda f: f.write(json.dumps(doc, indent=2).encode()))
-            written["prediction_json"] = str(pj)
-        return written
-    except OSError as exc:
-        raise ResultsError(f"could not write results to {out}: {exc.strerror or exc}. Free disk space or "
-                           "choose another folder; nothing half-written was left under the final names.") from exc
+    if prediction is not None:
+        doc = {"slide": str(slide_path), "classes": list(prediction.classes),
+               "probabilities": list(prediction.probabilities), "label": prediction.label, **(extra or {})}
+        pj = out / "prediction.json"
+        atomic.write_json(pj, doc, indent=2)
+        written["prediction_json"] = str(pj)
+    return written
 
 
 def _planes(name: str, values: np.ndarray, classes: tuple[str, ...]):

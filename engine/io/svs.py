@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from engine.geometry import Box, TileGrid
+from engine.io import atomic
 
 #: ``render(downsample, lv_box) -> (h, w, 3) uint8``: the pixels of ``lv_box`` (in the plane
 #: of a level with that downsample, integer corners) at that downsample.
@@ -57,8 +58,9 @@ def write_svs(
     """Write a pyramidal SVS of ``l0_size`` = (width, height) level-0 pixels.
 
     ``render`` is called once per tile per level (and once for the thumbnail); ``associated``
-    maps ``"label"`` / ``"macro"`` to RGB arrays. The file is written to a temporary name in
-    the same folder and moved into place, so a crash never leaves a half-written slide.
+    maps ``"label"`` / ``"macro"`` to RGB arrays. The file is written through
+    :mod:`engine.io.atomic`, so a crash never leaves a half-written slide; a failed write raises
+    :class:`~engine.errors.ResultsError` naming the file.
     """
     import tifffile
 
@@ -73,31 +75,31 @@ def write_svs(
             raise ValueError(f"Aperio files hold only 'label' and 'macro' associated images, not {name!r}")
     sizes = level_sizes(l0_w, l0_h, downsamples)
     path = Path(path)
-    tmp = path.with_name(path.name + ".part")
     meta = [f"{k} = {v}" for k, v in (("AppMag", app_mag), ("MPP", mpp)) if v is not None]
     first_desc = "|".join([f"{_APERIO_HEADER}\r\n{l0_w}x{l0_h} [0,100 {l0_w}x{l0_h}] ({tile}x{tile}) JPEG/RGB Q={quality}", *meta])
     bigtiff = l0_w * l0_h * 3 > 2**32  # JPEG shrinks it, but stay safe for noisy content
     common = dict(photometric="rgb", metadata=None, software=False)
     tiled = dict(tile=(tile, tile), compression="jpeg", compressionargs={"level": quality}, **common)
-    with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
-        for index, (ds, (lv_w, lv_h)) in enumerate(zip(downsamples, sizes)):
-            desc = first_desc if index == 0 else f"{_APERIO_HEADER}\r\n{l0_w}x{l0_h} -> {lv_w}x{lv_h} - |" + "|".join(meta)
-            tw.write(
-                _tiles(render, float(ds), TileGrid(lv_w, lv_h, tile)),
-                shape=(lv_h, lv_w, 3),
-                dtype=np.uint8,
-                description=desc,
-                subfiletype=0 if index == 0 else 1,
-                **tiled,
-            )
-            if index == 0:
-                thumb = _thumbnail(render, l0_w, l0_h, thumbnail_max)
-                tw.write(thumb, description=f"{_APERIO_HEADER}\r\n{l0_w}x{l0_h} -> {thumb.shape[1]}x{thumb.shape[0]} - thumbnail", subfiletype=1, **common)
-        for name, image in (associated or {}).items():
-            rgb = np.ascontiguousarray(image[:, :, :3], np.uint8)
-            tw.write(rgb, description=f"{_APERIO_HEADER}\n{name} {rgb.shape[1]}x{rgb.shape[0]}", subfiletype=_ASSOCIATED_SUBFILETYPE[name], **common)
-    os.replace(tmp, path)
-    return path
+
+    def fill(f) -> None:
+        with tifffile.TiffWriter(f, bigtiff=bigtiff) as tw:
+            for index, (ds, (lv_w, lv_h)) in enumerate(zip(downsamples, sizes, strict=True)):
+                desc = first_desc if index == 0 else f"{_APERIO_HEADER}\r\n{l0_w}x{l0_h} -> {lv_w}x{lv_h} - |" + "|".join(meta)
+                tw.write(
+                    _tiles(render, float(ds), TileGrid(lv_w, lv_h, tile)),
+                    shape=(lv_h, lv_w, 3),
+                    dtype=np.uint8,
+                    description=desc,
+                    subfiletype=0 if index == 0 else 1,
+                    **tiled,
+                )
+                if index == 0:
+                    thumb = _thumbnail(render, l0_w, l0_h, thumbnail_max)
+                    tw.write(thumb, description=f"{_APERIO_HEADER}\r\n{l0_w}x{l0_h} -> {thumb.shape[1]}x{thumb.shape[0]} - thumbnail", subfiletype=1, **common)
+            for name, image in (associated or {}).items():
+                rgb = np.ascontiguousarray(image[:, :, :3], np.uint8)
+                tw.write(rgb, description=f"{_APERIO_HEADER}\n{name} {rgb.shape[1]}x{rgb.shape[0]}", subfiletype=_ASSOCIATED_SUBFILETYPE[name], **common)
+    return atomic.write_with(path, fill)
 
 
 def _tiles(render: RegionRenderer, downsample: float, grid: TileGrid) -> Iterator[np.ndarray]:

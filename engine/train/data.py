@@ -1,7 +1,7 @@
 """Slides with slide-level labels, turned into network inputs for training.
 
-Labels come from a CSV (``slide,label[,split]``, slide paths relative to the CSV) or from a
-folder per class. Each slide is read once per epoch at a chosen level (or MPP), cropped to its
+Labels are read by :mod:`engine.io.labels`; here they are split into training and validation
+slides. Each slide is read once per epoch at a chosen level (or MPP), cropped to its
 tissue bounding box and padded or cropped to a fixed size (or left at its own size), and kept
 as uint8 (H, W, 3): an 8192² input costs 200 MB, not the 800 MB of a float tensor.
 Normalisation and colour jitter happen per tile inside a lazy source, so the float copy of the
@@ -12,7 +12,6 @@ three offsets per slide. A background thread reads the next slides while the cur
 
 from __future__ import annotations
 
-import csv
 import queue
 import threading
 from dataclasses import dataclass
@@ -22,114 +21,19 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from engine.errors import LabelsError
-from engine.slides.region import choose_level, level_region, tissue_box
+from engine.io.labels import LabelSet, SlideRecord, read_labels
 from engine.slides import open_slide, to_rgb
+from engine.slides.region import choose_level, level_region, tissue_box
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-                  ".dcm", ".png", ".jpg", ".jpeg")
-_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                "test": "test", "": None}
+# read_labels stays importable from here until engine.api and viewer.labels_table import it
+# from engine.io.labels (the lead's merge); nothing in engine.train uses it through this name.
+__all__ = ["Augmentation", "InputSpec", "LabelSet", "Prefetcher", "SlideRecord", "draw_augmentation", "input_source",
+           "oriented", "read_labels", "read_slide_input", "split_records"]
+
 _READ_BAND_BYTES = 64 * 1024 * 1024  # read big regions in row bands: OpenSlide allocates RGBA up front
 
 
-# --- labels -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SlideRecord:
-    """One labelled slide. ``where`` names its origin (``labels.csv:7`` or a folder) for errors."""
-
-    path: Path
-    label: int
-    split: str | None
-    where: str
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    classes: tuple[str, ...]
-    records: tuple[SlideRecord, ...]
-
-    def counts(self, records: Sequence[SlideRecord] | None = None) -> list[int]:
-        """Slides per class (in ``classes`` order)."""
-        out = [0] * len(self.classes)
-        for r in self.records if records is None else records:
-            out[r.label] += 1
-        return out
-
-
-def read_labels(path: str | Path, classes: Sequence[str] | None = None) -> LabelSet:
-    """Labels from a CSV file or a folder of class folders. ``classes`` fixes the class order
-    (default: sorted label names); a label outside it is an error."""
-    path = Path(path)
-    if path.is_dir():
-        return read_class_folders(path, classes)
-    if not path.exists():
-        raise LabelsError(f"labels not found: {path}; give a CSV (slide,label[,split]) or a folder per class")
-    return read_labels_csv(path, classes)
-
-
-def read_labels_csv(path: str | Path, classes: Sequence[str] | None = None) -> LabelSet:
-    """Parse ``slide,label[,split]`` with a header row; slide paths are relative to the CSV's folder."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets often write a BOM
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"could not read labels file {path}: {exc}") from exc
-    rows = list(csv.reader(text.splitlines()))
-    if not rows:
-        raise LabelsError(f"{path} is empty; expected a header 'slide,label[,split]' and one row per slide")
-    header = [h.strip().lower() for h in rows[0]]
-    if header[:2] != ["slide", "label"] or len(header) > 3 or (len(header) == 3 and header[2] != "split"):
-        raise LabelsError(f"{path}:1: header is {','.join(rows[0])!r}; expected 'slide,label' or 'slide,label,split'")
-    entries = []
-    for line_no, row in enumerate(rows[1:], start=2):
-        where = f"{path}:{line_no}"
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) != len(header):
-            raise LabelsError(f"{where}: {len(row)} fields, the header has {len(header)}")
-        slide, label = row[0].strip(), row[1].strip()
-        if not slide or not label:
-            raise LabelsError(f"{where}: empty slide path or label")
-        split_text = row[2].strip().lower() if len(row) == 3 else ""
-        if split_text not in _SPLIT_NAMES:
-            raise LabelsError(f"{where}: split {row[2]!r} is not one of train, val, test (or empty)")
-        slide_path = (path.parent / slide).resolve()
-        if not slide_path.exists():
-            raise LabelsError(f"{where}: slide {slide!r} not found (looked for {slide_path}); "
-                              "paths are relative to the CSV's folder")
-        entries.append((slide_path, label, _SPLIT_NAMES[split_text], where))
-    if not entries:
-        raise LabelsError(f"{path} lists no slides")
-    return _label_set(entries, classes, str(path))
-
-
-def read_class_folders(root: str | Path, classes: Sequence[str] | None = None) -> LabelSet:
-    """``root/<class>/<slide>``: every slide file in a class folder gets that class; no splits."""
-    root = Path(root)
-    entries = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(folder.iterdir()):
-            if f.suffix.lower() in SLIDE_SUFFIXES and f.is_file():
-                entries.append((f.resolve(), folder.name, None, str(folder)))
-    if not entries:
-        raise LabelsError(f"{root}: no slides found; expected one folder per class holding slide files "
-                          f"({', '.join(SLIDE_SUFFIXES[:4])}, ...)")
-    return _label_set(entries, classes, str(root))
-
-
-def _label_set(entries, classes: Sequence[str] | None, source: str) -> LabelSet:
-    names = tuple(classes) if classes else tuple(sorted({label for _, label, _, _ in entries}))
-    index = {c: i for i, c in enumerate(names)}
-    records = []
-    for slide_path, label, split, where in entries:
-        if label not in index:
-            raise LabelsError(f"{where}: label {label!r} is not one of the classes {', '.join(names)}")
-        records.append(SlideRecord(slide_path, index[label], split, where))
-    if len(names) < 2:
-        raise LabelsError(f"{source}: only one class ({names[0]!r}); training a classifier needs at least two")
-    return LabelSet(names, tuple(records))
-
+# --- the validation split ------------------------------------------------------------------
 
 def split_records(labels: LabelSet, val_fraction: float, seed: int) -> tuple[list[SlideRecord], list[SlideRecord]]:
     """(train, val). A record's own split wins ("test" rows are left out); the rest are split per

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 
-from engine.slides import open_slide, to_rgb
 from engine.demo.synthetic import SlideRecipe, write_synthetic_slide
+from engine.slides import open_slide, to_rgb
 
 
 def _pixels(path):

@@ -1,4 +1,4 @@
-"""Labels parsing, slide inputs, augmentation as index transforms, prefetching, AUC, atomic state."""
+"""The validation split, slide inputs, augmentation as index transforms, prefetching, AUC, atomic state."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from engine import cli
-from engine.train.data import (Augmentation, InputSpec, Prefetcher, input_source, read_labels, read_slide_input,
-                         split_records)
-from engine.errors import LabelsError
-from engine.slides import open_slide
+from engine.io.labels import read_labels
+from engine.io.training_state import find_checkpoint, load_training_state, save_training_state
 from engine.metrics import classification_metrics, roc_auc
 from engine.models import create_model
-from engine.train.state import find_checkpoint, load_training_state, save_training_state
+from engine.slides import open_slide
+from engine.train.data import Augmentation, InputSpec, Prefetcher, input_source, read_slide_input, split_records
 from train_fixtures import write_training_set
 
 
@@ -28,24 +27,6 @@ def slides(tmp_path_factory):
 def write(path, text):
     path.write_text(text)
     return path
-
-
-@pytest.mark.parametrize("text, message", [
-    ("file,label\n", "bad.csv:1: header"),
-    ("slide,label\nbenign_0.svs,a\nnowhere.svs,b\n", "bad.csv:3: slide 'nowhere.svs' not found"),
-    ("slide,label,split\nbenign_0.svs,a,holdout\n", "bad.csv:2: split 'holdout'"),
-    ("slide,label\nbenign_0.svs,a,extra\n", "bad.csv:2: 3 fields"),
-    ("slide,label\nbenign_0.svs,a\nbenign_1.svs,a\n", "only one class"),
-])
-def test_bad_labels_name_the_file_and_line(slides, text, message):
-    with pytest.raises(LabelsError, match=message):
-        read_labels(write(slides / "bad.csv", text))
-
-
-def test_csv_paths_are_relative_to_the_csv_and_splits_are_kept(slides):
-    labels = read_labels(slides / "labels.csv")
-    assert labels.classes == ("benign", "tumour") and labels.counts() == [2, 2]
-    assert all(r.path.parent == slides.resolve() for r in labels.records)
 
 
 def test_class_folders_and_a_seeded_stratified_split(tmp_path):
@@ -136,9 +117,10 @@ def test_a_crash_between_the_renames_leaves_the_old_checkpoint_recoverable(tmp_p
     fresh = create_model("smallnet", width=4, num_classes=2)
     opt2 = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
     assert load_training_state(tmp_path / "last", fresh, optimizer=opt2) == {"step": 1}
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
     buf = [s["momentum_buffer"] for s in opt2.state_dict()["state"].values()]
-    assert all(torch.equal(a, b) for a, b in zip(buf, [s["momentum_buffer"] for s in opt.state_dict()["state"].values()]))
+    assert all(torch.equal(a, b)
+               for a, b in zip(buf, [s["momentum_buffer"] for s in opt.state_dict()["state"].values()], strict=True))
 
 
 def test_cli_train_writes_checkpoints_and_a_metrics_log(slides, tmp_path, capsys):

@@ -15,8 +15,8 @@ import torch
 
 from engine import cli
 from engine.io.checkpoints import load_checkpoint
+from engine.io.training_state import find_checkpoint, load_training_state
 from engine.models import create_model
-from engine.train.state import find_checkpoint, load_training_state
 from train_fixtures import write_training_set
 
 ROOT = Path(__file__).resolve().parents[2]

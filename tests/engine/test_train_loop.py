@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from engine.api import run_training
-from engine.io.checkpoints import load_checkpoint
 from engine.errors import TrainingError
 from engine.events import CancelToken, CheckpointSaved, Finished, Metrics, StepSkipped
-from engine.specs import TrainingSpec
+from engine.io.checkpoints import load_checkpoint
+from engine.io.runs import RunFolder
+from engine.io.training_state import find_checkpoint
 from engine.models.split import ClassifierHead
-from engine.train.state import find_checkpoint
+from engine.specs import TrainingSpec
 from train_fixtures import write_training_set
 
 
@@ -81,6 +82,9 @@ def test_streamed_training_learns_the_local_pattern(spec, tmp_path):
     assert [r["step"] for r in rows if r["phase"] == "train"] == list(range(4 * 6))
     assert [r["epoch"] for r in rows if r["phase"] == "val"] == [0, 1, 2, 3]
     assert {e.kind for e in rec.of(CheckpointSaved)} == {"last", "best"}
+    summary = RunFolder(spec.out_dir).summary()  # what the viewer's runs list shows
+    assert (summary.model, summary.epochs, summary.epochs_done, summary.steps) == ("smallnet", 4, 4, 24)
+    assert summary.checkpoint == done.outputs["best"] and summary.val["auc"] == 1.0
 
 
 def test_cancel_saves_and_resume_equals_uninterrupted(spec, tmp_path):
@@ -166,13 +170,13 @@ def test_the_gpu_numerics_paths_train_correctly_when_forced_on_cpu(spec, tmp_pat
     """Mixed precision (bf16; fp16 with the gradient scaler) is chosen on GPU only; forced on
     CPU here (with channels-last tiles) so its code runs in every CI: autocast must really be on,
     tiles NHWC, the first step's loss close to float32's, and the run must save float32 weights."""
-    import engine.train.loop
+    import engine.train.precision
 
     reference = Recorder()
     run_training(dataclasses.replace(spec, epochs=1, out_dir=str(tmp_path / "fp32")), reference)
 
-    monkeypatch.setattr(engine.train.loop, "autocast_dtype", lambda spec, device, dtype: amp_dtype)
-    monkeypatch.setattr(engine.train.loop, "use_channels_last", lambda spec, device: True)
+    monkeypatch.setattr(engine.train.precision, "autocast_dtype", lambda spec, device, dtype: amp_dtype)
+    monkeypatch.setattr(engine.train.precision, "use_channels_last", lambda spec, device: True)
     seen: dict = {"tiles": set(), "features": set()}
     from engine.streaming.module import StreamingModule
 

@@ -5,9 +5,8 @@ A training checkpoint is a folder: the model as a normal checkpoint (``model.saf
 states: every tensor) and ``state.json`` (the rest: optimiser hyper-parameters, scheduler,
 loss scaler, epoch and step counters, and the sha256 of ``state.safetensors``).
 
-The folder is written whole under a temporary name beside its final name, every file fsynced,
-then swapped in with ``os.replace``: the old folder is first renamed to ``.NAME.old`` and only
-removed after the new one is in place. So at every instant one complete checkpoint exists, at
+The folder is written whole under a temporary name and swapped in by
+:func:`engine.io.atomic.replace_folder`: at every instant one complete checkpoint exists, at
 ``NAME`` or (after a crash mid-swap) at ``.NAME.old``, which :func:`find_checkpoint` recovers.
 """
 
@@ -15,18 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine.io.checkpoints import (WEIGHTS_NAME, ModelCard, _fsync_dir, _write_temp, load_checkpoint, read_model_card,
-                                save_checkpoint)
 from engine.errors import CheckpointError
+from engine.io import atomic
+from engine.io.checkpoints import ModelCard, load_checkpoint, read_model_card, save_checkpoint, weights_path
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -96,21 +93,14 @@ def set_rng_states(states: dict) -> None:
 
 # --- saving and loading ------------------------------------------------------------------------
 
-def _side_names(directory: Path) -> tuple[Path, Path]:
-    return directory.parent / f".{directory.name}.new", directory.parent / f".{directory.name}.old"
+def _complete(directory: Path) -> bool:
+    return (directory / STATE_JSON).exists()  # written last
 
 
 def find_checkpoint(directory: str | Path) -> Path | None:
     """The complete training checkpoint at ``directory``, recovering one left at ``.NAME.old`` by a
     crash between the two renames of a save; None when there is none."""
-    directory = Path(directory)
-    _, old = _side_names(directory)
-    if not directory.exists() and (old / STATE_JSON).exists():
-        try:
-            os.replace(old, directory)
-        except FileNotFoundError:  # another rank recovered it first
-            pass
-    return directory if (directory / STATE_JSON).exists() else None
+    return atomic.recover_folder(directory, _complete)
 
 
 def save_training_state(directory: str | Path, model: torch.nn.Module, card: ModelCard, *,
@@ -122,12 +112,9 @@ def save_training_state(directory: str | Path, model: torch.nn.Module, card: Mod
     import safetensors.torch
 
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     find_checkpoint(directory)  # first put a checkpoint stranded by a crash back in place
-    new, old = _side_names(directory)
-    shutil.rmtree(new, ignore_errors=True)
-    new.mkdir()
-    try:
+
+    def fill(new: Path) -> None:
         save_checkpoint(new, model, card)  # refuses non-finite weights
         tensors: dict[str, torch.Tensor] = {}
         body = {
@@ -144,19 +131,10 @@ def save_training_state(directory: str | Path, model: torch.nn.Module, card: Mod
         blob = safetensors.torch.save(tensors)
         body["state_sha256"] = hashlib.sha256(blob).hexdigest()
         text = json.dumps(body, indent=1, allow_nan=False).encode("utf-8")
-        os.replace(_write_temp(new, STATE_TENSORS, blob), new / STATE_TENSORS)
-        os.replace(_write_temp(new, STATE_JSON, text), new / STATE_JSON)
-        _fsync_dir(new)
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(new, directory)
-        _fsync_dir(directory.parent)
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return directory
+        # The JSON last: it is what marks the folder complete.
+        atomic.replace_together([(new / STATE_TENSORS, blob), (new / STATE_JSON, text)], error=CheckpointError)
+
+    return atomic.replace_folder(directory, fill, error=CheckpointError)
 
 
 def load_training_state(directory: str | Path, model: torch.nn.Module, *, optimizer=None, scheduler=None,
@@ -206,7 +184,7 @@ def _load_weights_exactly(found: Path, model: torch.nn.Module) -> None:
     from safetensors.torch import load as safetensors_load
 
     load_checkpoint(found)  # all the checks, and a clear error for a damaged checkpoint
-    data = (found / WEIGHTS_NAME).read_bytes()
+    data = weights_path(found).read_bytes()
     if hashlib.sha256(data).hexdigest() != read_model_card(found).sha256:
-        raise CheckpointError(f"{found / WEIGHTS_NAME} changed while it was being loaded; try again")
+        raise CheckpointError(f"{weights_path(found)} changed while it was being loaded; try again")
     model.load_state_dict(safetensors_load(data), strict=True)

@@ -1,0 +1,63 @@
+"""The validation pass after each epoch, and which result counts as the best so far."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from engine.errors import Cancelled
+from engine.events import CancelToken, Event, Progress
+from engine.io.labels import SlideRecord
+from engine.metrics import classification_metrics
+from engine.specs import TrainingSpec
+from engine.train import distributed
+from engine.train.data import Prefetcher
+from engine.train.distributed import DistContext
+from engine.train.feed import SlideFeed
+from engine.train.step import SlideForward
+
+
+def improves(monitor: str, value: float, best: float | None) -> bool:
+    """Whether validation ``value`` of ``monitor`` beats ``best`` (None: nothing yet)."""
+    if not math.isfinite(value):
+        return False
+    sign = -1.0 if monitor in TrainingSpec.MONITORS_LOWER_IS_BETTER else 1.0
+    return best is None or sign * (value - best) > 0
+
+
+class Validator:
+    """Loss, accuracy and AUC over the validation slides, each rank scoring its share."""
+
+    def __init__(self, records: Sequence[SlideRecord], feed: SlideFeed, forward: SlideForward, ctx: DistContext,
+                 emit: Callable[[Event], None], cancel: CancelToken, prefetch: int):
+        self.records, self.feed, self.forward, self.ctx = list(records), feed, forward, ctx
+        self.emit, self.cancel, self.prefetch = emit, cancel, prefetch
+
+    def __call__(self, classifier: torch.nn.Module) -> dict[str, float] | None:
+        """The metrics, or None without validation slides. A single process may be cancelled
+        here (:class:`~engine.errors.Cancelled`); ranks only stop between steps."""
+        if not self.records:
+            return None
+        mine = self.records[self.ctx.rank::self.ctx.world_size]
+        rows = []
+        classifier.eval()
+        t0 = time.perf_counter()
+        jobs = [lambda rec=rec: self.feed.load(rec, None) for rec in mine]
+        with torch.no_grad(), Prefetcher(jobs, depth=self.prefetch) as slides:
+            for k, (rgb, aug, label) in enumerate(slides):
+                if self.cancel.cancelled and not self.ctx.active:
+                    raise Cancelled("validation cancelled")
+                logits = self.forward(classifier, rgb, aug)
+                loss = F.cross_entropy(logits, torch.tensor([label], device=logits.device))
+                rows.append((torch.softmax(logits, 1)[0].tolist(), label, float(loss)))
+                elapsed = time.perf_counter() - t0
+                self.emit(Progress("val", k + 1, len(mine), elapsed, elapsed / (k + 1) * (len(mine) - k - 1)))
+        classifier.train()
+        rows = distributed.gather_lists(rows, self.ctx)
+        return classification_metrics(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                                      np.array([r[2] for r in rows]))
