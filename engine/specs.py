@@ -68,7 +68,9 @@ class TrainingSpec:
     from centred crops of the first ``calibrate_norms`` training slides (0: keep PyTorch's initial mean 0 / variance 1, which fit no layer once frozen).
     Run: ``out_dir`` receives ``last/`` and ``best/`` (chosen by validation ``monitor``: "auc",
     "accuracy" or "loss"), ``metrics.jsonl`` and ``spec.json``; ``resume`` continues from
-    ``out_dir/last``; ``checkpoint_every`` also saves ``last`` every N optimiser steps (0: at epoch
+    ``out_dir/last`` (the spec may change only the epochs, the learning rate and how the run is
+    run: see ``engine.train.checkpointer.RESUME_MAY_CHANGE``); a folder holding another run is
+    refused unless ``resume`` or ``overwrite`` (its run files are removed first); ``checkpoint_every`` also saves ``last`` every N optimiser steps (0: at epoch
     ends only); ``max_nonfinite`` consecutive skipped steps stop the run.
     """
 
@@ -107,6 +109,7 @@ class TrainingSpec:
     low_memory: bool = False
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False
     checkpoint_every: int = 0
     monitor: str = "auc"
     max_nonfinite: int = 3
@@ -133,6 +136,8 @@ class TrainingSpec:
                 raise SpecError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1:
             raise SpecError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.resume and self.overwrite:
+            raise SpecError("resume and overwrite exclude each other: continue the run in out_dir, or replace it")
         if isinstance(self.class_weights, str) and self.class_weights != "balanced":
             raise SpecError(f"class_weights must be None, 'balanced' or one number per class, "
                             f"got '{self.class_weights}'")

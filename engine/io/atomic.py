@@ -107,11 +107,14 @@ def _stage(path: Path, content: Content) -> Path:
 
 
 def replace_together(files: Sequence[tuple[str | os.PathLike, Content]], *,
-                     error: type[Exception] = ResultsError) -> list[Path]:
+                     error: type[Exception] = ResultsError,
+                     before_replace: Callable[[], None] | None = None) -> list[Path]:
     """Write every file to a temporary name first, then move them into place in the given order.
 
     A failure while writing leaves every old file untouched; the order decides what a crash
     between two renames leaves (e.g. weights before the card that names their sha256).
+    ``before_replace`` runs once everything is staged, just before the first rename (e.g. to
+    remove the files of an earlier result that the new one does not replace).
     """
     paths = [Path(p) for p, _ in files]
     temps: list[Path] = []
@@ -120,6 +123,8 @@ def replace_together(files: Sequence[tuple[str | os.PathLike, Content]], *,
         for path, (_, content) in zip(paths, files, strict=True):
             current = path
             temps.append(_stage(path, content))
+        if before_replace is not None:
+            before_replace()
         for path, tmp in zip(paths, list(temps), strict=True):
             current = path
             os.replace(tmp, path)

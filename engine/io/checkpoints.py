@@ -111,9 +111,7 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, card: ModelCa
         if hasattr(model, attr) and getattr(model, attr) != getattr(card, attr):
             raise CheckpointError(f"card says {attr}='{getattr(card, attr)}' but the model has "
                                   f"'{getattr(model, attr)}'; make the card match the model before saving")
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = build_model(card).state_dict()
-    _check_keys_and_shapes(expected, state, card.architecture, "the model being saved", card)
+    _check_keys_and_shapes(meta_state_dict(card), state, card.architecture, "the model being saved", card)
     try:
         weights = safetensors.torch.save(state, metadata={"format": "pt"})
     except (ValueError, RuntimeError) as e:
@@ -138,8 +136,9 @@ def build_model(card: ModelCard) -> SplitNet:
     try:
         model = create_model(card.architecture, num_classes=len(card.classes), split=card.split,
                              pool=card.pool, **card.model_kwargs)
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"cannot build '{card.architecture}' from the model card: {e}") from e
+    except (ValueError, TypeError, RuntimeError, OverflowError) as e:
+        raise CheckpointError(f"cannot build '{card.architecture}' from the model card: {e}; "
+                              "check its architecture and model_kwargs") from e
     stages = getattr(type(model), "stage_names", ())
     if card.split not in stages:  # SplitNet only checks when trunk() is first called
         raise CheckpointError(f"split '{card.split}' is not a stage of {card.architecture}; "
@@ -172,10 +171,21 @@ def load_checkpoint(path: str | Path, *, device: str = "cpu") -> tuple[SplitNet,
         state = safetensors_load(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({e}); re-export the model") from e
+    check_finite(state, str(weights_path))
+    # The card's architecture is built on the meta device first (shapes, no memory): a card asking
+    # for a huge model that its weights do not hold is refused before anything is allocated.
+    _check_keys_and_shapes(meta_state_dict(card), state, card.architecture, str(weights_path), card)
     model = build_model(card)
-    _check_keys_and_shapes(model.state_dict(), state, card.architecture, str(weights_path), card)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), card
+
+
+def meta_state_dict(card: ModelCard) -> dict:
+    """The state dict (shapes only, on the meta device) of the model ``card`` describes."""
+    import torch
+
+    with torch.device("meta"):
+        return build_model(card).state_dict()
 
 
 def _check_keys_and_shapes(expected: dict, got: dict, architecture: str, source: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from engine.errors import ResultsError
 from engine.events import L0Box, Prediction
 from engine.geometry import Box
 from engine.io import atomic
+from engine.io.paths import file_parts, is_safe_name, safe_child
 
 
 @dataclass(frozen=True)
@@ -30,52 +32,129 @@ class MapLayer:
     l0_box: L0Box
 
 
+MAPS_NPZ = "maps.npz"
+PREDICTION_JSON = "prediction.json"
+
+
 def write_maps(out_dir: str | os.PathLike, layers: dict[str, MapLayer], *, slide_path: str,
                classes: tuple[str, ...], prediction: Prediction | None, slide_mpp: float | None = None,
                extra: dict | None = None) -> dict[str, str]:
-    """Write the maps and the prediction; returns ``{kind: path}`` of what was written."""
-    from engine.io.svs import write_svs_array
+    """Write the maps and the prediction; returns ``{kind: path}`` of what was written.
+
+    The files of one call are written together: every file is staged under a temporary name
+    before any of them replaces a file of an earlier result, the earlier result's files that
+    this one does not write again are removed, and every record carries the call's ``run_id``,
+    so the folder never mixes two runs. ``prediction.json`` is always written (its
+    ``probabilities`` and ``label`` null when a cancelled run got no prediction). TIFF names
+    come from :func:`engine.io.paths.file_parts` (class names only when plainly safe), the real
+    class of each file is listed under ``files`` in ``maps.npz`` and ``prediction.json``.
+    """
+    from engine.io.svs import svs_array_fill
 
     out = atomic.make_folder(out_dir)
-    written: dict[str, str] = {}
+    run_id = uuid.uuid4().hex
+    tiffs = []  # (file name, layer, class or None, plane, hi, cell_l0)
+    for name, layer in layers.items():
+        if not is_safe_name(name):
+            raise ResultsError(f"refused to write a map layer named {name!r}: layer names must be plain names")
+        l0_box = Box.of(layer.l0_box)  # a Box or an (x0, y0, x1, y1) tuple
+        for file_name, cls, plane in _planes(name, np.asarray(layer.values), classes):
+            hi = 1.0 if name == "prediction" else float(np.nanmax(plane)) if np.isfinite(plane).any() else 1.0
+            tiffs.append((file_name, name, cls, plane, hi, l0_box.width / plane.shape[1]))
+    files = {f: {"layer": layer, "class": cls} for f, layer, cls, *_ in tiffs}
+    record = {"slide": str(slide_path), "classes": list(classes), "run_id": run_id, "files": files, **(extra or {})}
     arrays: dict[str, np.ndarray] = {}
     for name, layer in layers.items():
         arrays[f"{name}"] = np.asarray(layer.values, dtype=np.float32)
         arrays[f"{name}_l0_box"] = np.asarray(Box.of(layer.l0_box).as_tuple(), dtype=np.float64)
-    meta = {"slide": str(slide_path), "classes": list(classes), "layers": sorted(layers),
-            **(extra or {})}
+    meta = {**record, "layers": sorted(layers)}
     arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    npz = out / "maps.npz"
-    atomic.write_with(npz, lambda f: np.savez_compressed(f, **arrays))
-    written["maps_npz"] = str(npz)
 
-    for name, layer in layers.items():
-        l0_box = Box.of(layer.l0_box)  # a Box or an (x0, y0, x1, y1) tuple
-        for label, plane in _planes(name, layer.values, classes):
-            hi = 1.0 if name == "prediction" else float(np.nanmax(plane)) if np.isfinite(plane).any() else 1.0
-            rgb = colorize_rgb(plane, "viridis", 0.0, hi)
-            cell_l0 = l0_box.width / plane.shape[1]
-            tif = out / f"{label}.tif"
-            mpp = slide_mpp * cell_l0 if slide_mpp else None
-            write_svs_array(tif, np.ascontiguousarray(rgb), mpp=mpp, app_mag=None, tile=256)
-            written[f"{label}_tiff"] = str(tif)
-
+    staged: list[tuple[Path, atomic.Content]] = []
+    written: dict[str, str] = {}
+    for file_name, layer_name, cls, plane, hi, cell_l0 in tiffs:
+        tif = safe_child(out, file_name)
+        rgb = np.ascontiguousarray(colorize_rgb(plane, "viridis", 0.0, hi))
+        mpp = slide_mpp * cell_l0 if slide_mpp else None
+        staged.append((tif, svs_array_fill(rgb, mpp=mpp, app_mag=None, tile=256)))
+        written[f"{file_name.removesuffix('.tif')}_tiff"] = str(tif)
+    doc = {"slide": str(slide_path), "classes": list(classes),
+           "probabilities": list(prediction.probabilities) if prediction is not None else None,
+           "label": prediction.label if prediction is not None else None, **record}
     if prediction is not None:
-        doc = {"slide": str(slide_path), "classes": list(prediction.classes),
-               "probabilities": list(prediction.probabilities), "label": prediction.label, **(extra or {})}
-        pj = out / "prediction.json"
-        atomic.write_json(pj, doc, indent=2)
-        written["prediction_json"] = str(pj)
+        doc["classes"] = list(prediction.classes)
+    npz, pj = safe_child(out, MAPS_NPZ), safe_child(out, PREDICTION_JSON)
+    staged.append((npz, lambda f: np.savez_compressed(f, **arrays)))
+    staged.append((pj, (json.dumps(doc, indent=2) + "\n").encode("utf-8")))
+    stale = [p for p in _files_of_earlier_result(out) if p not in {path for path, _ in staged}]
+    atomic.replace_together(staged, before_replace=lambda: _remove(stale))
+    written["maps_npz"] = str(npz)
+    written["prediction_json"] = str(pj)
     return written
 
 
-def _planes(name: str, values: np.ndarray, classes: tuple[str, ...]):
-    if values.ndim == 3:
-        for k in range(values.shape[0]):
-            cls = classes[k] if k < len(classes) else str(k)
-            yield f"{name}_{cls}", values[k]
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def _files_of_earlier_result(out: Path) -> list[Path]:
+    """The TIFFs an earlier call wrote into ``out``, from its record (its ``files``, or for
+    records older than that, the names it derived from its layers and classes). Only names
+    this module could have written are returned, each checked to lie in ``out``."""
+    meta = None
+    for reader in (_npz_meta, _json_record):
+        try:
+            meta = reader(out)
+        except (OSError, KeyError, ValueError, TypeError):
+            meta = None
+        if isinstance(meta, dict):
+            break
+    if not isinstance(meta, dict):
+        return []
+    names: list[str] = []
+    if isinstance(meta.get("files"), dict):
+        names = list(meta["files"])
     else:
-        yield name, values
+        classes = tuple(c for c in meta.get("classes", ()) if isinstance(c, str))
+        for layer in meta.get("layers", ()):
+            if layer == "prediction":
+                names += [f"prediction_{c}.tif" for c in classes]
+            elif isinstance(layer, str):
+                names.append(f"{layer}.tif")
+    found = []
+    for name in names:
+        if isinstance(name, str) and name.endswith(".tif") and is_safe_name(name):
+            found.append(safe_child(out, name))
+    return found
+
+
+def _npz_meta(out: Path) -> dict:
+    with np.load(out / MAPS_NPZ, allow_pickle=False) as data:
+        return json.loads(bytes(data["meta_json"]).decode())
+
+
+def _json_record(out: Path) -> dict:
+    return json.loads((out / PREDICTION_JSON).read_text(encoding="utf-8"))
+
+
+def recorded_slide(out_dir: str | os.PathLike) -> str | None:
+    """The slide whose results ``out_dir`` holds (from its ``prediction.json``), or None."""
+    try:
+        slide = _json_record(Path(out_dir)).get("slide")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return slide if isinstance(slide, str) else None
+
+
+def _planes(name: str, values: np.ndarray, classes: tuple[str, ...]):
+    """(file name, class or None, plane) per plane of a layer."""
+    if values.ndim == 3:
+        names = [classes[k] if k < len(classes) else str(k) for k in range(values.shape[0])]
+        for k, part in enumerate(file_parts(names)):
+            yield f"{name}_{part}.tif", names[k], values[k]
+    else:
+        yield f"{name}.tif", None, values
 
 
 def read_maps(path: str | os.PathLike) -> tuple[dict[str, MapLayer], dict]:

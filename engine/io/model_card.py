@@ -21,6 +21,11 @@ CARD_FORMAT_VERSION = 1
 POOLS = ("max", "avg")  # mirrors engine.models.split.POOLS, kept here so cards need no torch
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BUILDER_ARGS = ("num_classes", "split", "pool")  # set from the card's own fields, never from model_kwargs
+#: The largest streaming tile a card may ask for: a 65536² RGB float tile is already 48 GiB.
+MAX_TILE_SIZE = 1 << 16
+#: The largest integer a card's ``model_kwargs`` may hold (widths, channels): a card is read
+#: from an untrusted file, and builders allocate what it asks for.
+MAX_MODEL_KWARG = 4096
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,12 @@ def _validate_card(card: ModelCard, source: str) -> None:
             raise bad(name, "must hold only JSON values (strings, finite numbers, lists, objects)") from None
     if clash := sorted(set(card.model_kwargs) & set(_BUILDER_ARGS)):
         raise bad("model_kwargs", f"must not set {', '.join(clash)}: those come from the card's own fields")
+    for key, value in card.model_kwargs.items():
+        if is_int(value) and not 0 <= value <= MAX_MODEL_KWARG:
+            raise bad("model_kwargs", f"'{key}' = {value} is out of range: integer model arguments must be "
+                                      f"between 0 and {MAX_MODEL_KWARG}")
+        if not (value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 64)):
+            raise bad("model_kwargs", f"'{key}' must be a number, a boolean, a short string or null")
     if card.input_mpp is not None:
         if not is_number(card.input_mpp) or card.input_mpp <= 0:
             raise bad("input_mpp", "must be a positive number of µm per pixel, or null")
@@ -135,8 +146,8 @@ def _validate_card(card: ModelCard, source: str) -> None:
         put(name, tuple(float(v) for v in value))
     if any(s <= 0 for s in card.normalization_std):
         raise bad("normalization_std", "must be positive")
-    if not is_int(card.tile_size) or card.tile_size <= 0:
-        raise bad("tile_size", "must be a positive integer (pixels)")
+    if not is_int(card.tile_size) or not 0 < card.tile_size <= MAX_TILE_SIZE:
+        raise bad("tile_size", f"must be a positive integer of at most {MAX_TILE_SIZE} pixels")
     if not isinstance(card.sha256, str) or (card.sha256 and not _SHA256.fullmatch(card.sha256)):
         raise bad("sha256", "must be 64 lowercase hex digits, or empty before saving")
 

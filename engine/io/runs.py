@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,12 @@ from engine.io.checkpoints import card_path
 LAST, BEST = "last", "best"
 METRICS_LOG = "metrics.jsonl"
 SPEC_JSON = "spec.json"
+#: A row of ``metrics.jsonl`` that is not a curve point: something the run wants on record
+#: (a resume that changed the epochs or the learning rate), ``{"phase": "note", ..., "note": text}``.
+NOTE = "note"
 _ROW_KEYS = ("phase", "epoch", "step")
+#: What makes a folder hold a run: anything :func:`engine.api.run_training` writes there.
+_RUN_NAMES = (SPEC_JSON, METRICS_LOG, LAST, BEST)
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,30 @@ class RunFolder:
         return card_path(self.checkpoint(kind)).exists() if self.checkpoint(kind).is_dir() else False
 
     # --- writing (the trainer, rank 0) ---------------------------------------------------------
+    def run_files(self) -> list[str]:
+        """The names of the run files already in the folder (another run's, before a run starts),
+        counting a checkpoint a crash left at its hidden side name."""
+        found = []
+        for name in _RUN_NAMES:
+            candidates = [self.path / name]
+            if name in (LAST, BEST):
+                candidates += [self.path / f".{name}.old"]
+            if any(p.exists() for p in candidates):
+                found.append(name + ("/" if name in (LAST, BEST) else ""))
+        return found
+
+    def clear(self) -> None:
+        """Remove another run's files (``--overwrite``); other files in the folder are left alone."""
+        try:
+            for name in (LAST, BEST):
+                for folder in (self.path / name, self.path / f".{name}.old", self.path / f".{name}.new"):
+                    if folder.is_dir():
+                        shutil.rmtree(folder)
+            for name in (SPEC_JSON, METRICS_LOG):
+                (self.path / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise atomic.write_error(self.path, exc) from exc
+
     def create(self) -> None:
         atomic.make_folder(self.path)
 
@@ -112,6 +142,27 @@ class RunFolder:
         row = {"phase": phase, "epoch": epoch, "step": step, **values}
         atomic.append_text(self.metrics_log, json.dumps({k: _finite_or_null(v) for k, v in row.items()}) + "\n")
 
+    def append_note(self, epoch: int, step: int, note: str) -> None:
+        """A :data:`NOTE` row of ``metrics.jsonl``."""
+        atomic.append_text(self.metrics_log, json.dumps({"phase": NOTE, "epoch": epoch, "step": step,
+                                                         "note": note}) + "\n")
+
+    def read_notes(self) -> list[str]:
+        """The notes of ``metrics.jsonl``, oldest first."""
+        try:
+            text = self.metrics_log.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        notes = []
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("phase") == NOTE:
+                notes.append(str(row.get("note", "")))
+        return notes
+
     def drop_metrics_after(self, epoch: int, global_step: int) -> None:
         """Keep only the rows of training steps before ``global_step`` and validations of epochs
         before ``epoch``: a killed run may have logged steps its checkpoint does not hold, and
@@ -121,7 +172,9 @@ class RunFolder:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 return False
-            return row["step"] < global_step if row["phase"] == "train" else row["epoch"] < epoch
+            if row["phase"] in ("train", NOTE):
+                return row["step"] < global_step
+            return row["epoch"] < epoch
 
         try:
             lines = self.metrics_log.read_text(encoding="utf-8").splitlines()
@@ -151,9 +204,11 @@ class RunFolder:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if not isinstance(row, dict) or row.get("phase") not in ("train", "val"):
+                continue  # a note, or a row of a later format: not a curve point
             values = {k: _number(v) for k, v in row.items() if k not in _ROW_KEYS}
             point = {"epoch": int(row.get("epoch", 0)), "step": int(row.get("step", 0)), **values}
-            (train if row.get("phase") == "train" else val).append(point)
+            (train if row["phase"] == "train" else val).append(point)
         return Curves(train, val)
 
     def summary(self) -> RunSummary | None:

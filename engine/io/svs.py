@@ -62,6 +62,25 @@ def write_svs(
     :mod:`engine.io.atomic`, so a crash never leaves a half-written slide; a failed write raises
     :class:`~engine.errors.ResultsError` naming the file.
     """
+    fill = svs_fill(l0_size, render, downsamples=downsamples, tile=tile, mpp=mpp, app_mag=app_mag,
+                    quality=quality, thumbnail_max=thumbnail_max, associated=associated)
+    return atomic.write_with(Path(path), fill)
+
+
+def svs_fill(
+    l0_size: tuple[int, int],
+    render: RegionRenderer,
+    *,
+    downsamples: tuple[int, ...] | None = None,
+    tile: int = 256,
+    mpp: float | None = 0.5,
+    app_mag: float | None = 20,
+    quality: int = 90,
+    thumbnail_max: int = 768,
+    associated: dict[str, np.ndarray] | None = None,
+) -> atomic.Fill:
+    """What :func:`write_svs` writes, as a fill for :mod:`engine.io.atomic` (for callers that
+    stage several files together). Options are checked now, pixels rendered when it is called."""
     import tifffile
 
     l0_w, l0_h = l0_size
@@ -74,7 +93,6 @@ def write_svs(
         if name not in _ASSOCIATED_SUBFILETYPE:
             raise ValueError(f"Aperio files hold only 'label' and 'macro' associated images, not {name!r}")
     sizes = level_sizes(l0_w, l0_h, downsamples)
-    path = Path(path)
     meta = [f"{k} = {v}" for k, v in (("AppMag", app_mag), ("MPP", mpp)) if v is not None]
     first_desc = "|".join([f"{_APERIO_HEADER}\r\n{l0_w}x{l0_h} [0,100 {l0_w}x{l0_h}] ({tile}x{tile}) JPEG/RGB Q={quality}", *meta])
     bigtiff = l0_w * l0_h * 3 > 2**32  # JPEG shrinks it, but stay safe for noisy content
@@ -99,7 +117,7 @@ def write_svs(
             for name, image in (associated or {}).items():
                 rgb = np.ascontiguousarray(image[:, :, :3], np.uint8)
                 tw.write(rgb, description=f"{_APERIO_HEADER}\n{name} {rgb.shape[1]}x{rgb.shape[0]}", subfiletype=_ASSOCIATED_SUBFILETYPE[name], **common)
-    return atomic.write_with(path, fill)
+    return fill
 
 
 def _tiles(render: RegionRenderer, downsample: float, grid: TileGrid) -> Iterator[np.ndarray]:
@@ -146,3 +164,8 @@ def array_renderer(rgb: np.ndarray) -> RegionRenderer:
 def write_svs_array(path: str | os.PathLike, rgb: np.ndarray, **kwargs) -> Path:
     """Write an in-memory RGB array as a pyramidal SVS (see :func:`write_svs` for options)."""
     return write_svs(path, (rgb.shape[1], rgb.shape[0]), array_renderer(rgb), **kwargs)
+
+
+def svs_array_fill(rgb: np.ndarray, **kwargs) -> atomic.Fill:
+    """:func:`write_svs_array` as a fill (see :func:`svs_fill`)."""
+    return svs_fill((rgb.shape[1], rgb.shape[0]), array_renderer(rgb), **kwargs)

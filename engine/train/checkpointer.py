@@ -3,14 +3,15 @@ and the counters that say where in the run they were taken."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from engine.errors import TrainingError
 from engine.events import CheckpointSaved, Event
-from engine.io.checkpoints import ModelCard
+from engine.io.checkpoints import ModelCard, read_model_card
 from engine.io.runs import LAST, RunFolder
 from engine.io.training_state import find_checkpoint, load_training_state, save_training_state
 from engine.train.distributed import DistContext
@@ -36,6 +37,33 @@ class Counters:
                 "nonfinite_run": self.nonfinite_run, "classes": list(classes)}
 
 
+#: Spec fields a resumed run may change: how long it goes on, how fast it learns from here, and
+#: how it is run, none of which changes what the checkpoint holds. The learning rate and the
+#: epochs are applied to the restored schedule (:meth:`Checkpointer.apply_changes`).
+RESUME_MAY_CHANGE = ("epochs", "lr", "checkpoint_every", "max_nonfinite", "prefetch", "device", "low_memory",
+                     "mixed_precision", "channels_last", "calibrate_norms", "resume", "overwrite")
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def spec_changes(saved: dict, new: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """``(allowed, refused)``: the fields whose value differs between a run's saved ``spec.json``
+    and the spec resuming it, each ``name: (saved value, new value)``. Fields the saved spec
+    lacks (written by an older StreamSlide) are not compared."""
+    allowed, refused = {}, {}
+    for name, value in new.items():
+        if name not in saved or _plain(saved[name]) == _plain(value):
+            continue
+        (allowed if name in RESUME_MAY_CHANGE else refused)[name] = (saved[name], value)
+    return allowed, refused
+
+
+def describe_changes(changes: dict[str, tuple]) -> str:
+    return ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items())
+
+
 class Checkpointer:
     """Writes (rank 0 only) and reads the run's training checkpoints, announcing each save."""
 
@@ -58,11 +86,34 @@ class Checkpointer:
         found = find_checkpoint(self.run.checkpoint(LAST))
         if found is None:
             return False
-        saved = load_training_state(found, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                    scaler=self.scaler)
+        theirs = read_model_card(found)
+        differ = {name: (getattr(theirs, name), getattr(self.card, name))
+                  for name in ("architecture", "split", "pool", "model_kwargs", "classes")
+                  if _plain(getattr(theirs, name)) != _plain(getattr(self.card, name))}
+        if differ:
+            raise TrainingError(f"cannot resume from {found}: it holds another model ({describe_changes(differ)}); "
+                                "resume with the same model, or start a new run in another folder (or with --overwrite)")
+        try:
+            saved = load_training_state(found, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                        scaler=self.scaler)
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:  # another optimiser's or schedule's state
+            raise TrainingError(f"cannot resume from {found}: its optimiser state does not fit this run "
+                                f"({type(exc).__name__}: {exc}); resume with the same optimizer, or start a new "
+                                "run in another folder (or with --overwrite)") from exc
         if saved["steps_per_epoch"] != counters.steps_per_epoch or tuple(saved["classes"]) != tuple(self.card.classes):
             raise TrainingError(f"{found} was written for another data set ({saved['steps_per_epoch']} steps "
                                 f"per epoch, classes {saved['classes']}); use a new out_dir or the same labels")
         counters.epoch, counters.step_in_epoch = saved["epoch"], saved["step_in_epoch"]
         counters.best_value, counters.nonfinite_run = saved["best_value"], saved["nonfinite_run"]
         return True
+
+    def apply_schedule(self, lr: float) -> None:
+        """After :meth:`resume` with another learning rate or number of epochs: the restored
+        optimiser and schedule continue from base rate ``lr`` on the new schedule (the schedule's
+        length comes from the spec that built it, its position from the checkpoint)."""
+        scheduler = self.scheduler
+        scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+        for group, factor in zip(self.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]

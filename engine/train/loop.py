@@ -17,13 +17,13 @@ import time
 import torch
 
 from engine.devices import resolve_device
-from engine.errors import Cancelled, TrainingError
+from engine.errors import Cancelled, SlideError, TrainingError
 from engine.events import CancelToken, Event, EventCallback, Finished, Metrics, Progress, StepSkipped
 from engine.io.labels import read_labels
 from engine.io.runs import BEST, LAST, RunFolder
 from engine.specs import TrainingSpec
 from engine.train import distributed, precision
-from engine.train.checkpointer import Checkpointer, Counters
+from engine.train.checkpointer import RESUME_MAY_CHANGE, Checkpointer, Counters, describe_changes, spec_changes
 from engine.train.classifier import Classifier, build_model, calibrate_norms
 from engine.train.data import Prefetcher, split_records
 from engine.train.feed import SlideFeed
@@ -56,6 +56,9 @@ class Trainer:
         self.device = distributed.device_for_rank(device, ctx)
         self.dtype = precision.parameter_dtype(spec)
         self.run_folder = RunFolder(spec.out_dir)
+        # What the folder held before this run: read by every rank before any rank writes (the
+        # first collective of run() comes before the first write).
+        self.found = self.run_folder.run_files(), self.run_folder.read_spec()
 
         labels = read_labels(spec.labels, spec.classes)
         self.classes = labels.classes
@@ -87,12 +90,26 @@ class Trainer:
 
     def run(self) -> Finished:
         spec, run, counters = self.spec, self.run_folder, self.counters
+        refusal, changes = self._check_folder()
+        if distributed.any_rank(refusal is not None, self.ctx, self.device):
+            distributed.shutdown(self.ctx)
+            raise TrainingError(refusal or "another rank refused the run folder (see its message)")
         if self.ctx.is_main:
+            if spec.overwrite:
+                run.clear()
             run.create()
         resumed = spec.resume and self.checkpoints.resume(counters)
         if resumed:
             self.metrics.resumed_at(counters.epoch, counters.global_step)
-        elif spec.pretrained is None and spec.calibrate_norms > 0:
+            if changes:
+                if "lr" in changes or "epochs" in changes:
+                    self.checkpoints.apply_schedule(spec.lr)
+                if self.ctx.is_main:
+                    run.append_note(counters.epoch, counters.global_step,
+                                    f"resumed at step {counters.global_step} with {describe_changes(changes)}")
+        elif spec.resume and self.ctx.is_main:
+            self.metrics.resumed_at(0, 0)  # nothing saved to resume from: the old rows would be logged again
+        if not resumed and spec.pretrained is None and spec.calibrate_norms > 0:
             calibrate_norms(self.classifier, self.feed.calibration_slides(), spec, self.dtype, self.device)
         if self.ctx.is_main:
             run.write_spec(spec.as_json())
@@ -101,37 +118,70 @@ class Trainer:
             self.classifier.runner.should_stop = lambda: self.cancel.cancelled
         self.net = distributed.wrap(self.classifier, self.ctx, self.device)
         outputs = {"last": str(run.last), "metrics": str(run.metrics_log)}
-        in_step = False  # every rank reached the same point: the end, or an agreed cancel
+        self._in_step = False
         try:
-            while counters.epoch < spec.epochs:
-                if not self._run_epoch():
-                    in_step = True
-                    return self._finish(True, outputs)
-                try:
-                    metrics = self.validate(self.classifier)
-                except Cancelled:
-                    self.checkpoints.save(LAST, counters)
-                    in_step = True
-                    return self._finish(True, outputs)
-                epoch_done = counters.epoch
-                counters.epoch, counters.step_in_epoch = counters.epoch + 1, 0
-                if metrics is not None:
-                    self.metrics.log(Metrics("val", epoch_done, counters.global_step, metrics))
-                    if improves(spec.monitor, metrics[spec.monitor], counters.best_value):
-                        counters.best_value = metrics[spec.monitor]
-                        self.checkpoints.save(BEST, counters)
-                        outputs["best"] = str(run.best)
-                self.checkpoints.save(LAST, counters)
-            in_step = True
+            cancelled = self._train(outputs)
+            if cancelled is not None:
+                return cancelled
+        except SlideError as exc:
+            # A slide deleted or damaged mid-run: what was saved stays, and the run can go on.
+            saved = "the last checkpoint is kept in " + str(run.last) if run.has_model(LAST) else "nothing was saved yet"
+            raise type(exc)(f"{exc}; {saved}: restore the slide (or remove it from the labels) and run again "
+                            "with --resume (resume=True) to continue the run") from exc
         finally:
             # DDP's reducer holds the process group: release it first, so the group's gloo threads
             # are joined by destroy_process_group here, not by a destructor at interpreter exit
             # (which aborts the process, "terminate called without an active exception").
             self.net = self.classifier
-            distributed.shutdown(self.ctx, in_step=in_step)
+            distributed.shutdown(self.ctx, in_step=self._in_step)
         if run.best.exists():
             outputs["best"] = str(run.best)
         return self._finish(False, outputs)
+
+    def _check_folder(self) -> tuple[str | None, dict]:
+        """Why this run may not write into its folder (None: it may), and the spec changes a
+        resume applies."""
+        spec, (found, saved) = self.spec, self.found
+        if not found or spec.overwrite:
+            return None, {}
+        if not spec.resume:
+            return (f"{spec.out_dir} holds another training run ({', '.join(found)}); continue it with --resume "
+                    "(resume=True), replace it with --overwrite (overwrite=True), or choose a new folder"), {}
+        if saved is None:
+            return None, {}
+        allowed, refused = spec_changes(saved, spec.as_json())
+        if refused:
+            return (f"--resume cannot change {describe_changes(refused)} of the run in {spec.out_dir} "
+                    f"(a resume may change only {', '.join(RESUME_MAY_CHANGE)}); use the saved values, "
+                    "or start a new run in another folder (or with --overwrite)"), {}
+        return None, allowed
+
+    def _train(self, outputs: dict) -> Finished | None:
+        """The epochs; the cancelled run's Finished, or None at the end. ``self._in_step`` tells
+        the shutdown whether every rank got to the same point (the end, or an agreed cancel)."""
+        spec, run, counters = self.spec, self.run_folder, self.counters
+        self._in_step = False
+        while counters.epoch < spec.epochs:
+            if not self._run_epoch():
+                self._in_step = True
+                return self._finish(True, outputs)
+            try:
+                metrics = self.validate(self.classifier)
+            except Cancelled:
+                self.checkpoints.save(LAST, counters)
+                self._in_step = True
+                return self._finish(True, outputs)
+            epoch_done = counters.epoch
+            counters.epoch, counters.step_in_epoch = counters.epoch + 1, 0
+            if metrics is not None:
+                self.metrics.log(Metrics("val", epoch_done, counters.global_step, metrics))
+                if improves(spec.monitor, metrics[spec.monitor], counters.best_value):
+                    counters.best_value = metrics[spec.monitor]
+                    self.checkpoints.save(BEST, counters)
+                    outputs["best"] = str(run.best)
+            self.checkpoints.save(LAST, counters)
+        self._in_step = True
+        return None
 
     def _run_epoch(self) -> bool:
         """Train one epoch from ``step_in_epoch``; False when cancelled (after saving ``last``)."""
