@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,6 +34,7 @@ _CAUSES = {
     errno.EROFS: "the file system is read-only",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EISDIR: "a folder of that name is in the way",
+    errno.EEXIST: "a file of that name is in the way",
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
     errno.ENOENT: "its folder does not exist",
@@ -46,10 +48,15 @@ _ADVICE = {
 }
 
 
+#: How tifffile and numpy report a write the file system cut short (no errno): a full disk.
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
 def describe(exc: OSError) -> str:
     """An OSError's cause in words, with what to do when that is clear."""
-    cause = _CAUSES.get(exc.errno) or exc.strerror or str(exc) or type(exc).__name__
-    advice = _ADVICE.get(exc.errno)
+    code = errno.ENOSPC if exc.errno is None and _SHORT_WRITE.search(str(exc)) else exc.errno
+    cause = _CAUSES.get(code) or exc.strerror or str(exc) or type(exc).__name__
+    advice = _ADVICE.get(code)
     return f"{cause}; {advice}" if advice else cause
 
 

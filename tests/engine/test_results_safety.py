@@ -1,0 +1,201 @@
+"""Results that never escape their folder, never mix two runs and say when a run was cancelled
+(issue 15: class names as paths, colliding slide names, cancelled runs over older results,
+permissions, write failures)."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import stat
+import subprocess
+
+import numpy as np
+import pytest
+
+from engine.errors import ResultsError
+from engine.events import Prediction
+from engine.io import maps as maps_io
+from engine.io.maps import MapLayer, read_maps, write_maps
+from engine.io.paths import file_parts, safe_child, slide_folder_names
+
+HOSTILE = ["../../../../escaped/x", "tumour/necrosis", "", "naïve ünïcode", "x" * 1000, "..", "a\\b", "CON"]
+
+
+def _files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _layers(k=2, h=4, w=6, saliency=True):
+    layers = {"prediction": MapLayer(np.full((k, h, w), 0.5, np.float32), (0, 0, 96, 64))}
+    if saliency:
+        layers["saliency"] = MapLayer(np.linspace(0, 1, h * w, dtype=np.float32).reshape(h, w), (0, 0, 96, 64))
+    return layers
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", ".", "..", "/tmp/x", "a\\b", "x\x00y"])
+def test_safe_child_refuses_names_that_are_paths(tmp_path, name):
+    with pytest.raises(ResultsError, match="refused to write"):
+        safe_child(tmp_path, name)
+    assert safe_child(tmp_path, "maps.npz") == tmp_path / "maps.npz"
+
+
+def test_file_parts_keep_plain_names_and_index_all_others():
+    assert file_parts(["benign", "tumour_2", "grade-3"]) == ["benign", "tumour_2", "grade-3"]
+    for name in HOSTILE:
+        assert file_parts(["benign", name]) == ["00", "01"]
+    assert file_parts(["benign", "Benign"]) == ["00", "01"]  # one file on a case-insensitive disk
+    assert file_parts([f"c{i}" for i in range(120)])[:2] == ["c0", "c1"]
+    assert file_parts(["a/b"] * 1 + [f"c{i}" for i in range(119)])[0] == "000"
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_class_names_never_become_paths_and_are_kept_inside_the_files(tmp_path, hostile):
+    out = tmp_path / "deep" / "er" / "out"
+    classes = ("benign", hostile)
+    written = write_maps(out, _layers(), slide_path="s.svs", classes=classes,
+                         prediction=Prediction(classes, (0.25, 0.75)))
+    assert _files_under(tmp_path) == sorted(f"deep/er/out/{n}" for n in (
+        "maps.npz", "prediction.json", "prediction_00.tif", "prediction_01.tif", "saliency.tif"))
+    doc = json.loads((out / "prediction.json").read_text())
+    assert doc["classes"] == list(classes) and doc["label"] == hostile
+    assert doc["files"]["prediction_01.tif"] == {"layer": "prediction", "class": hostile}
+    layers, meta = read_maps(out)
+    assert meta["files"] == doc["files"] and meta["classes"] == list(classes)
+    assert set(written) == {"maps_npz", "prediction_json", "prediction_00_tiff", "prediction_01_tiff", "saliency_tiff"}
+
+
+def test_a_layer_name_that_is_a_path_is_refused(tmp_path):
+    with pytest.raises(ResultsError, match="layer names"):
+        write_maps(tmp_path / "out", {"../x": _layers()["saliency"]}, slide_path="s", classes=(), prediction=None)
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_a_result_replaces_an_earlier_one_whole_with_one_run_id(tmp_path):
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "notes.txt").write_text("mine")  # the user's own file in the folder stays
+    write_maps(out, _layers(k=3), slide_path="s", classes=("a", "b", "c"), prediction=Prediction(("a", "b", "c"), (0.2, 0.3, 0.5)),
+               extra={"cancelled": False})
+    write_maps(out, _layers(k=2, saliency=False), slide_path="s", classes=("x", "y"), prediction=None,
+               extra={"cancelled": True})
+    assert _files_under(out) == ["maps.npz", "notes.txt", "prediction.json", "prediction_x.tif", "prediction_y.tif"]
+    doc = json.loads((out / "prediction.json").read_text())
+    _, meta = read_maps(out)
+    assert doc["cancelled"] is True and meta["cancelled"] is True
+    assert doc["probabilities"] is None and doc["label"] is None  # not the earlier run's numbers
+    assert doc["run_id"] == meta["run_id"] and len(doc["run_id"]) == 32
+
+
+def test_the_files_of_an_older_format_result_are_removed_too(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    meta = {"slide": "s", "classes": ["benign", "tumour"], "layers": ["prediction", "saliency"]}  # no "files"
+    np.savez(out / "maps.npz", meta_json=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    for name in ("prediction_benign.tif", "prediction_tumour.tif", "saliency.tif", "other.tif"):
+        (out / name).write_bytes(b"old")
+    write_maps(out, _layers(saliency=False), slide_path="s", classes=("n", "l"), prediction=None)
+    assert _files_under(out) == ["maps.npz", "other.tif", "prediction.json", "prediction_l.tif", "prediction_n.tif"]
+
+
+def test_a_record_naming_paths_outside_the_folder_removes_nothing_there(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.tif"
+    victim.write_bytes(b"keep")
+    (out / "prediction.json").write_text(json.dumps({"files": {"../victim.tif": {}, "/etc/x.tif": {}}}))
+    write_maps(out, _layers(saliency=False), slide_path="s", classes=("n", "l"), prediction=None)
+    assert victim.read_bytes() == b"keep"
+
+
+def test_result_files_are_written_0644_under_the_default_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        written = write_maps(tmp_path / "out", _layers(), slide_path="s", classes=("a", "b"),
+                             prediction=Prediction(("a", "b"), (0.5, 0.5)))
+    finally:
+        os.umask(previous)
+    modes = {kind: stat.S_IMODE(os.stat(path).st_mode) for kind, path in written.items()}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_a_failed_write_keeps_the_earlier_result_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    write_maps(out, _layers(), slide_path="s", classes=("a", "b"), prediction=Prediction(("a", "b"), (0.9, 0.1)))
+    before = {p: (out / p).read_bytes() for p in _files_under(out)}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    with pytest.raises(ResultsError, match=r"maps\.npz: the disk is full"):
+        write_maps(out, _layers(k=2, saliency=False), slide_path="s", classes=("x", "y"), prediction=None)
+    assert {p: (out / p).read_bytes() for p in _files_under(out)} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporary files either
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root); unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_result(tiny_disk):
+    rng = np.random.default_rng(0)
+    noisy = {"saliency": MapLayer(rng.random((256, 256), dtype=np.float32), (0, 0, 2048, 2048))}
+    with pytest.raises(ResultsError, match="the disk is full"):
+        write_maps(tiny_disk / "out", noisy, slide_path="s", classes=(), prediction=None)
+    assert _files_under(tiny_disk) == []
+
+
+def test_slide_folders_are_unique_even_when_slide_names_collide(tmp_path):
+    for sub in ("s1", "s2", "s3"):
+        (tmp_path / sub).mkdir()
+    slides = [str(tmp_path / "s1" / "slide.svs"), str(tmp_path / "s2" / "slide.svs"), str(tmp_path / "s3" / "Slide.svs"),
+              str(tmp_path / "other.svs"), str(tmp_path / "s1" / ".." / "s1" / "slide.svs"), str(tmp_path / "bad name!.svs")]
+    names = slide_folder_names(slides)
+    assert names[3] == "other"
+    assert len({names[0], names[1], names[2]}) == 3 and all(n.lower().startswith("slide-") for n in names[:3])
+    assert names[4] == names[0]  # the same file, listed twice, is one folder
+    assert names[5].startswith("slide-") and len(names[5]) == len("slide-") + 8
+
+
+def test_read_maps_still_reads_results_of_the_earlier_format(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    meta = {"slide": "s", "classes": ["a"], "layers": ["saliency"], "cancelled": False}
+    np.savez(out / "maps.npz", saliency=np.zeros((2, 2), np.float32), saliency_l0_box=np.array([0, 0, 2, 2.0]),
+             meta_json=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    layers, got = read_maps(out)
+    assert got == meta and layers["saliency"].values.shape == (2, 2)
+    assert maps_io.recorded_slide(out) is None
+
+
+def test_hostile_class_names_from_a_model_card_stay_inside_out_through_the_cli(tmp_path):
+    from engine import cli
+    from engine.io.checkpoints import save_checkpoint, read_model_card
+    from model_fixtures import green_detector, save_green_detector, write_test_slide
+
+    save_green_detector(tmp_path / "plain")
+    card = dataclasses.replace(read_model_card(tmp_path / "plain"), classes=("../../../../escaped/x", "tumour/necrosis"),
+                               sha256="")
+    save_checkpoint(tmp_path / "model", green_detector(), card)
+    write_test_slide(tmp_path / "a.svs")
+    out = tmp_path / "results"
+    assert cli.main(["infer", str(tmp_path / "a.svs"), "--model", str(tmp_path / "model"), "--out", str(out),
+                     "--device", "cpu"]) == cli.EXIT_OK
+    assert not any(p.name == "escaped" for p in tmp_path.parent.rglob("escaped"))
+    files = [f for f in _files_under(out) if not f.endswith("summary.json")]
+    assert all(f.split("/")[-1] in ("maps.npz", "prediction.json", "prediction_00.tif", "prediction_01.tif")
+               for f in files), files
+    doc = json.loads(next(out.rglob("prediction.json")).read_text())
+    assert doc["label"] == "tumour/necrosis"
