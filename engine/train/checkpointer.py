@@ -93,9 +93,14 @@ class Checkpointer:
         if differ:
             raise TrainingError(f"cannot resume from {found}: it holds another model ({describe_changes(differ)}); "
                                 "resume with the same model, or start a new run in another folder (or with --overwrite)")
+        options = [sorted(group) for group in self.optimizer.param_groups]
         try:
             saved = load_training_state(found, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                         scaler=self.scaler)
+            # torch loads another optimiser's hyper-parameters without a word (AdamW's into SGD),
+            # and the first step then fails on a missing one
+            if [sorted(group) for group in self.optimizer.param_groups] != options:
+                raise KeyError(f"its optimiser has the options {', '.join(sorted(self.optimizer.param_groups[0]))}")
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:  # another optimiser's or schedule's state
             raise TrainingError(f"cannot resume from {found}: its optimiser state does not fit this run "
                                 f"({type(exc).__name__}: {exc}); resume with the same optimizer, or start a new "
