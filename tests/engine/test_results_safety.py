@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,70 @@ def test_hostile_class_names_from_a_model_card_stay_inside_out_through_the_cli(t
                for f in files), files
     doc = json.loads(next(out.rglob("prediction.json")).read_text())
     assert doc["label"] == "tumour/necrosis"
+
+
+@pytest.fixture(scope="module")
+def job_files(tmp_path_factory):
+    from model_fixtures import save_green_detector, write_test_slide
+
+    d = tmp_path_factory.mktemp("jobs")
+    write_test_slide(d / "green.svs")
+    save_green_detector(d / "model")
+    return d
+
+
+def _cancel_after_patches(n):
+    from engine.events import CancelToken, MapPatch
+
+    token, seen = CancelToken(), []
+
+    def on_event(e):
+        if isinstance(e, MapPatch):
+            seen.append(e)
+            if len(seen) == n:
+                token.cancel()
+
+    return token, on_event
+
+
+def test_a_cancelled_job_over_an_earlier_result_is_marked_in_every_file(job_files, tmp_path):
+    from engine.api import run_inference
+    from engine.specs import InferenceSpec
+
+    spec = InferenceSpec(slide_path=str(job_files / "green.svs"), model_path=str(job_files / "model"),
+                         l0_region=(0, 0, 1024, 768), out_dir=str(tmp_path / "out"), device="cpu")
+    full = run_inference(spec, lambda e: None)
+    assert not full.cancelled and json.loads((tmp_path / "out" / "prediction.json").read_text())["label"] == "green"
+    token, on_event = _cancel_after_patches(1)
+    result = run_inference(spec, on_event, token)
+    assert result.cancelled
+    doc = json.loads(Path(result.outputs["prediction_json"]).read_text())
+    layers, meta = read_maps(result.outputs["maps_npz"])
+    assert doc["cancelled"] is True and meta["cancelled"] is True and doc["run_id"] == meta["run_id"]
+    assert doc["probabilities"] is None and doc["label"] is None  # not the earlier run's prediction
+    # saliency was never computed: NaN (transparent), not 0 ("no gradient")
+    assert np.isnan(layers["saliency"].values).all()
+    assert np.isnan(layers["prediction"].values).any() and np.isfinite(layers["prediction"].values).any()
+
+
+def test_the_cli_reports_a_read_only_out_and_a_file_in_the_way_with_the_write_exit_code(job_files, tmp_path, capsys):
+    from engine import cli
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        argv = ["infer", str(job_files / "green.svs"), "--model", str(job_files / "model"), "--device", "cpu"]
+        assert cli.main([*argv, "--out", str(ro)]) == cli.EXIT_WRITE
+        err = capsys.readouterr().err
+        assert "read-only; choose a writable folder" in err and "forward" not in err  # refused before any work
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    (tmp_path / "afile").write_text("x")
+    assert cli.main([*argv, "--out", str(tmp_path / "afile")]) == cli.EXIT_WRITE
+    err = capsys.readouterr().err
+    assert "a file of that name is in the way" in err and "forward" not in err
