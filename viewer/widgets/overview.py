@@ -30,6 +30,10 @@ class OverviewWidget(QWidget):
         self._l0_size, self._pixmap, self._l0_view = l0_size, None, None
         self.update()
 
+    @property
+    def has_thumbnail(self) -> bool:
+        return self._pixmap is not None
+
     def set_thumbnail(self, image: QImage) -> None:
         self._pixmap = QPixmap.fromImage(image)  # QPixmap only here, on the UI thread
         self.update()

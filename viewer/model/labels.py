@@ -1,6 +1,7 @@
 """Slide-level labels the user gives in the slide browser, kept in memory and saved as CSV.
 
-The table is plain Python (no Qt) so it is tested without a window. The CSV it writes is the
+The table is plain Python (no Qt) so it is tested without a window; it notifies ``changed()``
+whenever labels change, so the slide browser's label column follows it. The CSV it writes is the
 engine's format, ``slide,label`` with a header, slide paths relative to the CSV's folder (so a
 folder of slides plus its labels file can be moved together). Reading a CSV goes through the
 engine's parser on a worker, which checks every row and that every slide exists.
@@ -11,6 +12,10 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Iterable
+
+from engine.api import read_labels
+from viewer.model.notify import Notifier
 
 
 class LabelTable:
@@ -18,8 +23,15 @@ class LabelTable:
 
     def __init__(self) -> None:
         self._labels: dict[str, str] = {}
+        self.changed = Notifier()
 
-    def set(self, path: str | Path, label: str | None) -> None:
+    def set_labels(self, paths: Iterable[str | Path], label: str | None) -> None:
+        """Give every path ``label`` (None or blank: remove them)."""
+        for path in paths:
+            self._set(path, label)
+        self.changed.emit()
+
+    def _set(self, path: str | Path, label: str | None) -> None:
         key = str(Path(path).resolve())
         label = (label or "").strip()
         if label:
@@ -34,7 +46,8 @@ class LabelTable:
         """Replace every label (e.g. with an imported CSV's rows: absolute path -> label)."""
         self._labels = {}
         for path, label in rows.items():
-            self.set(path, label)
+            self._set(path, label)
+        self.changed.emit()
 
     @property
     def classes(self) -> list[str]:
@@ -45,12 +58,6 @@ class LabelTable:
 
     def __len__(self) -> int:
         return len(self._labels)
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for label in self._labels.values():
-            out[label] = out.get(label, 0) + 1
-        return out
 
 
 def write_labels_csv(path: str | Path, rows: list[tuple[str, str]]) -> str:
@@ -72,7 +79,5 @@ def write_labels_csv(path: str | Path, rows: list[tuple[str, str]]) -> str:
 def read_labels_rows(path: str) -> tuple[str, dict[str, str], tuple[str, ...]]:
     """Worker job: parse and check a labels CSV (or class folders) with the engine's reader.
     Returns (path, absolute slide path -> label, classes); a bad file raises ``LabelsError``."""
-    from engine.train.data import read_labels
-
     labels = read_labels(path)
     return path, {str(r.path): labels.classes[r.label] for r in labels.records}, labels.classes
