@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from viewer.model.inference import ModelChoice
-from viewer.model.labels import LabelTable, write_labels_csv
+from viewer.model.labels import LabelTable
 from viewer.model.training_form import TrainingForm, checkpoint_weights, labels_summary
 from viewer.model.workspace import RecentFiles
+from viewer.workers.training_files import write_labels_csv
 
 
 def form_for(tmp_path, **fields) -> TrainingForm:

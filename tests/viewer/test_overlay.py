@@ -119,7 +119,11 @@ def test_the_panel_follows_style_changes_and_writes_the_users_edits(qtbot, stack
     for key in (TUMOUR, SALIENCY):
         stack.add_patch(patch_of(1, geometry, 0, 0, np.ones((2, 2)), stack.style_for(key), key))
     panel.set_stack(stack)
-    ticked = lambda: [panel.layer_list.item(i).checkState() == Qt.CheckState.Checked for i in range(2)]  # noqa: E731
+    def ticked():
+        return [panel.layer_list.item(i).checkState() == Qt.CheckState.Checked for i in range(2)]
+
+    # Every layer has a tick box, ticked or not (an item without a check state draws none).
+    assert all(panel.layer_list.item(i).data(Qt.ItemDataRole.CheckStateRole) is not None for i in range(2))
     assert panel.current_key == TUMOUR and ticked() == [True, False]
     stack.show_only(SALIENCY)  # not through the panel (a run revealing its saliency)
     assert panel.current_key == SALIENCY and ticked() == [False, True]

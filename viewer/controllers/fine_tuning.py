@@ -19,14 +19,14 @@ from PySide6.QtCore import QObject, Signal
 from engine.events import CheckpointSaved, Finished, Metrics, Progress, StepSkipped
 from engine.specs import TrainingSpec
 from viewer.controllers.live_maps import LiveMaps
-from viewer.model.labels import LabelTable, read_labels_rows, write_labels_csv
+from viewer.model.labels import LabelTable
 from viewer.model.layers import SALIENCY
 from viewer.model.runs import Curves, RunSummary, read_curves, scan_runs
 from viewer.model.training_form import CLOSE_BACKGROUND, CLOSE_CANCEL, TrainingForm, labels_summary, new_run_name
 from viewer.model.workspace import SettingsStore
 from viewer.workers.background import BackgroundRunner
-from viewer.workers.map_files import list_model_names
 from viewer.workers.training import TrainingJobs, TrainingRun, TrainRunner, engine_train_runner
+from viewer.workers.training_files import list_model_names, read_labels_rows, write_labels_csv
 
 DEFAULT_RUNS_FOLDER = Path.home() / "StreamSlide" / "runs"
 

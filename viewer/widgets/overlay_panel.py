@@ -119,6 +119,8 @@ class OverlayPanel(QWidget):
             item = QListWidgetItem(str(key))
             item.setData(Qt.ItemDataRole.UserRole, key)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            # Set even when unticked: an item without a check state draws no box at all.
+            item.setCheckState(Qt.CheckState.Checked if self.stack.style_for(key).visible else Qt.CheckState.Unchecked)
             self.layer_list.addItem(item)
         self._sync_list()
         self._filling = False

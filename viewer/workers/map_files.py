@@ -1,12 +1,11 @@
 """Worker jobs of the live maps: read a model card, write a slide's maps, read maps back as
-display layers, list the engine's architectures. ``engine.api`` is torch-free to import; the
-ones that load torch (``list_models``) only run here, on a worker."""
+display layers (``engine.api`` is torch-free to import, and so are these readers)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from engine.api import MapLayer, list_models, read_maps, read_model_card, write_maps
+from engine.api import MapLayer, read_maps, read_model_card, write_maps
 from engine.events import Prediction
 from engine.geometry import Box, MapGeometry
 from viewer.model.layers import PREDICTION, LayerKey, layer_keys
@@ -19,11 +18,6 @@ DisplayLayer = tuple[LayerKey, MapGeometry, np.ndarray, tuple[float, float]]
 def read_card(path: str) -> tuple[str, object]:
     """A model's card (JSON only; no weights are read)."""
     return path, read_model_card(path)
-
-
-def list_model_names() -> list[str]:
-    """The engine's registered architectures (imports torch, hence the worker)."""
-    return list(list_models())
 
 
 def write_maps_job(out_dir: str, planes: dict[str, tuple[list[np.ndarray], tuple]], slide_path: str,
