@@ -177,7 +177,7 @@ class _Outputs(QObject):
 
 
 def describe_output(kind: str) -> str:
-    """What a file of ``engine.io.maps.write_maps`` holds, from its kind ("maps_npz", ...)."""
+    """What a file of ``engine.api.write_maps`` holds, from its kind ("maps_npz", ...)."""
     if kind == "maps_npz":
         return "float maps: class probabilities and saliency, with their level-0 boxes"
     if kind == "prediction_json":
