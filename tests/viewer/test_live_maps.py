@@ -5,7 +5,6 @@ files, and the worst event-loop stall. (The controller alone: test_live_maps_con
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -17,7 +16,7 @@ from PySide6.QtGui import QImage
 
 from engine.colormaps import lut_rgba
 from engine.geometry import Box
-from engine.io.checkpoints import ModelCard
+from engine.io.checkpoints import ModelCard, build_model, save_checkpoint
 from engine.io.svs import write_svs_array
 from tests.conftest import block_colour
 from viewer.model.layers import SALIENCY, LayerKey
@@ -29,13 +28,10 @@ TUMOUR = LayerKey("prediction", "tumour")
 
 @pytest.fixture
 def model_path(tmp_path):
-    """A model card on disk (the fake runner never loads weights, so none are written)."""
+    """A model on disk (the fake runner never runs it, but choosing a model checks its weights)."""
     card = ModelCard(architecture="smallnet", classes=CLASSES, split="stage4", input_mpp=0.5, tile_size=512,
-                     provenance={"made_by": "tests/test_live_maps.py"})
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "model.json").write_text(json.dumps(card.to_json()))
-    return str(folder / "model.json")
+                     model_kwargs={"width": 4}, provenance={"made_by": "tests/test_live_maps.py"})
+    return str(save_checkpoint(tmp_path / "model", build_model(card), card))
 
 
 def make_window(qtbot, tmp_path, runner):

@@ -4,7 +4,6 @@ supersedes jobs, reports failures, and round-trips map files. The runner is the 
 
 from __future__ import annotations
 
-import json
 import threading
 from types import SimpleNamespace
 
@@ -13,7 +12,7 @@ import pytest
 from fake_engine import CLASSES, FakeRunner, cell_value
 
 from engine.geometry import Box
-from engine.io.checkpoints import ModelCard
+from engine.io.checkpoints import ModelCard, build_model, save_checkpoint
 from viewer.controllers.live_maps import LiveMaps
 from viewer.model.inference import InferenceSettings, ModelChoice
 from viewer.model.layers import SALIENCY, LayerKey
@@ -190,10 +189,9 @@ def test_maps_round_trip_through_files(qtbot, harness, gate, tmp_path):
 
 
 def test_model_cards_are_read_on_a_worker_into_the_model_choice(qtbot, harness, tmp_path):
-    card = ModelCard(architecture="smallnet", classes=CLASSES, split="stage4", input_mpp=0.5, tile_size=512)
-    good = tmp_path / "good" / "model.json"
-    good.parent.mkdir()
-    good.write_text(json.dumps(card.to_json()))
+    card = ModelCard(architecture="smallnet", classes=CLASSES, split="stage4", input_mpp=0.5, tile_size=512,
+                     model_kwargs={"width": 4})
+    good = save_checkpoint(tmp_path / "good", build_model(card), card)
     with qtbot.waitSignal(harness.live.card_loaded, timeout=10_000):
         harness.live.load_model(str(good))
     assert harness.model.path == str(good) and harness.model.card.architecture == "smallnet"

@@ -35,10 +35,19 @@ def describe_input(card) -> str:
     return f"level {getattr(card, 'input_level', 0) or 0}"
 
 
+#: The provenance entry that says what a model is for (and not for); shown on its own line.
+INTENDED_USE = "intended_use"
+
+
 def describe_provenance(provenance) -> str:
     if isinstance(provenance, dict):
-        return "; ".join(f"{k}: {v}" for k, v in provenance.items()) or "—"
+        return "; ".join(f"{k}: {v}" for k, v in provenance.items() if k != INTENDED_USE) or "—"
     return str(provenance or "—")
+
+
+def describe_intended_use(provenance) -> str:
+    use = provenance.get(INTENDED_USE) if isinstance(provenance, dict) else None
+    return str(use) if use else "—"
 
 
 class ModelPanel(QWidget):
@@ -55,7 +64,8 @@ class ModelPanel(QWidget):
         self.recent.setMinimumContentsLength(12)
         self.recent.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.load_button = QPushButton("Load model…")
-        self.card_fields = {name: QLabel("—") for name in ("Architecture", "Classes", "Input", "Tile size", "From", "SHA-256")}
+        self.card_fields = {name: QLabel("—") for name in ("Architecture", "Classes", "Input", "Tile size", "Intended use", "From",
+                                                          "SHA-256")}
         card_box = QGroupBox("Model card")
         form = QFormLayout(card_box)
         for name, label in self.card_fields.items():
@@ -160,6 +170,7 @@ class ModelPanel(QWidget):
         f["Classes"].setText(", ".join(card.classes))
         f["Input"].setText(describe_input(card))
         f["Tile size"].setText(f"{card.tile_size} px" if card.tile_size else "—")
+        f["Intended use"].setText(describe_intended_use(card.provenance))
         f["From"].setText(describe_provenance(card.provenance))
         f["SHA-256"].setText(f"{card.sha256[:16]}…" if card.sha256 else "—")
         f["SHA-256"].setToolTip(card.sha256 or "")

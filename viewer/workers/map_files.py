@@ -1,11 +1,12 @@
-"""Worker jobs of the live maps: read a model card, write a slide's maps, read maps back as
-display layers (``engine.api`` is torch-free to import, and so are these readers)."""
+"""Worker jobs of the live maps: load a model's card (checking its weights), write a slide's
+maps, read maps back as display layers (``engine.api`` is torch-free to import; the model
+check imports torch, on this worker)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from engine.api import MapLayer, read_maps, read_model_card, write_maps
+from engine.api import MapLayer, check_model, read_maps, write_maps
 from engine.events import Prediction
 from engine.geometry import Box, MapGeometry
 from viewer.model.layers import PREDICTION, LayerKey, layer_keys
@@ -16,8 +17,9 @@ DisplayLayer = tuple[LayerKey, MapGeometry, np.ndarray, tuple[float, float]]
 
 
 def read_card(path: str) -> tuple[str, object]:
-    """A model's card (JSON only; no weights are read)."""
-    return path, read_model_card(path)
+    """A model's card, once its weights were checked as a run would check them (sha256,
+    finiteness, shapes): a truncated or damaged model is refused when it is chosen, not at Run."""
+    return path, check_model(path)
 
 
 def write_maps_job(out_dir: str, planes: dict[str, tuple[list[np.ndarray], tuple]], slide_path: str,
