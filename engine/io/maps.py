@@ -139,9 +139,11 @@ def _json_record(out: Path) -> dict:
 
 
 def recorded_slide(out_dir: str | os.PathLike) -> str | None:
-    """The slide whose results ``out_dir`` holds (from its ``prediction.json``), or None."""
+    """The slide whose results ``out_dir`` holds (from its ``prediction.json``: the resolved
+    ``slide_path`` a job records, else ``slide`` as given), or None."""
     try:
-        slide = _json_record(Path(out_dir)).get("slide")
+        record = _json_record(Path(out_dir))
+        slide = record.get("slide_resolved") or record.get("slide")
     except (OSError, ValueError, AttributeError):
         return None
     return slide if isinstance(slide, str) else None

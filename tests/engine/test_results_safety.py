@@ -267,3 +267,22 @@ def test_the_cli_reports_a_read_only_out_and_a_file_in_the_way_with_the_write_ex
     assert cli.main([*argv, "--out", str(tmp_path / "afile")]) == cli.EXIT_WRITE
     err = capsys.readouterr().err
     assert "a file of that name is in the way" in err and "forward" not in err
+
+
+def test_a_folder_holding_another_slides_results_is_never_reused(tmp_path):
+    from engine.io.call_summary import SlideOutcome, output_folders, write_summary
+
+    for sub in ("s1", "s2"):
+        (tmp_path / sub).mkdir()
+    first, second = str(tmp_path / "s1" / "slide.svs"), str(tmp_path / "s2" / "slide.svs")
+    out = tmp_path / "out"
+    [a] = output_folders(out, [first])
+    assert a == out / "slide"
+    write_maps(a, _layers(saliency=False), slide_path=first, classes=("n", "l"), prediction=None,
+               extra={"slide_resolved": str(Path(first).resolve())})
+    assert output_folders(out, [first]) == [a]  # the same slide again: its own folder
+    [b] = output_folders(out, [second])  # a later call, another slide of the same name
+    assert b != a and b.parent == out and b.name.startswith("slide-")
+    summary = write_summary(out, "infer", "m", [SlideOutcome(first, a.name, "done", "l")])
+    doc = json.loads(summary.read_text())
+    assert doc["slides"][0]["folder"] == "slide" and doc["slides"][0]["status"] == "done" and not doc["cancelled"]
