@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engine.devices import resolve_device
 from engine.train import distributed
 from engine.io.checkpoints import ModelCard, load_pretrained_backbone
 from engine.train.data import (Augmentation, InputSpec, Prefetcher, SlideRecord, draw_augmentation, input_source,
@@ -158,8 +159,6 @@ class Trainer:
     """One training run; :func:`run_training` builds it and calls :meth:`run`."""
 
     def __init__(self, spec: TrainingSpec, on_event: EventCallback, cancel: CancelToken):
-        from engine.api import resolve_device
-
         check_spec(spec)
         self.spec, self.on_event, self.cancel = spec, on_event, cancel
         device = resolve_device(spec.device)

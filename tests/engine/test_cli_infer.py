@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from model_fixtures import save_green_detector, write_test_slide
 
 from engine import cli
-from model_fixtures import save_green_detector, write_test_slide
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 from conftest import BLOCK, SYNTH_L0_SIZE, block_colour
 
 from engine.errors import RegionError, SlideError, SlideOpenError, SlideReadError
-from engine.slides import ArraySlide, open_slide, to_rgb
 from engine.io.svs import default_downsamples, write_svs
+from engine.slides import ArraySlide, open_slide, to_rgb
 
 
 def _close(a, b, tol=14):
@@ -146,9 +146,9 @@ def test_corrupt_tile_reopens_once_then_reports_and_good_regions_stay_readable(c
 
 
 def test_a_file_that_keeps_failing_is_given_up_on(corrupt_tile_slide, monkeypatch):
-    import engine.slides.source
+    import engine.slides.openslide_source
 
-    monkeypatch.setattr(engine.slides.source, "MAX_REOPENS", 2)
+    monkeypatch.setattr(engine.slides.openslide_source, "MAX_REOPENS", 2)
     with open_slide(corrupt_tile_slide) as slide:
         for _ in range(2):
             with pytest.raises(SlideReadError, match="corrupt there"):
