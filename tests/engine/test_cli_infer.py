@@ -54,3 +54,10 @@ def test_torchrun_environment_shards_slides(files, tmp_path, monkeypatch):
                      "--out", str(tmp_path)])
     assert code == cli.EXIT_OK
     assert not (tmp_path / "a").exists() and (tmp_path / "b" / "maps.npz").exists()
+
+
+def test_an_unknown_device_is_a_usage_error_naming_the_choices(files, tmp_path, capsys):
+    code = cli.main(["infer", str(files / "a.svs"), "--model", str(files / "model"), "--out", str(tmp_path),
+                     "--device", "tpu"])
+    assert code == cli.EXIT_USAGE
+    assert "unknown device 'tpu'; use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
