@@ -13,7 +13,8 @@ One rounding rule per conversion:
 - the integer level-0 position a read of a level pixel starts at, and back, round to the
   nearest: :func:`lv_to_l0_origin`, :func:`l0_to_lv_origin` (a level origin survives the
   round trip whenever the downsample is at least 1);
-- a level-0 point on a level, for comparisons only, is the exact quotient: :func:`l0_to_lv_point`.
+- a level-0 point on a level, for comparisons only, is the exact quotient: :func:`l0_to_lv_point`;
+- renderers sample a level pixel at its centre: :func:`lv_centres_to_l0`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Iterator
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,12 @@ def l0_to_lv_origin(l0_x: float, l0_y: float, downsample: float) -> tuple[int, i
 def l0_to_lv_point(l0_x: float, l0_y: float, downsample: float) -> tuple[float, float]:
     """A level-0 point on a level's plane, unrounded (for bounds checks)."""
     return l0_x / downsample, l0_y / downsample
+
+
+def lv_centres_to_l0(lv_start: int, lv_stop: int, downsample: float, dtype=np.float64) -> np.ndarray:
+    """Level-0 coordinates of the centres of level pixels ``[lv_start, lv_stop)`` along one axis
+    (where a renderer samples a level pixel), computed in ``dtype``."""
+    return (np.arange(lv_start, lv_stop, dtype=dtype) + 0.5) * downsample
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from engine.geometry import (
@@ -12,6 +13,7 @@ from engine.geometry import (
     l0_to_lv_covering,
     l0_to_lv_origin,
     l0_to_lv_point,
+    lv_centres_to_l0,
     lv_to_l0,
     lv_to_l0_origin,
 )
@@ -76,3 +78,8 @@ def test_level_region_converts_its_local_boxes_and_cells_to_level0():
     assert region.cells_to_l0((1, 2), (3, 4), (8, 16)) == Box(40 + 48 * 4, 80 + 8 * 4, 40 + 64 * 4, 80 + 16 * 4)
     assert region.l0_read_origin(3, 1) == (52, 84)
     assert region.l0_to_cells(40 + 64 * 4, 80 + 16 * 4, (8, 16)) == (2.0, 4.0)
+
+
+def test_level_pixel_centres_on_level0():
+    assert lv_centres_to_l0(2, 5, 4.0).tolist() == [10.0, 14.0, 18.0]
+    assert lv_centres_to_l0(0, 2, 2.0, np.float32).dtype == np.float32
