@@ -18,6 +18,47 @@ __all__ = ["MapLayer", "check_model", "demo_cache_dir", "demo_model_dir", "ensur
            "showcase_slide", "write_maps"]
 
 
+# -- jobs (they import torch)
+
+def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
+    """Stream a model over a slide region; emit prediction and saliency maps as tiles finish.
+
+    Raises :class:`~engine.errors.SpecError` for a spec the model cannot serve (a saliency class
+    it lacks), :class:`~engine.errors.SlideError` for a bad slide and
+    :class:`~engine.errors.CheckpointError` for a bad model; after a cancel it returns
+    ``Finished(cancelled=True)`` holding what was finished (and writes it when ``out_dir`` is set).
+    Imports torch (see :mod:`engine.infer`).
+    """
+    from engine.infer import run_inference as _run
+
+    return _run(spec, on_event, cancel)
+
+
+def run_saliency(spec: InferenceSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
+    """:func:`run_inference` with the saliency map (the streamed input gradient) always on."""
+    return run_inference(dataclasses.replace(spec, saliency=True), on_event, cancel)
+
+
+def run_training(spec: TrainingSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
+    """Train (fine-tune) a classifier on whole slides with slide-level labels, the trunk streamed.
+
+    Emits :class:`~engine.events.Progress` (phase "train": optimiser steps of the epoch; "val": slides),
+    :class:`~engine.events.Metrics` per optimiser step and per validation,
+    :class:`~engine.events.CheckpointSaved` and :class:`~engine.events.StepSkipped`; returns (and
+    emits) ``Finished`` whose ``outputs`` name the ``last`` and ``best`` checkpoints and the
+    metrics log. A cancel saves ``last`` at the next step (or tile) and returns
+    ``Finished(cancelled=True)``. Under ``torchrun`` the same call trains with DDP (slides
+    sharded across ranks, only rank 0 writes and emits). Raises
+    :class:`~engine.errors.LabelsError`, :class:`~engine.errors.SlideError`,
+    :class:`~engine.errors.CheckpointError` or :class:`~engine.errors.TrainingError`.
+    """
+    from engine.train.loop import Trainer
+
+    return Trainer(spec, on_event, cancel or CancelToken()).run()
+
+
+# -- models, labels and results
+
 def read_model_card(path):
     """The model card of a checkpoint (JSON only; no weights are read)."""
     from engine.io.checkpoints import read_model_card as _read
@@ -33,11 +74,6 @@ def check_model(path):
 
     _, card = load_checkpoint(path)
     return card
-
-
-def run_saliency(spec: InferenceSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
-    """:func:`run_inference` with the saliency map (the streamed input gradient) always on."""
-    return run_inference(dataclasses.replace(spec, saliency=True), on_event, cancel)
 
 
 def list_models() -> list[str]:
@@ -69,6 +105,8 @@ def write_maps(out_dir, layers, **kwargs):
     return _write(out_dir, layers, **kwargs)
 
 
+# -- the demo
+
 def demo_model_dir():
     """The bundled demo model's folder (``resources/demo_model``)."""
     from engine.demo.data import DEMO_MODEL_DIR
@@ -96,36 +134,3 @@ def showcase_slide():
     from engine.demo.data import showcase_slide as _showcase
 
     return _showcase()
-
-
-def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
-    """Stream a model over a slide region; emit prediction and saliency maps as tiles finish.
-
-    Raises :class:`~engine.errors.SpecError` for a spec the model cannot serve (a saliency class
-    it lacks), :class:`~engine.errors.SlideError` for a bad slide and
-    :class:`~engine.errors.CheckpointError` for a bad model; after a cancel it returns
-    ``Finished(cancelled=True)`` holding what was finished (and writes it when ``out_dir`` is set).
-    Imports torch (see :mod:`engine.infer`).
-    """
-    from engine.infer import run_inference as _run
-
-    return _run(spec, on_event, cancel)
-
-
-def run_training(spec: TrainingSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
-    """Train (fine-tune) a classifier on whole slides with slide-level labels, the trunk streamed.
-
-    Emits :class:`~engine.events.Progress` (phase "train": optimiser steps of the epoch; "val": slides),
-    :class:`~engine.events.Metrics` per optimiser step and per validation,
-    :class:`~engine.events.CheckpointSaved` and :class:`~engine.events.StepSkipped`; returns (and
-    emits) ``Finished`` whose ``outputs`` name the ``last`` and ``best`` checkpoints and the
-    metrics log. A cancel saves ``last`` at the next step (or tile) and returns
-    ``Finished(cancelled=True)``. Under ``torchrun`` the same call trains with DDP (slides
-    sharded across ranks, only rank 0 writes and emits). Raises
-    :class:`~engine.errors.LabelsError`, :class:`~engine.errors.SlideError`,
-    :class:`~engine.errors.CheckpointError` or :class:`~engine.errors.TrainingError`.
-    """
-    from engine.train.loop import Trainer
-
-    return Trainer(spec, on_event, cancel or CancelToken()).run()
-

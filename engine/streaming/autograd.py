@@ -2,26 +2,22 @@
 
 Each node keeps the module, the source, the input-gradient sink and the pass (its hooks and
 heap-release count) from the forward, and re-enters the forward's autocast state in backward,
-so the recomputed cones match what the forward computed.
+so the recomputed cones match what the forward computed. ``module`` is the
+:class:`~engine.streaming.StreamingModule` (not imported here: it imports this module).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from engine.streaming.pooled import GlobalPoolReducer
-
-if TYPE_CHECKING:
-    from engine.streaming.module import StreamingModule
 
 
 class StreamFunction(torch.autograd.Function):
     """``trunk(x)`` as one node: the stitched map in forward, the streamed backward in backward."""
 
     @staticmethod
-    def forward(ctx, module: "StreamingModule", source, sink, run, x_anchor, *params):
+    def forward(ctx, module, source, sink, run, x_anchor, *params):
         _keep(ctx, module, source, sink, run)
         return module.run_forward(source, run)
 
@@ -35,7 +31,7 @@ class PooledStreamFunction(torch.autograd.Function):
     its gradient made block by block in backward; neither is ever whole."""
 
     @staticmethod
-    def forward(ctx, module: "StreamingModule", source, sink, run, pool: str, x_anchor, *params):
+    def forward(ctx, module, source, sink, run, pool: str, x_anchor, *params):
         reducer = GlobalPoolReducer(pool)
         module.run_forward(source, run, keep_output=False, reducer=reducer)
         _keep(ctx, module, source, sink, run)
@@ -57,7 +53,7 @@ def _streamed_backward(ctx, grad_out, x_index: int) -> tuple:
     """The backward pass of both nodes: blocks recomputed in the forward's autocast state.
     ``x_index``: where the input anchor sits among the node's inputs (the parameters follow it).
     Returns the anchor's gradient (None when it goes to a sink) and the parameters'."""
-    module: StreamingModule = ctx.module
+    module = ctx.module
     need_x = ctx.needs_input_grad[x_index] or ctx.sink is not None
     need_params = ctx.needs_input_grad[x_index + 1:]
     with torch.enable_grad(), _AutocastContext(ctx.autocast):
