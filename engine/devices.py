@@ -17,18 +17,18 @@ from engine.errors import SpecError
 if TYPE_CHECKING:
     import torch
 
-#: What a spec's ``device`` may be; "cuda:N" stands for an explicit GPU index.
-DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N")
+#: What a spec's ``device`` may be (e.g. a device menu's entries), besides "cuda:N", GPU N.
+DEVICES = ("auto", "cpu", "cuda")
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 
 _CUDA_INDEX = re.compile(r"cuda:\d+")
 
 
 def check_device_name(name: str) -> str:
-    """``name`` when it is one of :data:`DEVICE_NAMES`; else :class:`SpecError` listing them."""
-    if isinstance(name, str) and (name in ("auto", "cpu", "cuda") or _CUDA_INDEX.fullmatch(name)):
+    """``name`` when it is one of :data:`DEVICES` or "cuda:N"; else :class:`SpecError` listing them."""
+    if isinstance(name, str) and (name in DEVICES or _CUDA_INDEX.fullmatch(name)):
         return name
-    raise SpecError(f"unknown device {name!r}; use {', '.join(DEVICE_NAMES[:-1])} or {DEVICE_NAMES[-1]}")
+    raise SpecError(f"unknown device {name!r}; use {', '.join(DEVICES)} or cuda:N")
 
 
 def local_rank() -> int | None:
@@ -42,7 +42,7 @@ def resolve_device(name: str, rank: int | None = None) -> "torch.device":
 
     "auto" is CUDA when this torch build and machine have it, else the CPU. ``rank`` (a local
     rank, see :func:`local_rank`): a CUDA device without an index becomes GPU ``rank % count``.
-    Raises :class:`SpecError` for a name outside :data:`DEVICE_NAMES` or CUDA asked for where
+    Raises :class:`SpecError` for a name :func:`check_device_name` refuses or CUDA asked for where
     there is none.
     """
     import torch

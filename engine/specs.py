@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.devices import check_device_name
+from engine.devices import DEVICES, check_device_name
 from engine.errors import SpecError
 from engine.geometry import Box
+
+__all__ = ["DEVICES", "POOLS", "InferenceSpec", "TrainingSpec"]
 
 #: The global pools a classifier head may end in (a spec's ``pool``, a model card's): max or mean.
 POOLS = ("max", "avg")
@@ -22,7 +24,7 @@ class InferenceSpec:
 
     ``level``/``mpp`` choose the pyramid level read (default: the model card's input MPP, else its
     level, else 0). ``tile_size`` defaults to the model card's. ``device`` is one of
-    :data:`engine.devices.DEVICE_NAMES`: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
+    :data:`DEVICES` (from :mod:`engine.devices`): "auto" (CUDA when available), "cpu", "cuda", or "cuda:N"
     (under ``torchrun``, "auto" and "cuda" take the local rank's GPU).
     With ``saliency``, the input gradient of the class score (``saliency_class``, default the
     predicted class) is streamed and averaged over ``saliency_cell`` x ``saliency_cell`` input

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from engine import devices
-from engine.devices import DEVICE_NAMES, check_device_name, local_rank, resolve_device
+from engine.devices import DEVICES, check_device_name, local_rank, resolve_device
 from engine.errors import SpecError
 
 
 @pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
-def test_the_listed_names_pass(name):
+def test_the_listed_names_and_gpus_by_index_pass(name):
     assert check_device_name(name) == name
 
 
@@ -19,7 +19,7 @@ def test_the_listed_names_pass(name):
 def test_anything_else_is_a_spec_error_listing_the_names(name):
     with pytest.raises(SpecError, match="use auto, cpu, cuda or cuda:N"):
         check_device_name(name)
-    assert DEVICE_NAMES == ("auto", "cpu", "cuda", "cuda:N")
+    assert DEVICES == ("auto", "cpu", "cuda")
 
 
 def test_cpu_and_auto_without_cuda(monkeypatch):
@@ -48,3 +48,9 @@ def test_local_rank_is_torchruns(monkeypatch):
     assert local_rank() is None
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert devices.local_rank() == 3
+
+
+def test_specs_offer_the_same_list_to_the_viewer():
+    from engine import specs
+
+    assert specs.DEVICES is DEVICES
