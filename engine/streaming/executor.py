@@ -1,11 +1,17 @@
-"""Execute the streamable graph on one block's input cone."""
+"""Execute the streamable graph on one block's input cone; a block's share of the output gradient."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from engine.streaming.graph import StreamGraph
-from engine.streaming.plan import AxisPlan
+from engine.streaming.plan import AxisPlan, Block
+
+#: The output map's gradient for cells [rows) x [cols) of the output plane, or None where it is 0;
+#: with a true ``needs_values`` attribute it is also given the block's recomputed ``values=``.
+BlockGradFn = Callable[..., "torch.Tensor | None"]
 
 
 def crop(t: torch.Tensor, have_h, have_w, want_h, want_w) -> torch.Tensor:
@@ -65,3 +71,25 @@ def block_activations(graph: StreamGraph, x_cone: torch.Tensor, plan_h: AxisPlan
             values[i] = node.run({src: crop(values[src], plan_h.regions[src], plan_w.regions[src],
                                             plan_h.regions[i], plan_w.regions[i]) for src in node.inputs})
     return list(values.values())
+
+
+def block_grad(grad_out: torch.Tensor | BlockGradFn, rb: Block, cb: Block,
+                values: torch.Tensor | None = None) -> torch.Tensor | None:
+    """This block's share of the output gradient: its owned cells, zero where an earlier block
+    owns them. None when that share is all zero (e.g. a max-pool head's gradient reaches a few
+    cells only), which contributes nothing and is skipped. ``values``: the block's recomputed
+    output, for a callable that ``needs_values``."""
+    if callable(grad_out):
+        rows, cols = (rb.start, rb.end), (cb.start, cb.end)
+        g = grad_out(rows, cols, values=values) if values is not None else grad_out(rows, cols)
+        if g is None:
+            return None
+    else:
+        g = grad_out[:, :, rb.start:rb.end, cb.start:cb.end]
+    if rb.own_start != rb.start or cb.own_start != cb.start:
+        g = g.clone()
+        g[:, :, :rb.own_start - rb.start] = 0
+        g[:, :, :, :cb.own_start - cb.start] = 0
+    if not bool(g.any()):
+        return None
+    return g

@@ -30,14 +30,13 @@ from torch import nn
 from engine.errors import Cancelled, TileSizeError
 from engine.streaming import budget
 from engine.streaming.autograd import PooledStreamFunction, StreamFunction
-from engine.streaming.executor import run_block
+from engine.streaming.executor import BlockGradFn, block_grad, run_block
 from engine.streaming.graph import FROZEN_MODULES, StreamGraph, trace_trunk
 from engine.streaming.heap import release_free_heap
 from engine.streaming.hooks import StreamHooks
 from engine.streaming.plan import (
     AxisGeometry,
     AxisPlan,
-    Block,
     TilePlan,
     axis_geometry,
     plan_tiles,
@@ -45,10 +44,6 @@ from engine.streaming.plan import (
 from engine.streaming.pooled import GlobalPoolReducer
 from engine.streaming.sink import InputGradientSink
 from engine.streaming.sources import RegionSource, TensorSource
-
-#: The output map's gradient for cells [rows) x [cols) of the output plane, or None where it is 0;
-#: with a true ``needs_values`` attribute it is also given the block's recomputed ``values=``.
-BlockGradFn = Callable[..., "torch.Tensor | None"]
 
 
 class StreamPass:
@@ -336,7 +331,7 @@ class StreamingModule(nn.Module):
             x = y = None
             if needs_values:
                 x, y = self._recompute(source, rp, cp, need_x)
-            g = _block_grad(grad_out, rb, cb, y)
+            g = block_grad(grad_out, rb, cb, y)
             gx_block = None
             if g is not None:
                 if y is None:
@@ -375,24 +370,3 @@ class StreamingModule(nn.Module):
                 grads[k] = gk if grads[k] is None else grads[k].add_(gk)
         return gx_block
 
-
-def _block_grad(grad_out: torch.Tensor | BlockGradFn, rb: Block, cb: Block,
-                values: torch.Tensor | None = None) -> torch.Tensor | None:
-    """This block's share of the output gradient: its owned cells, zero where an earlier block
-    owns them. None when that share is all zero (e.g. a max-pool head's gradient reaches a few
-    cells only), which contributes nothing and is skipped. ``values``: the block's recomputed
-    output, for a callable that ``needs_values``."""
-    if callable(grad_out):
-        rows, cols = (rb.start, rb.end), (cb.start, cb.end)
-        g = grad_out(rows, cols, values=values) if values is not None else grad_out(rows, cols)
-        if g is None:
-            return None
-    else:
-        g = grad_out[:, :, rb.start:rb.end, cb.start:cb.end]
-    if rb.own_start != rb.start or cb.own_start != cb.start:
-        g = g.clone()
-        g[:, :, :rb.own_start - rb.start] = 0
-        g[:, :, :, :cb.own_start - cb.start] = 0
-    if not bool(g.any()):
-        return None
-    return g
