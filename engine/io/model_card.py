@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import CheckpointError
+from engine.specs import POOLS
 
 CARD_FORMAT_VERSION = 1
-POOLS = ("max", "avg")  # mirrors engine.models.split.POOLS, kept here so cards need no torch
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BUILDER_ARGS = ("num_classes", "split", "pool")  # set from the card's own fields, never from model_kwargs
 #: The largest streaming tile a card may ask for: a 65536² RGB float tile is already 48 GiB.

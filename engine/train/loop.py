@@ -115,7 +115,7 @@ class Trainer:
             run.write_spec(spec.as_json())
         if spec.streaming and not self.ctx.active:
             # One process may stop between tiles; ranks must agree, so they stop between steps only.
-            self.classifier.runner.should_stop = lambda: self.cancel.cancelled
+            self.classifier.set_should_stop(lambda: self.cancel.cancelled)
         self.net = distributed.wrap(self.classifier, self.ctx, self.device)
         outputs = {"last": str(run.last), "metrics": str(run.metrics_log)}
         self._in_step = False
