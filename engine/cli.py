@@ -1,6 +1,7 @@
 """``python -m engine``: headless commands on the same API the viewer uses.
 
-Exit codes: 0 done; 2 bad arguments; 3 at least one slide could not be read (the others were
+Exit codes: 0 done; 2 bad arguments (also: a training folder holding another run, or a resume
+that would change it); 3 at least one slide could not be read (the others were
 done); 4 the model could not be loaded; 5 cancelled (Ctrl-C, or SIGTERM for ``train``); 6 results
 could not be written; 7 training stopped on repeated non-finite losses or gradients.
 Under ``torchrun --nproc_per_node=N`` the slides are sharded across ranks (rank r takes every
@@ -19,6 +20,7 @@ from engine.devices import DEVICE_HELP
 from engine.errors import (
     CheckpointError,
     ResultsError,
+    RunFolderError,
     SlideError,
     StreamSlideError,
     TrainingError,
@@ -62,7 +64,20 @@ def _shard(slides: list[str]) -> tuple[list[str], int]:
 
 
 def _run_slides(args, saliency: bool) -> int:
-    slides, rank = _shard(args.slides)
+    from engine.io.call_summary import SlideOutcome, output_folders, write_summary
+
+    world_slides = list(args.slides)
+    # Folder names are chosen over every slide of the call (not just this rank's), so two slides
+    # of the same name get distinct folders whichever ranks they land on.
+    folders = dict(zip(world_slides, output_folders(args.out, world_slides), strict=True))
+    slides, rank = _shard(world_slides)
+    outcomes = [SlideOutcome(path, folders[path].name) for path in slides]
+    command = "saliency" if saliency else "infer"
+    try:
+        write_summary(args.out, command, args.model, outcomes, rank=rank)  # a read-only --out fails now, not after the work
+    except ResultsError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_WRITE
     token = CancelToken()
 
     def on_sigint(signum, frame):
@@ -74,8 +89,8 @@ def _run_slides(args, saliency: bool) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     failed: list[str] = []
     try:
-        for path in slides:
-            out_dir = Path(args.out) / Path(path).stem
+        for path, outcome in zip(slides, outcomes, strict=True):
+            out_dir = folders[path]
             spec = InferenceSpec(slide_path=path, model_path=args.model, level=args.level, mpp=args.mpp,
                                  tile_size=args.tile, device=args.device, saliency=saliency,
                                  saliency_class=args.saliency_class, saliency_cell=args.cell,
@@ -84,22 +99,34 @@ def _run_slides(args, saliency: bool) -> int:
                 result = _run_one(spec, ProgressBar(Path(path).name), token)
             except SlideError as exc:
                 print(f"skipped {path}: {exc}", file=sys.stderr)
+                outcome.status, outcome.error = "failed", str(exc)
                 failed.append(path)
                 continue
             except CheckpointError as exc:
+                outcome.status, outcome.error = "failed", str(exc)
                 print(f"cannot load model {args.model}: {exc}", file=sys.stderr)
                 return EXIT_MODEL
             except ResultsError as exc:
+                outcome.status, outcome.error = "failed", str(exc)
                 print(str(exc), file=sys.stderr)
                 return EXIT_WRITE
+            outcome.status = "cancelled" if result.cancelled else "done"
+            outcome.warnings = list(result.warnings)
+            for warning in result.warnings:
+                print(f"warning: {path}: {warning}", file=sys.stderr)
             if result.prediction is not None:
+                outcome.label = result.prediction.label
                 probs = ", ".join(f"{c}={p:.3f}" for c, p in zip(result.prediction.classes, result.prediction.probabilities, strict=True))
                 print(f"{path}: {result.prediction.label} ({probs}) -> {out_dir}")
             if result.cancelled:
-                print(f"cancelled; finished maps of {path} were kept in {out_dir}", file=sys.stderr)
+                print(f"cancelled; finished maps of {path} were kept in {out_dir} (marked cancelled)", file=sys.stderr)
                 return EXIT_CANCELLED
     finally:
         signal.signal(signal.SIGINT, previous)
+        try:
+            write_summary(args.out, command, args.model, outcomes, rank=rank)
+        except ResultsError as exc:
+            print(str(exc), file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(slides)} slides failed" + (f" on rank {rank}" if rank else ""), file=sys.stderr)
         return EXIT_SLIDE
@@ -195,7 +222,9 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"))
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last when it exists")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT (from OUT/last when it exists); "
+                   "it may change only the epochs, the learning rate and how the run is run")
+    p.add_argument("--overwrite", action="store_true", help="replace the run that OUT holds (its files are removed first)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="also save last every N steps")
     p.add_argument("--monitor", default=d.monitor, choices=("auc", "accuracy", "loss"))
     p.add_argument("--max-nonfinite", type=int, default=d.max_nonfinite)
@@ -212,7 +241,7 @@ def _train(args) -> int:
         weight_decay=args.weight_decay, momentum=args.momentum, schedule=args.schedule,
         warmup_steps=args.warmup, accumulate=args.accumulate, class_weights=args.class_weights,
         device=args.device, dtype=args.dtype, mixed_precision=not args.no_amp,
-        seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every, monitor=args.monitor,
+        seed=args.seed, resume=args.resume, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, monitor=args.monitor,
         max_nonfinite=args.max_nonfinite, low_memory=args.low_memory)
     token = CancelToken()
 
@@ -222,11 +251,22 @@ def _train(args) -> int:
         token.cancel()
         sys.stderr.write("\nsaving a checkpoint at the next step, then stopping...\n")
 
+    if spec.overwrite:
+        from engine.io.runs import RunFolder
+
+        if found := RunFolder(spec.out_dir).run_files():
+            print(f"replacing the run in {spec.out_dir} (--overwrite): removing {', '.join(found)}", file=sys.stderr)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         from engine.api import run_training  # torch loads here, not for --help
 
         result = run_training(spec, TrainingReport(), token)
+    except RunFolderError as exc:
+        print(f"cannot train into {spec.out_dir}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ResultsError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_WRITE
     except TrainingError as exc:
         print(f"training stopped: {exc}", file=sys.stderr)
         return EXIT_DIVERGED

@@ -55,6 +55,12 @@ class TrainingError(StreamSlideError):
     """Training could not go on: repeated non-finite losses or gradients, or a resume that does not fit."""
 
 
+class RunFolderError(TrainingError):
+    """A training run's folder holds another run (neither resume nor overwrite was asked for), or a
+    resume asks for what the saved run cannot give (another model, optimiser or data); the
+    message lists what differs and the ways on."""
+
+
 class SpecError(StreamSlideError, ValueError):
     """A job spec asks for something impossible (an unknown option, a value out of range); the
     message names the field, the value and the choices."""

@@ -65,11 +65,14 @@ class Prediction:
 @dataclass(frozen=True)
 class Finished:
     """The job ended. ``cancelled``: it stopped early, keeping what was finished.
-    ``outputs`` maps a kind ("maps_npz", "prediction_json", "saliency_tiff", ...) to a path."""
+    ``outputs`` maps a kind ("maps_npz", "prediction_json", "saliency_tiff", ...) to a path.
+    ``warnings``: what makes the result doubtful although the job ran (no tissue found, a
+    region smaller than the model's receptive field), in words."""
 
     cancelled: bool
     outputs: dict[str, str] = field(default_factory=dict)
     prediction: Prediction | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.devices import local_rank, resolve_device
-from engine.errors import Cancelled, SpecError
+from engine.errors import Cancelled, CheckpointError, SpecError, TileSizeError
 from engine.events import (
     CancelToken,
     EventCallback,
@@ -27,8 +28,8 @@ from engine.events import (
     Prediction,
     Progress,
 )
-from engine.geometry import LevelRegion
-from engine.io.checkpoints import load_checkpoint
+from engine.geometry import LevelRegion, MapGeometry
+from engine.io.checkpoints import card_path, load_checkpoint
 from engine.io.maps import MapLayer, write_maps
 from engine.models.fold import fold_batchnorm
 from engine.slides import open_slide
@@ -38,6 +39,7 @@ from engine.slides.region import (
     level_region,
     tissue_box,
 )
+from engine.slides.tissue import coverage_on_grid, detect_tissue
 from engine.specs import InferenceSpec
 from engine.streaming import InputGradientSink, StreamHooks, StreamingModule
 from engine.streaming.pooled import GlobalPoolReducer
@@ -61,18 +63,52 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
         level = choose_level(slide, level=spec.level, mpp=spec.mpp or card.input_mpp, fallback_level=card.input_level)
         region = level_region(slide, level, spec.l0_region or tissue_box(slide))
         source = SlideRegionSource(slide, region, card.normalization_mean, card.normalization_std)
-        stream = StreamingModule(trunk, spec.tile_size or card.tile_size, freeze_batchnorm=True)
+        stream = _stream(trunk, spec, card)
+        warnings = input_warnings(slide, region, stream.geometry[0].receptive_field, stream.geometry[1].receptive_field)
         job = InferenceRun(spec, stream, HeadEvaluator(model.head()), region, classes, on_event, cancel, device)
         cancelled = job.run(source)
         outputs = {}
         if spec.out_dir:
-            extra = {"model": str(spec.model_path), "level": level, "region_l0": list(region.l0_box.as_tuple()),
-                     "cancelled": cancelled}
+            extra = {"model": str(spec.model_path), "slide_resolved": str(Path(spec.slide_path).resolve()),
+                     "level": level, "region_l0": list(region.l0_box.as_tuple()), "cancelled": cancelled,
+                     "warnings": list(warnings)}
             outputs = write_maps(spec.out_dir, job.layers(), slide_path=spec.slide_path, classes=classes,
                                  prediction=job.prediction, slide_mpp=slide.mpp[0] if slide.mpp else None, extra=extra)
-    done = Finished(cancelled, outputs, job.prediction)
+    done = Finished(cancelled, outputs, job.prediction, warnings)
     on_event(done)
     return done
+
+
+#: Below this share of tissue in the region read, a prediction is said to rest on no tissue.
+MIN_TISSUE_FRACTION = 0.005
+
+
+def _stream(trunk, spec: InferenceSpec, card) -> StreamingModule:
+    """The streamed trunk at the spec's tile, else the card's; a card tile the trunk cannot use is
+    the model file's problem (:class:`~engine.errors.CheckpointError`), not a usage error."""
+    try:
+        return StreamingModule(trunk, spec.tile_size or card.tile_size, freeze_batchnorm=True)
+    except TileSizeError as exc:
+        if spec.tile_size:
+            raise
+        raise CheckpointError(f"{card_path(spec.model_path)}: field 'tile_size' ({card.tile_size}) does not fit the "
+                              f"model: {exc} Give a tile with --tile (tile_size), or fix the card.") from None
+
+
+def input_warnings(slide, region: LevelRegion, rf_rows: int, rf_cols: int) -> tuple[str, ...]:
+    """What makes a prediction on ``region`` doubtful although it runs: no tissue in it (an
+    empty or all-white slide), or a region smaller than the trunk's receptive field (the
+    prediction then rests mostly on padding)."""
+    warnings = []
+    if region.lv_h < rf_rows or region.lv_w < rf_cols:
+        warnings.append(f"the region read is only {region.lv_w}x{region.lv_h} pixels, smaller than the model's "
+                        f"receptive field ({rf_cols}x{rf_rows} px): the prediction rests mostly on padding")
+    mask = detect_tissue(slide)
+    tissue = float(coverage_on_grid(mask.th_mask, mask.l0_box, MapGeometry(region.l0_box, (1, 1)))[0, 0])
+    if tissue < MIN_TISSUE_FRACTION:
+        warnings.append(f"no tissue found in the region read ({100 * tissue:.1f}% of it looks like tissue): "
+                        "the prediction may mean nothing")
+    return tuple(warnings)
 
 
 class ProgressClock:
@@ -134,7 +170,8 @@ class SaliencyMap:
 
     def __init__(self, region: LevelRegion, cell: int, classes: tuple[str, ...], emit: EventCallback):
         map_hw = (-(-region.lv_h // cell), -(-region.lv_w // cell))
-        self.map = MapAccumulator("saliency", region, (cell, cell), map_hw, channels=(), fill=0.0, clip=False,
+        # Cells start NaN: not computed yet (transparent), never 0, which would read as "no gradient".
+        self.map = MapAccumulator("saliency", region, (cell, cell), map_hw, channels=(), fill=math.nan, clip=False,
                                   classes=classes, emit=emit)
         self.sink = InputGradientSink(self.add, reduce=cell)
 

@@ -43,9 +43,11 @@ def output_folders(out_dir: str | os.PathLike, slides: list[str]) -> list[Path]:
     out = Path(out_dir)
     folders = []
     for slide, name in zip(slides, slide_folder_names(slides), strict=True):
+        hashed = name if name.endswith(short_hash(slide)) else f"{name}-{short_hash(slide)}"
+        held_here = recorded_slide(out / hashed)  # an earlier call gave this slide its hashed name
         holder = recorded_slide(out / name)
-        if holder is not None and not _same_file(holder, slide) and not name.endswith(short_hash(slide)):
-            name = f"{name}-{short_hash(slide)}"
+        if (held_here is not None and _same_file(held_here, slide)) or (holder is not None and not _same_file(holder, slide)):
+            name = hashed
         folders.append(safe_child(out, name))
     return folders
 
@@ -61,4 +63,4 @@ def write_summary(out_dir: str | os.PathLike, command: str, model: str, outcomes
     doc = {"format_version": SUMMARY_FORMAT, "command": command, "model": str(model),
            "cancelled": any(o.status == "cancelled" for o in outcomes),
            "slides": [asdict(o) for o in outcomes]}
-    return atomic.write_json(safe_child(out_dir, summary_name(rank)), doc, indent=1)
+    return atomic.write_json(safe_child(atomic.make_folder(out_dir), summary_name(rank)), doc, indent=1)

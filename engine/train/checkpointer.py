@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from engine.errors import TrainingError
+from engine.errors import RunFolderError
 from engine.events import CheckpointSaved, Event
 from engine.io.checkpoints import ModelCard, read_model_card
 from engine.io.runs import LAST, RunFolder
@@ -91,7 +91,7 @@ class Checkpointer:
                   for name in ("architecture", "split", "pool", "model_kwargs", "classes")
                   if _plain(getattr(theirs, name)) != _plain(getattr(self.card, name))}
         if differ:
-            raise TrainingError(f"cannot resume from {found}: it holds another model ({describe_changes(differ)}); "
+            raise RunFolderError(f"cannot resume from {found}: it holds another model ({describe_changes(differ)}); "
                                 "resume with the same model, or start a new run in another folder (or with --overwrite)")
         options = [sorted(group) for group in self.optimizer.param_groups]
         try:
@@ -102,11 +102,11 @@ class Checkpointer:
             if [sorted(group) for group in self.optimizer.param_groups] != options:
                 raise KeyError(f"its optimiser has the options {', '.join(sorted(self.optimizer.param_groups[0]))}")
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:  # another optimiser's or schedule's state
-            raise TrainingError(f"cannot resume from {found}: its optimiser state does not fit this run "
+            raise RunFolderError(f"cannot resume from {found}: its optimiser state does not fit this run "
                                 f"({type(exc).__name__}: {exc}); resume with the same optimizer, or start a new "
                                 "run in another folder (or with --overwrite)") from exc
         if saved["steps_per_epoch"] != counters.steps_per_epoch or tuple(saved["classes"]) != tuple(self.card.classes):
-            raise TrainingError(f"{found} was written for another data set ({saved['steps_per_epoch']} steps "
+            raise RunFolderError(f"{found} was written for another data set ({saved['steps_per_epoch']} steps "
                                 f"per epoch, classes {saved['classes']}); use a new out_dir or the same labels")
         counters.epoch, counters.step_in_epoch = saved["epoch"], saved["step_in_epoch"]
         counters.best_value, counters.nonfinite_run = saved["best_value"], saved["nonfinite_run"]

@@ -17,7 +17,7 @@ import time
 import torch
 
 from engine.devices import resolve_device
-from engine.errors import Cancelled, SlideError, TrainingError
+from engine.errors import Cancelled, RunFolderError, SlideError, TrainingError
 from engine.events import CancelToken, Event, EventCallback, Finished, Metrics, Progress, StepSkipped
 from engine.io.labels import read_labels
 from engine.io.runs import BEST, LAST, RunFolder
@@ -93,7 +93,7 @@ class Trainer:
         refusal, changes = self._check_folder()
         if distributed.any_rank(refusal is not None, self.ctx, self.device):
             distributed.shutdown(self.ctx)
-            raise TrainingError(refusal or "another rank refused the run folder (see its message)")
+            raise RunFolderError(refusal or "another rank refused the run folder (see its message)")
         if self.ctx.is_main:
             if spec.overwrite:
                 run.clear()

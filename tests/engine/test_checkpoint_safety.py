@@ -129,3 +129,21 @@ def test_saving_keeps_refusing_what_loading_refuses(tmp_path, card):
     model = build_model(card)
     with pytest.raises(CheckpointError, match="model_kwargs"):
         save_checkpoint(tmp_path, model, dataclasses.replace(card, model_kwargs={"width": 10**6}))
+
+
+def test_a_card_tile_below_the_receptive_field_is_a_model_error_naming_the_minimum(tmp_path, capsys):
+    from engine.api import run_inference
+    from engine.specs import InferenceSpec
+
+    save_green_detector(tmp_path / "m", tile_size=8)
+    write_test_slide(tmp_path / "a.svs")
+    with pytest.raises(CheckpointError, match=r"model\.json: field 'tile_size' \(8\) .*at least 45 px"):
+        run_inference(InferenceSpec(slide_path=str(tmp_path / "a.svs"), model_path=str(tmp_path / "m"), device="cpu"),
+                      lambda e: None)
+    code = cli.main(["infer", str(tmp_path / "a.svs"), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"),
+                     "--device", "cpu"])
+    assert code == cli.EXIT_MODEL and "at least 45 px" in capsys.readouterr().err
+    # A --tile of the user's that is too small stays a usage error
+    code = cli.main(["infer", str(tmp_path / "a.svs"), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"),
+                     "--device", "cpu", "--tile", "16"])
+    assert code == cli.EXIT_USAGE

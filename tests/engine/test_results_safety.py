@@ -286,3 +286,90 @@ def test_a_folder_holding_another_slides_results_is_never_reused(tmp_path):
     summary = write_summary(out, "infer", "m", [SlideOutcome(first, a.name, "done", "l")])
     doc = json.loads(summary.read_text())
     assert doc["slides"][0]["folder"] == "slide" and doc["slides"][0]["status"] == "done" and not doc["cancelled"]
+
+
+def test_two_slides_of_the_same_name_in_one_call_get_their_own_folders_and_a_summary(job_files, tmp_path, capsys):
+    import shutil
+
+    from engine import cli
+
+    for sub in ("s1", "s2"):
+        (tmp_path / sub).mkdir()
+    shutil.copy(job_files / "green.svs", tmp_path / "s1" / "slide.svs")
+    from model_fixtures import write_test_slide
+
+    write_test_slide(tmp_path / "s2" / "slide.svs", boxes=())
+    out = tmp_path / "out"
+    code = cli.main(["infer", str(tmp_path / "s1" / "slide.svs"), str(tmp_path / "s2" / "slide.svs"),
+                     "--model", str(job_files / "model"), "--out", str(out), "--device", "cpu"])
+    assert code == cli.EXIT_OK
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["slides"]
+    assert [r["status"] for r in rows] == ["done", "done"] and [r["label"] for r in rows] == ["green", "other"]
+    assert len({r["folder"] for r in rows}) == 2
+    for row in rows:
+        doc = json.loads((out / row["folder"] / "prediction.json").read_text())
+        assert doc["slide"] == row["slide"] and doc["label"] == row["label"]  # neither replaced the other
+    # A later call with the first slide reuses its folder; never the other slide's
+    assert cli.main(["infer", str(tmp_path / "s2" / "slide.svs"), "--model", str(job_files / "model"),
+                     "--out", str(out), "--device", "cpu"]) == cli.EXIT_OK
+    again = json.loads((out / "summary.json").read_text())["slides"][0]
+    assert again["folder"] == rows[1]["folder"]
+
+
+def test_a_cancelled_cli_call_is_marked_in_its_summary(job_files, tmp_path, monkeypatch):
+    from engine import cli
+    from engine.events import MapPatch
+
+    real = cli._run_one
+
+    def cancel_at_first_patch(spec, bar, token):
+        def on_event(e):
+            bar(e)
+            if isinstance(e, MapPatch):
+                token.cancel()
+        from engine.api import run_inference
+
+        return run_inference(spec, on_event, token)
+
+    monkeypatch.setattr(cli, "_run_one", cancel_at_first_patch)
+    out = tmp_path / "out"
+    assert cli.main(["saliency", str(job_files / "green.svs"), "--model", str(job_files / "model"), "--out", str(out),
+                     "--device", "cpu"]) == cli.EXIT_CANCELLED
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cancelled"] is True and summary["slides"][0]["status"] == "cancelled"
+    folder = out / summary["slides"][0]["folder"]
+    assert json.loads((folder / "prediction.json").read_text())["cancelled"] is True
+    assert read_maps(folder)[1]["cancelled"] is True
+    assert real is not None
+
+
+@pytest.mark.parametrize("what, rgb", [
+    ("white", np.full((512, 512, 3), 255, np.uint8)),
+    ("tiny", np.full((16, 16, 3), (150, 90, 170), np.uint8)),
+])
+def test_a_slide_without_tissue_or_too_small_gets_a_warning(job_files, tmp_path, capsys, what, rgb):
+    from engine import cli
+    from engine.api import run_inference
+    from engine.io.svs import write_svs_array
+    from engine.specs import InferenceSpec
+
+    slide = write_svs_array(tmp_path / f"{what}.svs", rgb, mpp=0.5, tile=16 if what == "tiny" else 256, downsamples=(1,))
+    done = run_inference(InferenceSpec(slide_path=str(slide), model_path=str(job_files / "model"), device="cpu",
+                                       out_dir=str(tmp_path / "api")), lambda e: None)
+    words = "no tissue found" if what == "white" else "smaller than the model's receptive field"
+    assert any(words in w for w in done.warnings), done.warnings
+    assert any(words in w for w in json.loads((tmp_path / "api" / "prediction.json").read_text())["warnings"])
+    assert cli.main(["infer", str(slide), "--model", str(job_files / "model"), "--out", str(tmp_path / "cli"),
+                     "--device", "cpu"]) == cli.EXIT_OK
+    assert f"warning: {slide}: " in capsys.readouterr().err
+    assert any(words in w for w in json.loads((tmp_path / "cli" / "summary.json").read_text())["slides"][0]["warnings"])
+
+
+def test_a_slide_with_tissue_gets_no_warning(job_files):
+    from engine.api import run_inference
+    from engine.specs import InferenceSpec
+
+    done = run_inference(InferenceSpec(slide_path=str(job_files / "green.svs"), model_path=str(job_files / "model"),
+                                       device="cpu", saliency=False), lambda e: None)
+    assert done.warnings == ()

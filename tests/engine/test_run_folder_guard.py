@@ -51,13 +51,37 @@ def test_training_into_another_runs_folder_is_refused_and_changes_nothing(spec):
     assert _snapshot(spec.out_dir) == before
 
 
+def _argv(spec, *extra):
+    """``spec`` as ``python -m engine train`` arguments, then ``extra``."""
+    return ["train", "--labels", spec.labels, "--out", spec.out_dir, "--model", "smallnet", "--model-arg", "width=4",
+            "--input-size", "96", "--tile", "64", "--epochs", "1", "--device", "cpu", "--schedule", "constant",
+            "--lr", "0.003", *extra]
+
+
 def test_the_cli_refuses_it_too_naming_both_options(spec, capsys):
-    run_training(spec, lambda e: None)
-    argv = ["train", "--labels", spec.labels, "--out", spec.out_dir, "--model", "smallnet", "--model-arg", "width=4",
-            "--input-size", "96", "--tile", "64", "--epochs", "1", "--device", "cpu"]
-    code = cli.main(argv)
+    assert cli.main(_argv(spec)) == cli.EXIT_OK
+    before = _snapshot(spec.out_dir)
+    code = cli.main(_argv(spec))
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE and "holds another training run" in err and "--overwrite" in err
+    assert _snapshot(spec.out_dir) == before
+
+
+def test_the_cli_overwrite_says_so_and_replaces_the_run(spec, capsys):
+    assert cli.main(_argv(spec)) == cli.EXIT_OK
+    rows = len(_rows(spec.out_dir))
+    capsys.readouterr()
+    assert cli.main(_argv(spec, "--overwrite")) == cli.EXIT_OK
+    assert "replacing the run in" in capsys.readouterr().err and len(_rows(spec.out_dir)) == rows
+
+
+def test_the_cli_resume_refuses_another_optimizer_listing_it(spec, capsys):
+    assert cli.main(_argv(spec)) == cli.EXIT_OK
+    code = cli.main(_argv(spec, "--resume", "--optimizer", "sgd", "--epochs", "2"))
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE and "optimizer 'adamw' -> 'sgd'" in err and "Traceback" not in err
+    assert cli.main(_argv(spec, "--resume", "--epochs", "2", "--lr", "0.001")) == cli.EXIT_OK
+    assert "lr 0.003 -> 0.001" in RunFolder(spec.out_dir).read_notes()[0]
 
 
 def test_overwrite_replaces_the_run_and_keeps_the_users_other_files(spec):
@@ -181,10 +205,12 @@ def test_a_full_disk_while_logging_metrics_is_a_clear_error(spec, small_disk):
         run_training(dataclasses.replace(spec, out_dir=str(disk / "run")), fill_at_first_step)
 
 
-def test_a_read_only_out_is_a_clear_error(spec, small_disk):
+def test_a_read_only_out_is_a_clear_error(spec, small_disk, capsys):
     disk = small_disk("ro", "ro,size=64k")
     with pytest.raises(ResultsError, match="read-only; choose a writable folder"):
         run_training(dataclasses.replace(spec, out_dir=str(disk / "run")), lambda e: None)
+    assert cli.main(_argv(dataclasses.replace(spec, out_dir=str(disk / "run")))) == cli.EXIT_WRITE
+    assert "read-only" in capsys.readouterr().err
 
 
 def test_a_file_where_the_run_folder_should_be_is_a_clear_error(spec, tmp_path):
