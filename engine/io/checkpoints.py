@@ -129,16 +129,17 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, card: ModelCa
 
 # --- loading -----------------------------------------------------------------------------
 
-def build_model(card: ModelCard) -> SplitNet:
-    """A freshly initialised model of the card's architecture, split and pool (weights not loaded)."""
+def build_model(card: ModelCard, source: str = "the model card") -> SplitNet:
+    """A freshly initialised model of the card's architecture, split and pool (weights not loaded);
+    ``source`` (the card's file) is named in the error when the card's fields cannot build one."""
     from engine.models import create_model
 
     try:
         model = create_model(card.architecture, num_classes=len(card.classes), split=card.split,
                              pool=card.pool, **card.model_kwargs)
     except (ValueError, TypeError, RuntimeError, OverflowError) as e:
-        raise CheckpointError(f"cannot build '{card.architecture}' from the model card: {e}; "
-                              "check its architecture and model_kwargs") from e
+        raise CheckpointError(f"{source}: cannot build '{card.architecture}' from fields 'architecture' and "
+                              f"'model_kwargs': {e}; fix the card or re-export the model") from e
     stages = getattr(type(model), "stage_names", ())
     if card.split not in stages:  # SplitNet only checks when trunk() is first called
         raise CheckpointError(f"split '{card.split}' is not a stage of {card.architecture}; "
@@ -174,18 +175,19 @@ def load_checkpoint(path: str | Path, *, device: str = "cpu") -> tuple[SplitNet,
     check_finite(state, str(weights_path))
     # The card's architecture is built on the meta device first (shapes, no memory): a card asking
     # for a huge model that its weights do not hold is refused before anything is allocated.
-    _check_keys_and_shapes(meta_state_dict(card), state, card.architecture, str(weights_path), card)
-    model = build_model(card)
+    source = str(card_path(path))
+    _check_keys_and_shapes(meta_state_dict(card, source), state, card.architecture, str(weights_path), card)
+    model = build_model(card, source)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), card
 
 
-def meta_state_dict(card: ModelCard) -> dict:
+def meta_state_dict(card: ModelCard, source: str = "the model card") -> dict:
     """The state dict (shapes only, on the meta device) of the model ``card`` describes."""
     import torch
 
     with torch.device("meta"):
-        return build_model(card).state_dict()
+        return build_model(card, source).state_dict()
 
 
 def _check_keys_and_shapes(expected: dict, got: dict, architecture: str, source: str,

@@ -1,12 +1,22 @@
-"""A registry of model builders: keyword-only, by name, duplicates refused."""
+"""A registry of model builders: keyword-only, by name, duplicates refused.
+
+Builders state their arguments (keyword-only, with defaults), so the arguments a model card or
+a training spec passes are checked against them before anything is built: an unknown argument
+or an integer out of :data:`INT_ARGUMENT_RANGE` (a card is read from an untrusted file, and a
+builder allocates what it is asked for) is a ValueError naming the argument.
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from torch import nn
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+#: The range of an integer builder argument (widths, channels): enough for any real model,
+#: far below what would exhaust memory.
+INT_ARGUMENT_RANGE = (1, 4096)
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -25,7 +35,23 @@ def create_model(name: str, **kwargs) -> nn.Module:
         builder = _BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown model '{name}'; available: {', '.join(list_models())}") from None
+    check_arguments(name, builder, kwargs)
     return builder(**kwargs)
+
+
+def check_arguments(name: str, builder: Callable[..., nn.Module], kwargs: dict) -> None:
+    """Refuse arguments ``builder`` does not state, and integers where it takes one but out of range."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return  # a builder that does not state its arguments: its own errors must do
+    if unknown := sorted(set(kwargs) - set(params)):
+        raise ValueError(f"'{name}' takes no argument {', '.join(unknown)}; it takes {', '.join(params)}")
+    lo, hi = INT_ARGUMENT_RANGE
+    for key, value in kwargs.items():
+        default = params[key].default
+        if isinstance(default, int) and not isinstance(default, bool):
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ValueError(f"'{name}' argument {key}={value!r} must be an integer from {lo} to {hi}")
 
 
 def list_models() -> list[str]:

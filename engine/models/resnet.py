@@ -94,15 +94,15 @@ class ResNet(SplitNet):
 
 
 @register_model("resnet18")
-def resnet18(**kwargs) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], **kwargs)
+def resnet18(*, num_classes: int = 2, split: str = "layer2", pool: str = "max", in_channels: int = 3) -> ResNet:
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, split=split, pool=pool, in_channels=in_channels)
 
 
 @register_model("resnet34")
-def resnet34(**kwargs) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], **kwargs)
+def resnet34(*, num_classes: int = 2, split: str = "layer2", pool: str = "max", in_channels: int = 3) -> ResNet:
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes=num_classes, split=split, pool=pool, in_channels=in_channels)
 
 
 @register_model("resnet50")
-def resnet50(**kwargs) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
+def resnet50(*, num_classes: int = 2, split: str = "layer2", pool: str = "max", in_channels: int = 3) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, split=split, pool=pool, in_channels=in_channels)

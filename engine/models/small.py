@@ -32,5 +32,6 @@ class SmallNet(SplitNet):
 
 
 @register_model("smallnet")
-def smallnet(**kwargs) -> SmallNet:
-    return SmallNet(**kwargs)
+def smallnet(*, num_classes: int = 2, split: str = "stage4", pool: str = "max", width: int = 16,
+             in_channels: int = 3) -> SmallNet:
+    return SmallNet(num_classes=num_classes, split=split, pool=pool, width=width, in_channels=in_channels)

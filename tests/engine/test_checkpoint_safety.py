@@ -72,9 +72,9 @@ def test_the_card_is_compared_with_the_weights_before_a_real_model_is_built(tmp_
     devices = []
     real_build = checkpoints.build_model
 
-    def spy(c):
+    def spy(c, *args):
         devices.append(torch.empty(0).device.type)
-        return real_build(c)
+        return real_build(c, *args)
 
     monkeypatch.setattr(checkpoints, "build_model", spy)
     with pytest.raises(CheckpointError, match=r"shape mismatch .*check the card's architecture, classes and model_kwargs"):
@@ -82,11 +82,8 @@ def test_the_card_is_compared_with_the_weights_before_a_real_model_is_built(tmp_
     assert devices == ["meta"]  # shapes only: a 4096-wide SmallNet was never allocated
 
 
-def test_model_kwargs_the_builder_does_not_take_are_a_checkpoint_error(tmp_path, card):
+def test_model_kwargs_of_a_kind_no_builder_takes_are_refused_in_the_card(tmp_path, card):
     state = build_model(card).state_dict()
-    _write_pair(tmp_path / "odd", state, {**card.to_json(), "model_kwargs": {"width": 4, "depth": 3}})
-    with pytest.raises(CheckpointError, match="cannot build 'smallnet' from the model card.*depth"):
-        load_checkpoint(tmp_path / "odd")
     _write_pair(tmp_path / "list", state, {**card.to_json(), "model_kwargs": {"width": [4] * 10}})
     with pytest.raises(CheckpointError, match="'width' must be a number"):
         load_checkpoint(tmp_path / "list")
@@ -147,3 +144,35 @@ def test_a_card_tile_below_the_receptive_field_is_a_model_error_naming_the_minim
     code = cli.main(["infer", str(tmp_path / "a.svs"), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"),
                      "--device", "cpu", "--tile", "16"])
     assert code == cli.EXIT_USAGE
+
+
+def test_builders_state_their_arguments_and_the_registry_checks_them_before_building():
+    import time
+
+    from engine.models import create_model
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"'smallnet' argument width=100000 must be an integer from 1 to 4096"):
+        create_model("smallnet", width=100000)
+    assert time.perf_counter() - t0 < 1.0  # refused, not allocated
+    with pytest.raises(ValueError, match=r"'resnet18' takes no argument width; it takes num_classes, split, pool, in_channels"):
+        create_model("resnet18", width=8)
+    with pytest.raises(ValueError, match="must be an integer"):
+        create_model("smallnet", width="16")
+
+
+def test_a_card_with_an_argument_its_builder_does_not_take_names_it(tmp_path, card):
+    state = build_model(card).state_dict()
+    _write_pair(tmp_path / "odd", state, {**card.to_json(), "model_kwargs": {"width": 4, "depth": 3}})
+    with pytest.raises(CheckpointError, match=r"odd/model\.json: cannot build 'smallnet' from fields 'architecture' "
+                                              r"and 'model_kwargs': 'smallnet' takes no argument depth; it takes num_classes"):
+        load_checkpoint(tmp_path / "odd")
+
+
+def test_training_with_an_absurd_model_argument_is_a_usage_error(tmp_path, capsys):
+    from train_fixtures import write_training_set
+
+    labels = write_training_set(tmp_path / "slides", n_per_class=2, size=64)
+    code = cli.main(["train", "--labels", str(labels), "--out", str(tmp_path / "run"), "--model", "smallnet",
+                     "--model-arg", "width=100000", "--device", "cpu"])
+    assert code == cli.EXIT_USAGE and "width=100000 must be an integer from 1 to 4096" in capsys.readouterr().err
