@@ -27,13 +27,35 @@ def _model(tmp_path):
     return save_checkpoint(tmp_path / "model", build_model(card), card)
 
 
-def test_a_truncated_model_is_refused_when_chosen(qtbot, window, tmp_path):
-    card_path = _model(tmp_path)
+def _truncate(card_path):
     weights = card_path.parent / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-64])
+
+
+def _nan_weights(card_path):
+    """NaN weights with a matching sha256 (as a diverged run exported by hand would be)."""
+    import hashlib
+    import json
+
+    import safetensors.torch
+    import torch
+
+    weights = card_path.parent / "model.safetensors"
+    state = safetensors.torch.load(weights.read_bytes())
+    state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
+    data = safetensors.torch.save(state)
+    weights.write_bytes(data)
+    card = json.loads(card_path.read_text())
+    card_path.write_text(json.dumps({**card, "sha256": hashlib.sha256(data).hexdigest()}))
+
+
+@pytest.mark.parametrize("damage, words", [(_truncate, "sha256 mismatch"), (_nan_weights, "non-finite values")])
+def test_a_damaged_model_is_refused_when_chosen(qtbot, window, tmp_path, damage, words):
+    card_path = _model(tmp_path)
+    damage(card_path)
     with qtbot.waitSignal(window.error_reported, timeout=20_000) as blocker:
         window.model_panel.model_chosen.emit(str(card_path))
-    assert "sha256 mismatch" in blocker.args[0]
+    assert words in blocker.args[0]
     assert window.model.path is None and not window.model_panel.slide_button.isEnabled()
     assert window.model_panel.status.text().startswith("Could not load the model:")
 
