@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MAP_L0_CELL = 32  # level-0 pixels per saliency cell at every resolution (16 µm)
 SLIDE_PX = 2048  # engine.demo.data.RESOLUTION_SLIDE_PX (not imported here: children import torch lazily)
