@@ -102,7 +102,6 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, card: ModelCa
     refused. Returns the path of ``model.json``.
     """
     import safetensors.torch
-    import torch
 
     directory = Path(directory)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}

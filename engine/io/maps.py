@@ -72,7 +72,7 @@ def write_maps(out_dir: str | os.PathLike, layers: dict[str, MapLayer], *, slide
 
     staged: list[tuple[Path, atomic.Content]] = []
     written: dict[str, str] = {}
-    for file_name, layer_name, cls, plane, hi, cell_l0 in tiffs:
+    for file_name, _layer, _cls, plane, hi, cell_l0 in tiffs:
         tif = safe_child(out, file_name)
         rgb = np.ascontiguousarray(colorize_rgb(plane, "viridis", 0.0, hi))
         mpp = slide_mpp * cell_l0 if slide_mpp else None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from model_fixtures import save_green_detector, write_test_slide
 
 from engine import cli
 from engine.api import check_model, demo_model_dir, read_model_card
@@ -18,7 +19,6 @@ from engine.errors import CheckpointError
 from engine.io import checkpoints
 from engine.io.checkpoints import ModelCard, build_model, load_checkpoint, save_checkpoint
 from engine.io.model_card import MAX_MODEL_KWARG, MAX_TILE_SIZE
-from model_fixtures import save_green_detector, write_test_slide
 
 
 @pytest.fixture

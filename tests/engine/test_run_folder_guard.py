@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from train_fixtures import write_training_set
 
 from engine import cli
 from engine.api import run_training
@@ -19,7 +20,6 @@ from engine.errors import ResultsError, SlideError, SpecError, TrainingError
 from engine.events import Metrics
 from engine.io.runs import RunFolder
 from engine.specs import TrainingSpec
-from train_fixtures import write_training_set
 
 
 @pytest.fixture(scope="module")

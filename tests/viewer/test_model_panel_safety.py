@@ -4,11 +4,11 @@ not at Run; the demo model's card says it knows only the synthetic demo slides."
 from __future__ import annotations
 
 import pytest
+from fake_engine import CLASSES, FakeRunner
 from PySide6.QtCore import QSettings
 
 from engine.api import demo_model_dir
 from engine.io.checkpoints import ModelCard, build_model, save_checkpoint
-from fake_engine import CLASSES, FakeRunner
 
 
 @pytest.fixture
