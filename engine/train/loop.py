@@ -18,7 +18,7 @@ import torch
 
 from engine.devices import resolve_device
 from engine.errors import Cancelled, TrainingError
-from engine.events import CancelToken, Event, EventCallback, Finished, Metrics, Progress, StepSkipped
+from engine.events import CancelToken, Event, EventCallback, Finished, JobWarning, Metrics, Progress, StepSkipped
 from engine.io.labels import read_labels
 from engine.io.runs import BEST, LAST, RunFolder
 from engine.specs import TrainingSpec
@@ -28,8 +28,9 @@ from engine.train.classifier import Classifier, build_model, calibrate_norms
 from engine.train.data import Prefetcher, split_records
 from engine.train.feed import SlideFeed
 from engine.train.metrics_log import MetricsLogger
-from engine.train.optim import build_optimizer, build_scheduler, class_weights
+from engine.train.optim import build_optimizer, build_scheduler
 from engine.train.step import FP16_OVERFLOW, SlideForward, TrainStep
+from engine.train.tasks import build_task
 from engine.train.validator import Validator, improves
 
 
@@ -57,12 +58,15 @@ class Trainer:
         self.dtype = precision.parameter_dtype(spec)
         self.run_folder = RunFolder(spec.out_dir)
 
-        labels = read_labels(spec.labels, spec.classes)
+        labels = read_labels(spec.labels, spec.classes, task=spec.task, targets=spec.targets)
+        for warning in labels.warnings:
+            self.emit(JobWarning(warning, str(spec.labels)))
         self.classes = labels.classes
         train_set, val_set = split_records(labels, spec.val_fraction, spec.seed)
-        self.feed = SlideFeed(spec, train_set, ctx)
+        self.task = build_task(spec, labels, train_set)
+        self.feed = SlideFeed(spec, train_set, ctx, self.task.target)
 
-        self.model, card = build_model(spec, self.classes)
+        self.model, card = build_model(spec, self.classes, self.task.card_fields())
         self.model.to(self.device, self.dtype)
         self.classifier = Classifier(self.model, streaming=spec.streaming, tile_size=spec.tile_size,
                                      channels_last=precision.use_channels_last(spec, self.device),
@@ -71,16 +75,14 @@ class Trainer:
 
         amp_dtype = precision.autocast_dtype(spec, self.device, self.dtype)
         scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
-        weights = class_weights(spec, labels.counts(train_set))
-        weights_t = torch.tensor(weights, dtype=self.dtype, device=self.device) if weights else None
         optimizer = build_optimizer(spec, self.model)
         self.counters = Counters(steps_per_epoch=len(self.feed.epoch_groups(0)))
         scheduler = build_scheduler(spec, optimizer, spec.epochs * self.counters.steps_per_epoch)
 
         forward = SlideForward(spec, self.dtype, self.device, amp_dtype)
-        self.step = TrainStep(forward, self.model, optimizer, scheduler, scaler, weights_t, ctx, self.device)
+        self.step = TrainStep(forward, self.model, optimizer, scheduler, scaler, self.task, ctx, self.device)
         self.scheduler = scheduler
-        self.validate = Validator(val_set, self.feed, forward, ctx, self.emit, self.cancel, spec.prefetch)
+        self.validate = Validator(val_set, self.feed, forward, self.task, ctx, self.emit, self.cancel, spec.prefetch)
         self.metrics = MetricsLogger(self.run_folder, ctx, self.emit)
         self.checkpoints = Checkpointer(self.run_folder, self.model, card, optimizer=optimizer, scheduler=scheduler,
                                         scaler=scaler, ctx=ctx, emit=self.emit)
