@@ -80,6 +80,20 @@ def predicted_classes(probabilities: np.ndarray, threshold: float | None = None)
     return probabilities.argmax(axis=1)
 
 
+def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rates, true positive rates) from (0, 0) to (1, 1), one point per distinct
+    score (tied scores move both rates at once, the diagonal step the AUC counts half)."""
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0])
+    order = np.argsort(-scores, kind="mergesort")
+    s, p = scores[order], positive[order]
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    tps, fps = np.cumsum(p)[last_of_tie], np.cumsum(~p)[last_of_tie]
+    return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos]
+
+
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, losses: np.ndarray,
                            threshold: float | None = None) -> dict[str, float]:
     """``loss`` (mean), ``accuracy``, ``balanced_accuracy`` (arg-max, or class 1 at ``threshold``

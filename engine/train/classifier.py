@@ -87,7 +87,8 @@ def build_model(spec: TrainingSpec, classes: tuple[str, ...], card_fields: dict 
         model_kwargs={k: v for k, v in spec.model_kwargs.items() if k not in ("split", "pool", "num_classes")},
         input_mpp=spec.mpp, input_level=spec.level, normalization_mean=tuple(spec.normalization_mean),
         normalization_std=tuple(spec.normalization_std), tile_size=spec.tile_size,
-        provenance={"made_by": "engine.train", "labels": str(spec.labels), "pretrained": spec.pretrained},
+        provenance={"made_by": "engine.train", "labels": str(spec.labels), "pretrained": spec.pretrained,
+                    "input_size": spec.input_size, "tissue_crop": spec.tissue_crop},
         **(card_fields or {}))
     return model, card
 
