@@ -17,7 +17,7 @@ import time
 import torch
 
 from engine.devices import resolve_device
-from engine.errors import Cancelled, TrainingError
+from engine.errors import Cancelled, SpecError, TrainingError
 from engine.events import CancelToken, Event, EventCallback, Finished, JobWarning, Metrics, Progress, StepSkipped
 from engine.io.labels import read_labels
 from engine.io.runs import BEST, LAST, RunFolder
@@ -42,6 +42,9 @@ class Trainer:
     """One training run; :func:`engine.api.run_training` builds it and calls :meth:`run`."""
 
     def __init__(self, spec: TrainingSpec, on_event: EventCallback, cancel: CancelToken):
+        if spec.folds > 1:
+            raise SpecError(f"folds={spec.folds} is a cross-validation of several runs: "
+                            "run it with engine.train.folds.run_folds")
         self.spec, self.cancel = spec, cancel
         device = resolve_device(spec.device)
         self.ctx = distributed.init_from_env(device)
