@@ -76,3 +76,13 @@ def test_the_trainer_refuses_folds_and_points_to_run_folds(tasks_csv, tmp_path):
     spec = TrainingSpec(labels=str(tasks_csv), out_dir=str(tmp_path), folds=2, device="cpu")
     with pytest.raises(SpecError, match="run_folds"):
         Trainer(spec, lambda e: None, None)
+
+
+def test_the_validation_split_deals_whole_patients(tasks_csv):
+    from engine.train.data import split_records
+
+    labels = read_labels(tasks_csv, task="regression", targets=["green"])
+    for seed in range(5):
+        train, val = split_records(labels, 0.34, seed)
+        assert len(train) + len(val) == 12 and len(val) == 4  # round(0.34 * 6 patients) = 2 patients
+        assert not ({r.patient for r in train} & {r.patient for r in val})
