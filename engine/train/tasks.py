@@ -48,8 +48,8 @@ class ClassificationTask:
         return F.cross_entropy(logits, t)
 
     def outputs(self, logits: torch.Tensor) -> list[float]:
-        """Class probabilities of one slide."""
-        return torch.softmax(logits.detach().double(), 1)[0].tolist()
+        """Class probabilities of one slide (in the logits' precision, as validation always was)."""
+        return torch.softmax(logits.detach(), 1)[0].tolist()
 
     def metrics(self, outputs: np.ndarray, truths: Sequence, losses: np.ndarray) -> dict[str, float]:
         return classification_metrics(np.asarray(outputs), np.asarray(truths, np.int64), np.asarray(losses))
@@ -78,7 +78,7 @@ class MultilabelTask(ClassificationTask):
 
     def outputs(self, logits: torch.Tensor) -> list[float]:
         """Each label's probability."""
-        return torch.sigmoid(logits.detach().double())[0].tolist()
+        return torch.sigmoid(logits.detach())[0].tolist()
 
     def metrics(self, outputs: np.ndarray, truths: Sequence, losses: np.ndarray) -> dict[str, float]:
         return multilabel_metrics(np.asarray(outputs), np.asarray(truths), np.asarray(losses), self.names)

@@ -127,3 +127,30 @@ def test_a_cancelled_evaluation_writes_what_it_has_marked_cancelled(cohort, tmp_
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert result.cancelled and saved["cancelled"] is True and saved["evaluated"] == 2
     assert result.table.startswith("CANCELLED")
+
+
+def test_two_gloo_ranks_share_the_slides_and_rank_0_writes_the_same_results(cohort, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, model = cohort
+    repo = Path(__file__).resolve().parents[2]
+    script = tmp_path / "run_eval.py"
+    script.write_text(
+        "import sys\n"
+        "from engine.evaluate.run import evaluate\n"
+        "from engine.specs import EvaluationSpec\n"
+        f"evaluate(EvaluationSpec(model={str(model)!r}, labels={str(root / 'test.csv')!r}, out_dir=sys.argv[1],"
+        " device='cpu', bootstrap=50), lambda e: None)\n")
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path / "ddp")], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = evaluate(EvaluationSpec(model=str(model), labels=str(root / "test.csv"), out_dir=str(tmp_path / "one"),
+                                     device="cpu", bootstrap=50), lambda e: None)
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp["slides"] == single.metrics["slides"] and ddp["failed"] == single.metrics["failed"]
+    assert (tmp_path / "ddp" / "predictions.csv").read_text() == (tmp_path / "one" / "predictions.csv").read_text()
