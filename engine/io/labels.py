@@ -148,7 +148,7 @@ def read_labels_csv(path: str | Path, classes: Sequence[str] | None = None, *, t
         if not slide_path.exists():
             raise LabelsError(f"{where}: slide {slide!r} not found (looked for {slide_path}); "
                               "paths are relative to the CSV's folder")
-        values = tuple(row[c].strip() for c in target_cols)
+        values = tuple(row[c] for c in target_cols)  # untrimmed: a merge by trimming is reported
         if slide_path in seen:
             first_line, first_values = seen[slide_path]
             same = [_fold(v) for v in values] == [_fold(v) for v in first_values]
@@ -230,20 +230,21 @@ def read_class_folders(root: str | Path, classes: Sequence[str] | None = None) -
 
 def _class_set(entries, classes: Sequence[str] | None, source: str, targets: tuple[str, ...]) -> LabelSet:
     """Class names compared after trimming and case-folding; the first spelling names the class."""
-    warnings = []
+    warnings, merged = [], set()
     spelling: dict[str, tuple[str, str]] = {}  # folded -> (first spelling, where)
     for _, label, _, where, _ in entries:
-        if not label:
+        if not label.strip():
             raise LabelsError(f"{where}: empty label; give every slide a class or drop the row")
         first = spelling.setdefault(_fold(label), (label, where))
-        if first[0] != label and not any(f"{label!r}" in w and f"{first[0]!r}" in w for w in warnings):
+        if first[0] != label and (first[0], label) not in merged:
+            merged.add((first[0], label))
             warnings.append(f"labels {first[0]!r} ({first[1]}) and {label!r} ({where}) differ only in case or "
-                            f"spaces; read as one class {first[0]!r}")
+                            f"spaces; read as one class {first[0].strip()!r}")
     if classes:
         names = tuple(classes)
     else:
         _refuse_numeric_classes(entries)
-        names = tuple(sorted((s for s, _ in spelling.values()), key=_class_order))
+        names = tuple(sorted((s.strip() for s, _ in spelling.values()), key=_class_order))
     index = {_fold(c): i for i, c in enumerate(names)}
     records = []
     for slide_path, label, split, where, patient in entries:

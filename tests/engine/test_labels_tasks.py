@@ -72,9 +72,10 @@ def test_labels_differing_in_case_or_spaces_merge_with_a_warning(slides):
     labels = read_labels(write(slides / "c.csv", "slide,label\nbenign_0.svs,benign\nbenign_1.svs,Benign \n"
                                "tumour_0.svs,tumour\ntumour_1.svs, benign\n"))
     assert labels.classes == ("benign", "tumour") and [r.label for r in labels.records] == [0, 0, 1, 0]
-    assert len(labels.warnings) == 1
-    assert "'benign'" in labels.warnings[0] and "'Benign'" in labels.warnings[0]
-    assert "c.csv:3" in labels.warnings[0] and "read as one class 'benign'" in labels.warnings[0]
+    assert len(labels.warnings) == 2
+    assert "'benign'" in labels.warnings[0] and "'Benign '" in labels.warnings[0] and "c.csv:3" in labels.warnings[0]
+    assert "' benign' (" in labels.warnings[1] and "c.csv:5" in labels.warnings[1]
+    assert all("read as one class 'benign'" in w for w in labels.warnings)
     # Given classes match the same way.
     assert read_labels(slides / "c.csv", classes=("TUMOUR", "benign")).counts() == [1, 3]
 

@@ -135,3 +135,20 @@ def test_a_regression_card_refuses_a_missing_standardisation():
                      target_mean=(2.0,), target_std=(0.5,))
     assert ModelCard.from_json(json.loads(json.dumps(card.to_json()))) == card
     assert card.to_units(np.array([[1.0], [-2.0]])).tolist() == [[2.5], [1.0]]
+
+
+def test_training_reports_merged_labels_as_a_warning(tmp_path):
+    from engine.events import JobWarning
+    from train_fixtures import write_training_set
+
+    csv_path = write_training_set(tmp_path / "s", n_per_class=2, size=64)
+    text = csv_path.read_text().replace("tumour_1.svs,tumour", "tumour_1.svs,Tumour ")
+    csv_path.write_text(text)
+    events = []
+    spec = TrainingSpec(labels=str(csv_path), out_dir=str(tmp_path / "run"), model="smallnet",
+                        model_kwargs={"width": 4}, input_size=64, tile_size=64, epochs=1, device="cpu",
+                        calibrate_norms=1)
+    run_training(spec, events.append)
+    warnings = [e for e in events if isinstance(e, JobWarning)]
+    assert len(warnings) == 1 and "'Tumour ' (" in warnings[0].message and warnings[0].subject == str(csv_path)
+    assert read_model_card(tmp_path / "run" / "last").classes == ("benign", "tumour")
