@@ -12,12 +12,12 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import torch
+from model_fixtures import save_green_detector, write_test_slide
 
 from engine.evaluate import cli
 from engine.evaluate.run import evaluate
 from engine.events import Finished, JobWarning, Progress
 from engine.specs import EvaluationSpec
-from model_fixtures import save_green_detector, write_test_slide
 
 
 @pytest.fixture(scope="module")

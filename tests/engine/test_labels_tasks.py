@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from train_fixtures import write_training_set
 
 from engine.errors import LabelsError
 from engine.io.labels import read_labels
-from train_fixtures import write_training_set
 
 
 @pytest.fixture(scope="module")

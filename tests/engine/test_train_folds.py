@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from train_fixtures import write_task_set
 
 from engine.errors import LabelsError, SpecError
 from engine.io.labels import read_labels
 from engine.specs import TrainingSpec
 from engine.train.folds import assign_folds, run_folds, summarise
-from train_fixtures import write_task_set
 
 
 @pytest.fixture(scope="module")

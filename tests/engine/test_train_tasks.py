@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from train_fixtures import write_task_set
 
 from engine.api import run_training
 from engine.errors import SpecError
 from engine.events import Metrics
 from engine.io.checkpoints import load_checkpoint, read_model_card
 from engine.specs import TrainingSpec
-from train_fixtures import write_task_set
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,7 @@ def train_outputs(model_dir, labels, card):
     import torch
 
     from engine.train.classifier import Classifier
-    from engine.train.data import InputSpec, input_source, read_slide_input
-    from engine.train.data import Augmentation
+    from engine.train.data import Augmentation, InputSpec, input_source, read_slide_input
     from engine.train.tasks import task_from_card
 
     model, card = load_checkpoint(model_dir)
@@ -138,8 +137,9 @@ def test_a_regression_card_refuses_a_missing_standardisation():
 
 
 def test_training_reports_merged_labels_as_a_warning(tmp_path):
-    from engine.events import JobWarning
     from train_fixtures import write_training_set
+
+    from engine.events import JobWarning
 
     csv_path = write_training_set(tmp_path / "s", n_per_class=2, size=64)
     text = csv_path.read_text().replace("tumour_1.svs,tumour", "tumour_1.svs,Tumour ")
