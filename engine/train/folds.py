@@ -131,3 +131,10 @@ def _finish(on_event: EventCallback, cancelled: bool, outputs: dict) -> Finished
     done = Finished(cancelled, outputs)
     on_event(done)
     return done
+
+
+def train(spec: TrainingSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
+    """One run, or ``spec.folds`` of them (what :func:`engine.api.run_training` calls)."""
+    if spec.folds > 1:
+        return run_folds(spec, on_event, cancel)
+    return Trainer(spec, on_event, cancel or CancelToken()).run()

@@ -97,3 +97,20 @@ def test_the_validation_split_deals_whole_patients(tasks_csv):
         train, val = split_records(labels, 0.34, seed)
         assert len(train) + len(val) == 12 and len(val) == 4  # round(0.34 * 6 patients) = 2 patients
         assert not ({r.patient for r in train} & {r.patient for r in val})
+
+
+def test_the_training_commands_task_options_become_spec_fields():
+    import argparse
+
+    from engine.train.cli import add_task_arguments, task_fields
+
+    p = argparse.ArgumentParser()
+    add_task_arguments(p)
+    assert task_fields(p.parse_args([])) == {"task": "classification", "targets": None, "loss": "mse", "folds": 1,
+                                             "monitor": "auc"}
+    fields = task_fields(p.parse_args(["--task", "regression", "--targets", "ki67, grade", "--folds", "5",
+                                       "--loss", "huber"]))
+    assert fields == {"task": "regression", "targets": ("ki67", "grade"), "loss": "huber", "folds": 5,
+                      "monitor": "spearman"}
+    TrainingSpec(labels="x", out_dir="y", **fields)  # valid as given
+    assert task_fields(p.parse_args(["--task", "multilabel", "--monitor", "loss"]))["monitor"] == "loss"
