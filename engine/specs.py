@@ -159,7 +159,7 @@ class TrainingSpec:
                             f"use one of {', '.join(self.TASK_MONITORS[self.task])}")
         if self.targets is not None:
             if isinstance(self.targets, str):
-                object.__setattr__(self, "targets", tuple(t for t in self.targets.split(",") if t.strip()))
+                object.__setattr__(self, "targets", tuple(t.strip() for t in self.targets.split(",") if t.strip()))
             else:
                 object.__setattr__(self, "targets", tuple(self.targets))
             if not self.targets or not all(isinstance(t, str) and t.strip() for t in self.targets):
@@ -227,7 +227,7 @@ class EvaluationSpec:
         if self.tile_size is not None and self.tile_size < 1:
             raise SpecError(f"tile_size must be at least 1, got {self.tile_size}")
         if isinstance(self.targets, str):
-            object.__setattr__(self, "targets", tuple(t for t in self.targets.split(",") if t.strip()))
+            object.__setattr__(self, "targets", tuple(t.strip() for t in self.targets.split(",") if t.strip()))
         elif self.targets is not None:
             object.__setattr__(self, "targets", tuple(self.targets))
 

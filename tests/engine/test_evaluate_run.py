@@ -154,3 +154,28 @@ def test_two_gloo_ranks_share_the_slides_and_rank_0_writes_the_same_results(coho
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert ddp["slides"] == single.metrics["slides"] and ddp["failed"] == single.metrics["failed"]
     assert (tmp_path / "ddp" / "predictions.csv").read_text() == (tmp_path / "one" / "predictions.csv").read_text()
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(patient_aggregate="median"), "patient_aggregate 'median' is not one of max, mean"),
+    (dict(threshold=1.5), "threshold must be between 0 and 1"),
+    (dict(bootstrap=-1), "bootstrap must be 0"),
+    (dict(dtype="float16"), "dtype 'float16'"),
+    (dict(tile_size=0), "tile_size must be at least 1"),
+])
+def test_evaluation_spec_refuses_impossible_values(kw, message):
+    from engine.errors import SpecError
+
+    with pytest.raises(SpecError, match=message):
+        EvaluationSpec(model="m", labels="l.csv", out_dir="o", **kw)
+    assert EvaluationSpec(model="m", labels="l", out_dir="o", targets="a, b").targets == ("a", "b")
+
+
+def test_labels_of_other_classes_than_the_models_are_refused(cohort, tmp_path):
+    from engine.errors import LabelsError
+
+    root, model = cohort
+    (root / "other.csv").write_text("slide,label\ns0.svs,green\ns1.svs,tumour\n")
+    with pytest.raises(LabelsError, match=r"other.csv:3: label 'tumour' is not one of the classes other, green"):
+        evaluate(EvaluationSpec(model=str(model), labels=str(root / "other.csv"), out_dir=str(tmp_path), device="cpu"),
+                 lambda e: None)
