@@ -166,3 +166,37 @@ def test_training_reports_merged_labels_as_a_warning(tmp_path):
     warnings = [e for e in events if isinstance(e, JobWarning)]
     assert len(warnings) == 1 and "'Tumour ' (" in warnings[0].message and warnings[0].subject == str(csv_path)
     assert read_model_card(tmp_path / "run" / "last").classes == ("benign", "tumour")
+
+
+def test_task_losses_weights_and_standardisation_by_hand(tasks_csv):
+    import torch
+
+    from engine.io.labels import read_labels
+    from engine.train.data import split_records
+    from engine.train.tasks import build_task
+
+    spec = TrainingSpec(labels=str(tasks_csv), out_dir="o", task="multilabel", monitor="auc",
+                        class_weights="balanced", val_fraction=0.34)
+    labels = read_labels(tasks_csv, task="multilabel", targets=["has_green", "has_blue"])
+    train, val = split_records(labels, spec.val_fraction, spec.seed)
+    task = build_task(spec, labels, train)
+    pos = [sum(r.values[i] for r in train) for i in range(2)]
+    assert task.weights == [pytest.approx((len(train) - p) / p) for p in pos]
+    logits = torch.tensor([[0.3, -1.2]], dtype=torch.float64)
+    w = task.weights
+    p = torch.sigmoid(logits)[0]
+    by_hand = -(w[0] * torch.log(p[0]) + torch.log(1 - p[1])) / 2  # target (1, 0)
+    assert float(task.loss(logits, (1.0, 0.0))) == pytest.approx(float(by_hand))
+
+    rlabels = read_labels(tasks_csv, task="regression", targets=["green"])
+    rtrain, rval = split_records(rlabels, 0.34, 0)
+    rspec = TrainingSpec(labels=str(tasks_csv), out_dir="o", task="regression", monitor="r2", loss="mse")
+    rtask = build_task(rspec, rlabels, rtrain)
+    values = np.array([r.values[0] for r in rtrain])
+    assert rtask.mean == pytest.approx((values.mean(),)) and rtask.std == pytest.approx((values.std(),))
+    assert rtask.mean != pytest.approx((np.mean([r.values[0] for r in rlabels.records]),))  # validation unseen
+    out = torch.tensor([[0.5]], dtype=torch.float64)
+    y = rtrain[0].values
+    z = (y[0] - rtask.mean[0]) / rtask.std[0]
+    assert float(rtask.loss(out, y)) == pytest.approx((0.5 - z) ** 2)
+    assert rtask.outputs(out) == [pytest.approx(0.5 * rtask.std[0] + rtask.mean[0])]
