@@ -15,23 +15,24 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+import numpy as np
+import torch  # the benchmark builds the model; the viewer never imports torch
+from PySide6.QtCore import QEventLoop, QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+from torch import nn
+
+from engine.events import MapPatch
+from engine.io.checkpoints import ModelCard, save_checkpoint
+from engine.models import create_model
+from viewer.main_window import MainWindow
+from viewer.model.layers import LayerKey
+from viewer.workers.inference import engine_runner
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402  (the benchmark builds the model; the viewer never imports torch)
-from PySide6.QtCore import QEventLoop, QSettings, QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
-from torch import nn  # noqa: E402
-
-from engine.io.checkpoints import ModelCard, save_checkpoint  # noqa: E402
-from engine.models import create_model  # noqa: E402
-from viewer.main_window import MainWindow  # noqa: E402
-
 SLIDE = ROOT.parent / "shared" / "data" / "CMU-1-Small-Region.svs"
 OUT = ROOT / "docs" / "viewer-overlay.png"
 CLASSES = ("background", "nuclei")
+NUCLEI = LayerKey("prediction", "nuclei")
 
 
 def dark_stain_detector() -> nn.Module:
@@ -65,7 +66,23 @@ def wait_for(app: QApplication, condition, timeout_s: float) -> None:
         app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
 
 
+class StampingRunner:
+    """The real runner, noting when the engine hands each map patch to the viewer (on the worker)."""
+
+    def __init__(self) -> None:
+        self.emitted: list[float] = []
+
+    def __call__(self, spec, on_event, cancel):
+        def stamped(event):
+            if isinstance(event, MapPatch):
+                self.emitted.append(time.perf_counter())
+            on_event(event)
+
+        return engine_runner(spec, stamped, cancel)
+
+
 def main() -> None:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     slide = Path(sys.argv[1]) if len(sys.argv) > 1 else SLIDE
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else OUT
     model_dir = ROOT / ".cache" / "bench" / "dark-stain-model"
@@ -75,14 +92,15 @@ def main() -> None:
 
     app = QApplication.instance() or QApplication([])
     settings = QSettings(str(ROOT / ".cache" / "bench" / "screenshot-settings.ini"), QSettings.Format.IniFormat)
-    window = MainWindow(settings=settings, popups=False)
+    runner = StampingRunner()
+    window = MainWindow(settings=settings, popups=False, runner=runner)
     window.resize(1600, 1000)
     window.show()
-    window.show_or_open(str(slide))
-    wait_for(app, lambda: window.current_path is not None, 30)
+    window.slides.show_or_open(str(slide))
+    wait_for(app, lambda: window.workspace.current is not None, 30)
     window.live.load_model(str(model))
-    wait_for(app, lambda: window.live.model_panel.model_path is not None, 30)
-    window.live.model_panel.device.setCurrentText("cpu")
+    wait_for(app, lambda: window.model.path is not None, 30)
+    window.inference.set(device="cpu")
     done = []
     window.live.job_finished.connect(lambda job, fin: done.append(fin))
     ticks: list[float] = []
@@ -92,47 +110,34 @@ def main() -> None:
     patches = []
     # Patch-to-screen latency: from the engine handing a MapPatch to the viewer (worker thread)
     # to the UI thread emitting patch_ready, which schedules the repaint of that region.
-    import viewer.jobs as viewer_jobs
-    emitted: list[float] = []
-    real_call = viewer_jobs._WorkerEvents.__call__
-
-    def stamped(self, event):
-        if type(event).__name__ == "MapPatch":
-            emitted.append(time.perf_counter())
-        return real_call(self, event)
-
-    viewer_jobs._WorkerEvents.__call__ = stamped
     arrived: list[float] = []
     window.live.jobs.patch_ready.connect(lambda job, patch: (patches.append(patch), arrived.append(time.perf_counter())))
     started = time.perf_counter()
-    window.live.model_panel.slide_button.click()
+    window.model_panel.slide_button.click()
     wait_for(app, lambda: bool(done), 600)
     probe.stop()
-    gaps = sorted(((b - a) * 1000, a - started) for a, b in zip(ticks, ticks[1:]))
+    gaps = sorted(((b - a) * 1000, a - started) for a, b in zip(ticks, ticks[1:], strict=False))  # consecutive pairs
     worst_ms = gaps[-1][0]
     print("worst gaps (ms, at s):", [(round(g), round(t, 2)) for g, t in gaps[-4:]],
           "worst paint ms:", round(max(p[1] for p in window.view.paint_log), 1))
     print(f"whole-slide job: {time.perf_counter() - started:.1f} s, {len(patches)} live patches, "
           f"worst event-loop stall (5 ms probe) {worst_ms:.0f} ms")
-    import numpy as np
-    lat = np.array(arrived) - np.array(emitted[:len(arrived)])  # one patch_ready per MapPatch, in order
+    lat = np.array(arrived) - np.array(runner.emitted[:len(arrived)])  # one patch_ready per MapPatch, in order
     print(f"patch-to-screen latency (engine -> UI, ms): p50 {np.median(lat) * 1000:.1f}, "
           f"p95 {np.percentile(lat, 95) * 1000:.1f}, max {lat.max() * 1000:.1f}")
     stack = window.live.stack
-    stack.set_style("prediction: nuclei", colormap="inferno", opacity=0.55, threshold=0.3)
-    stack.set_active("prediction: nuclei")
-    window.live.overlay_panel.refresh()
+    stack.set_style(NUCLEI, colormap="inferno", opacity=0.55, threshold=0.3)
+    stack.set_active(NUCLEI)  # the Overlays panel follows
     window.view.set_magnification(5)
     window.view.center_on(1100, 1500)
     wait_for(app, lambda: not window.view.missing_visible_tiles(), 30)
-    layer = stack.layers["prediction: nuclei"]
-    wait_for(app, lambda: not layer.recolour_in_flight and not layer.needs_recolour, 30)
+    wait_for(app, lambda: stack.painted, 30)
     loop = QEventLoop()
     QTimer.singleShot(400, loop.quit)
     loop.exec()  # let the settle timer repaint smoothly (app.quit would close the window)
     image = window.grab().toImage()
     image.save(str(out), "PNG")
-    print(f"wrote {out} ({out.stat().st_size // 1024} KiB); prediction: {window.live.job_panel.result.text()}")
+    print(f"wrote {out} ({out.stat().st_size // 1024} KiB); prediction: {window.job_panel.result.text()}")
     window.shutdown()
 
 

@@ -12,20 +12,17 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+from PIL import Image
+from PySide6.QtCore import QBuffer, QSettings
+from PySide6.QtWidgets import QApplication
+from viewer_navigation import run_until  # bench/viewer_navigation.py, beside this script
+
+from viewer.main_window import MainWindow
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from PIL import Image  # noqa: E402
-from PySide6.QtCore import QBuffer, QSettings  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
-
-from bench.viewer import run_until  # noqa: E402
-from viewer.main_window import MainWindow  # noqa: E402
 
 MAX_PNG_BYTES = 1_000_000
 DEFAULT_SLIDE = ROOT.parent / "shared" / "data" / "CMU-1-Small-Region.svs"
@@ -48,7 +45,7 @@ def save_small_png(window: MainWindow, path: Path) -> None:
 def settle(window: MainWindow) -> None:
     view = window.view
     run_until(lambda: not view.missing_visible_tiles() and window.loader.pending == 0, 60)
-    run_until(lambda: not view._moving, 5)  # the smooth repaint after the last move
+    run_until(lambda: not view.moving, 5)  # the smooth repaint after the last move
     QApplication.processEvents()
 
 
@@ -59,19 +56,21 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    app = QApplication.instance() or QApplication([])
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if QApplication.instance() is None:
+        QApplication([])  # PySide keeps the application object alive
     settings = QSettings(str(Path(tempfile.mkdtemp()) / "shots.ini"), QSettings.Format.IniFormat)
     window = MainWindow(settings=settings, popups=False)
     window.resize(1600, 1000)
     window.show()
-    window.show_or_open(args.slide)
-    run_until(lambda: window.current_path is not None, 30)
-    run_until(lambda: window.overview._pixmap is not None and window.associated.shown_name is not None, 30)
+    window.slides.show_or_open(args.slide)
+    run_until(lambda: window.workspace.current is not None, 30)
+    run_until(lambda: window.overview.has_thumbnail and window.associated.shown_name is not None, 30)
     settle(window)
     save_small_png(window, out / "viewer-fit.png")
     window.view.set_magnification(20)
     window.view.center_on(1250, 1500)
-    window._on_cursor_moved((1250.0, 1500.0))  # a sample status-bar readout in the picture
+    window.view.cursor_moved.emit((1250.0, 1500.0))  # a sample status-bar readout in the picture
     settle(window)
     window.properties.search.setText("mpp")
     save_small_png(window, out / "viewer-20x.png")

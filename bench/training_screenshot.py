@@ -14,25 +14,45 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import numpy as np
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtWidgets import QApplication
 
-import numpy as np  # noqa: E402
-from PySide6.QtCore import QSettings, QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from engine.io.svs import write_svs_array
+from viewer.main_window import MainWindow
+from viewer.workers.gc_pauses import engine_imported
+
+GLASS, TISSUE, LESION = (235, 235, 235), (170, 110, 180), (10, 10, 50)
+
+
+def write_slides(folder: Path, n_per_class: int, size: int, seed: int) -> list[Path]:
+    """Purple "tissue" with a little texture on grey glass; the "tumour" slides also hold one small
+    dark-blue square, so only a local detector tells the classes apart (as in the training tests)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for label in ("benign", "tumour"):
+        for i in range(n_per_class):
+            rgb = np.empty((size, size, 3), np.uint8)
+            rgb[:] = GLASS
+            m = size // 16
+            noise = rng.integers(-12, 13, (size - 2 * m, size - 2 * m, 1))
+            rgb[m:size - m, m:size - m] = np.clip(np.asarray(TISSUE) + noise, 0, 255).astype(np.uint8)
+            if label == "tumour":
+                y, x = rng.integers(2 * m, size - 2 * m - 12, 2)
+                rgb[y:y + 12, x:x + 12] = LESION
+            paths.append(write_svs_array(folder / f"{label}_{i}.svs", rgb, mpp=0.5, app_mag=20, tile=128, downsamples=(1,)))
+    return [Path(p) for p in paths]
 
 
 def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     out = Path(args[0] if args else "docs/training-panel.png")
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = QApplication.instance() or QApplication([])
-    from train_fixtures import write_training_set
-    from viewer.gc_pauses import engine_imported
-    from viewer.main_window import MainWindow
 
     tmp = Path(tempfile.mkdtemp(prefix="streamslide-train-shot-"))
-    labels = write_training_set(tmp / "slides", n_per_class=4, size=192, val_per_class=1, seed=3)
+    slides = write_slides(tmp / "slides", n_per_class=4, size=192, seed=3)
     settings = QSettings(str(tmp / "settings.ini"), QSettings.Format.IniFormat)
     settings.setValue("training/runs_folder", str(tmp / "runs"))
     win = MainWindow(settings=settings, popups=False)
@@ -41,9 +61,9 @@ def main() -> int:
     app.processEvents()
     win.show_training()
     ft = win.training
-    ft.advanced = {"model_kwargs": {"width": 8}, "normalization_mean": (0.5, 0.5, 0.5),
-                   "normalization_std": (0.25, 0.25, 0.25)}
-    p = ft.panel
+    win.training_form.advanced = {"model_kwargs": {"width": 8}, "normalization_mean": (0.5, 0.5, 0.5),
+                                  "normalization_std": (0.25, 0.25, 0.25)}
+    p = win.training_view.panel  # filled through its widgets, as a user would
     p.model.setCurrentText("smallnet")
     p.input_by.setCurrentText("level")
     p.input_value.setValue(0)
@@ -54,11 +74,10 @@ def main() -> int:
     p.device.setCurrentText("cpu")
     p.update_saliency.setChecked("--no-saliency" not in sys.argv)
 
-    win.browser.set_folder(labels.parent)
-    slides = sorted(labels.parent.glob("*.svs"))
+    win.browser.set_folder(slides[0].parent)
     for label in ("benign", "tumour"):
-        ft.labeller.set_label([str(s) for s in slides if s.name.startswith(label)], label)
-    win.show_or_open(str(labels.parent / "tumour_1.svs"))
+        win.labeller.set_label([str(s) for s in slides if s.name.startswith(label)], label)
+    win.slides.show_or_open(str(slides[0].parent / "tumour_1.svs"))
 
     ticks: list[float] = []
     probe = QTimer(interval=5)
@@ -77,7 +96,7 @@ def main() -> int:
         if m.phase == "val" and m.epoch == 3 and not state["shot"]:
             QTimer.singleShot(1500, grab)  # let that epoch's saliency map arrive
 
-    ft.controller.metrics.connect(on_metrics)
+    ft.jobs.metrics.connect(on_metrics)
     ft.run_finished.connect(lambda *_: app.quit())
     ft.run_failed.connect(lambda *_: app.quit())
     # Opening the panel imports the engine on the training worker (torch holds the GIL for
@@ -90,7 +109,7 @@ def main() -> int:
             return
         print(f"engine imported on the worker {time.perf_counter() - t_open:.1f} s after the panel opened")
         probe.start()
-        QTimer.singleShot(100, ft.panel.start_button.click)
+        QTimer.singleShot(100, p.start_button.click)
 
     QTimer.singleShot(0, start_when_warm)
     app.exec()

@@ -15,6 +15,7 @@ import numpy as np
 
 from engine.errors import CheckpointError, SlideError
 from engine.events import CancelToken, Finished, MapPatch, Prediction, Progress
+from engine.geometry import Box
 from engine.specs import InferenceSpec
 
 CLASSES = ("normal", "tumour")
@@ -41,7 +42,9 @@ class FakeRunner:
             raise CheckpointError(f"{spec.model_path}: not a StreamSlide model (no model.json beside it); choose a checkpoint folder")
         if self.fail == "slide":
             raise SlideError(f"{spec.slide_path}: the slide could not be read (truncated file)")
-        x0, y0, x1, y1 = spec.l0_region or (0, 0, *self.l0_size)  # the engine would use the tissue box
+        # The engine would use the tissue box without a region; a region may be a Box or a tuple.
+        region = Box(0, 0, *self.l0_size) if spec.l0_region is None else Box.of(spec.l0_region)
+        x0, y0, x1, y1 = (int(v) for v in region.as_tuple())
         cell = self.l0_cell
         map_h, map_w = (y1 - y0) // cell, (x1 - x0) // cell
         map_box = (x0, y0, x0 + map_w * cell, y0 + map_h * cell)

@@ -10,7 +10,7 @@ from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication
 
 from viewer.main_window import MainWindow
-from viewer.gc_pauses import freeze_long_lived
+from viewer.workers.gc_pauses import freeze_long_lived
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """``make demo`` / ``streamslide-demo`` / ``python -m viewer.demo``: the viewer on a positive demo
 slide with the bundled model, its prediction and saliency maps growing live.
 
-Before any window exists, the showcase slide (``engine.demo.data.showcase_slide``) is generated
+Before any window exists, the showcase slide (``engine.api.showcase_slide``) is generated
 into the slide cache if it is not there yet (a few seconds, once), and the model is loaded once
 to check it. Then:
 
@@ -28,14 +28,16 @@ import time
 from pathlib import Path
 from typing import Mapping, TextIO
 
-import numpy as np
+from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QSettings, QTimer
 
-from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QSettings, QTimer, Signal
-
-from engine.demo.data import DEMO_MODEL_DIR, default_cache_dir, ensure_demo_slides, showcase_slide
+from engine.api import check_model as load_and_check
+from engine.api import demo_cache_dir, demo_model_dir, ensure_demo_slides, showcase_slide
 from engine.errors import CheckpointError
-from engine.events import Finished, Progress
+from engine.events import Progress
+from viewer.app import application, show_for_user
+from viewer.controllers.demo import DemoDriver
 from viewer.main_window import MainWindow
+from viewer.workers.gc_pauses import freeze_long_lived
 
 EXIT_OK = 0
 EXIT_MODEL = 3
@@ -46,13 +48,8 @@ REBUILD_MODEL = "python resources/train_demo_model.py"
 VIEW_PNG = "demo-view.png"
 #: The offscreen window: the view inside it (about 900 x 900 px beside the docks) is the PNG.
 HEADLESS_WINDOW = (1600, 1000)
-SALIENCY = "saliency"
-#: Saliency cells below this are transparent: only exact zeros (pixels the class score does not
-#: depend on at all; with a max-pool head, most of the slide), so the slide shows in its own
-#: colours around the saliency instead of under the colormap's black.
-NO_GRADIENT = 1e-30
-#: Once the run is done, saliency below this share of its maximum is hidden.
-SALIENCY_SHOWN_FROM = 0.1
+#: The bundled model, resolved once: ``--model``'s default and what "bundled" means below.
+DEMO_MODEL_DIR = demo_model_dir()
 
 
 class DemoError(Exception):
@@ -76,7 +73,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "Open the viewer on a positive demo slide with the bundled model; its prediction and saliency maps grow "
         "live. Without a display (or with --headless) the maps and a PNG of the view are written to --out."))
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="headless results folder (default: ./demo-output)")
-    parser.add_argument("--cache", type=Path, help=f"demo slide folder (default: {default_cache_dir()}; STREAMSLIDE_CACHE moves it)")
+    parser.add_argument("--cache", type=Path, help=f"demo slide folder (default: {demo_cache_dir()}; STREAMSLIDE_CACHE moves it)")
     parser.add_argument("--headless", action="store_true", help="write the results and exit even with a display")
     parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR, help="checkpoint folder (default: the bundled demo model)")
     parser.add_argument("--timeout", type=float, default=900.0, help="headless: seconds to wait for the run (default: 900)")
@@ -87,7 +84,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def prepare_slide(cache: Path | None, out: TextIO) -> Path:
     """The showcase slide's path, generating it into ``cache`` when missing (one line on ``out``)."""
     slide = showcase_slide()
-    root = Path(cache) if cache is not None else default_cache_dir()
+    root = Path(cache) if cache is not None else demo_cache_dir()
     started = time.perf_counter()
     generating: list[str] = []
 
@@ -109,9 +106,8 @@ def prepare_slide(cache: Path | None, out: TextIO) -> Path:
 
 
 def check_model(path: Path, out: TextIO) -> None:
-    """Load the checkpoint once (off any window); DemoError(EXIT_MODEL) naming the file if it fails."""
-    from engine.api import check_model as load_and_check  # imports torch: only now, never at import
-
+    """Load the checkpoint once (off any window; it imports torch); DemoError(EXIT_MODEL) naming
+    the file if it fails."""
     bundled = Path(path).resolve() == DEMO_MODEL_DIR.resolve()
     try:
         card = load_and_check(path)
@@ -125,98 +121,9 @@ def check_model(path: Path, out: TextIO) -> None:
 
 
 # -- the window ----------------------------------------------------------------------------------
-class DemoDriver(QObject):
-    """Walks a :class:`MainWindow` through the demo, one event at a time on the UI thread: open
-    the slide (fitted), load the model into the *Model* panel, run the whole slide with saliency,
-    and show the saliency layer when it arrives. ``result`` / ``failure`` hold how it ended."""
-
-    run_started = Signal(object)  # Job
-    finished = Signal(object)  # Finished
-    failed = Signal(str)
-
-    def __init__(self, window: MainWindow, slide_path: Path, model_path: Path) -> None:
-        super().__init__(window)
-        self.window = window
-        self.slide_key = str(Path(slide_path).resolve())
-        self.model_path = str(model_path)
-        self.job = None
-        self.result: Finished | None = None
-        self.failure: str | None = None
-        self.saliency_shown = False
-        self._model_requested = False
-        window.slide_shown.connect(self._on_slide_shown)
-        window.live.card_loaded.connect(self._on_card_loaded)
-        window.live.job_finished.connect(self._on_job_finished)
-        window.live.job_failed.connect(self._on_job_failed)
-        window.error_reported.connect(self._on_error)
-
-    def start(self) -> None:
-        self.window.show_or_open(self.slide_key)  # opened on a worker; slide_shown follows
-
-    def _on_slide_shown(self, key: str) -> None:
-        if key != self.slide_key or self._model_requested:
-            return
-        self._model_requested = True
-        self.window.view.fit()
-        stack = self.window.live.stack_for(key)
-        stack.set_style(SALIENCY, threshold=NO_GRADIENT)  # before any patch: coloured so from the first
-        self.window.live.layer_revealed.connect(self._on_layer_revealed)
-        self.window.live.reveal_when_ready(key, SALIENCY)
-        self.window.live.load_model(self.model_path)  # card read on a worker; card_loaded follows
-
-    def _on_card_loaded(self, path: str) -> None:
-        if path != self.model_path or self.job is not None:
-            return
-        self.window.live.model_panel.saliency.setChecked(True)
-        self.job = self.window.live.run("slide")
-        if self.job is None:
-            self._fail("the whole-slide run could not be started (no slide or no model shown)")
-            return
-        self.run_started.emit(self.job)
-
-    def _on_layer_revealed(self, path: str, layer: str) -> None:
-        if path == self.slide_key and layer == SALIENCY:
-            self.saliency_shown = True
-
-    def _on_job_finished(self, job, finished: Finished) -> None:
-        if self.job is not None and job.job_id == self.job.job_id:
-            layer = self.window.live.stack_for(self.slide_key).layers.get(SALIENCY)
-            if layer is not None and layer.data_max > 0:
-                # A max-pooled head's gradient reaches a few cells strongly and many faintly;
-                # the faint ones drew dark squares all over the tissue. The threshold is in the
-                # Overlays panel for the user to lower.
-                stack = self.window.live.stack_for(self.slide_key)
-                threshold = SALIENCY_SHOWN_FROM * float(layer.data_max)
-                shown = layer.values[np.isfinite(layer.values) & (layer.values >= threshold)]
-                # Colours span the shown cells' 95th percentile, not the one strongest cell (the
-                # live range also kept headroom for values still to come).
-                top = float(np.percentile(shown, 95)) if shown.size else float(layer.data_max)
-                stack.set_style(SALIENCY, threshold=threshold, vmin=0.0, vmax=max(top, threshold * 1.01),
-                                auto_range=False)
-                if self.window.live.stack is self.window.live.stack_for(self.slide_key):
-                    self.window.live.overlay_panel.refresh()
-            self.result = finished
-            self.finished.emit(finished)
-
-    def _on_job_failed(self, job, message: str) -> None:
-        if self.job is not None and job.job_id == self.job.job_id:
-            self._fail(message)
-
-    def _on_error(self, message: str) -> None:
-        if self.job is None:  # the slide or the model card could not be read: nothing will run
-            self._fail(message)
-
-    def _fail(self, message: str) -> None:
-        if self.failure is None:
-            self.failure = message
-            self.failed.emit(message)
-
-
 def open_demo_window(slide_path: Path, model_path: Path, *, settings: QSettings, headless: bool) -> DemoDriver:
     """Make the main window, show it (offscreen at :data:`HEADLESS_WINDOW` when ``headless``,
     else at 95 % of the screen) and start the demo in it. Returns the driver (``.window``)."""
-    from viewer.app import application, show_for_user
-
     app = application()
     window = MainWindow(settings=settings, popups=not headless)
     if headless:
@@ -254,8 +161,8 @@ class _Outputs(QObject):
         self.png: str | None = None
         self.phase: str | None = None
         window.live.maps_written.connect(self._on_maps)
-        window.export_done.connect(self._on_png)
-        window.live.jobs.progress.connect(self._on_progress)
+        window.slides.export_done.connect(self._on_png)
+        window.live.job_progress.connect(self._on_progress)
 
     def _on_maps(self, written: dict) -> None:
         self.maps = written
@@ -270,7 +177,7 @@ class _Outputs(QObject):
 
 
 def describe_output(kind: str) -> str:
-    """What a file of ``engine.io.maps.write_maps`` holds, from its kind ("maps_npz", ...)."""
+    """What a file of ``engine.api.write_maps`` holds, from its kind ("maps_npz", ...)."""
     if kind == "maps_npz":
         return "float maps: class probabilities and saliency, with their level-0 boxes"
     if kind == "prediction_json":
@@ -295,8 +202,7 @@ def run_headless(driver: DemoDriver, out_dir: Path, timeout_s: float, out: TextI
     errors_before = len(window.errors)
 
     def painted() -> bool:  # every visible tile read and filtered, every layer coloured with its final style
-        layers_ready = all(not layer.recolour_in_flight and not layer.needs_recolour for layer in stack.layers.values())
-        return layers_ready and not view.moving and not view.missing_visible_tiles()
+        return stack.painted and not view.moving and not view.missing_visible_tiles()
 
     def failed_or(done) -> bool:
         if len(window.errors) > errors_before:
@@ -311,7 +217,7 @@ def run_headless(driver: DemoDriver, out_dir: Path, timeout_s: float, out: TextI
 
     prediction = driver.result.prediction
     if prediction is not None:
-        ranked = sorted(zip(prediction.classes, prediction.probabilities), key=lambda cp: -cp[1])
+        ranked = sorted(zip(prediction.classes, prediction.probabilities, strict=True), key=lambda cp: -cp[1])
         print(f"Slide-level prediction: {prediction.label} (" + ", ".join(f"{c} {p:.3f}" for c, p in ranked) + ")", file=out)
     print(f"Wrote into {out_dir}:", file=out)
     print(f"  {outputs.png}  (the view: saliency overlay and its legend)", file=out)
@@ -340,9 +246,6 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return exc.exit_code
     if not headless:
-        from viewer.app import application
-        from viewer.gc_pauses import freeze_long_lived
-
         app = application()
         driver = open_demo_window(slide, args.model, settings=QSettings("StreamSlide", "viewer"), headless=False)
         print("The viewer is open: the prediction map grows on the slide, then the saliency map. Close the window to quit.", file=out, flush=True)

@@ -1,133 +1,105 @@
-"""The main window: composition only. Docks, menus, toolbar and status bar around a
-:class:`SlideView`; every slide read runs on a worker and comes back through a callback."""
+"""The main window: composition only. It makes the models, workers, controllers and widgets,
+docks the panels around the :class:`~viewer.render.slide_view.SlideView`, builds the menus, and
+binds widgets to models and controller signals. The logic lives in :mod:`viewer.controllers`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QImage, QKeySequence
-from PySide6.QtWidgets import QComboBox, QDockWidget, QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QWidget
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QInputDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QVBoxLayout,
+    QWidget,
+)
 
-from engine.geometry import Box
-from engine.errors import SlideError
-from engine.slides import SlideSource, open_slide
-from viewer import export
-from viewer.background import BackgroundRunner
-from viewer.fine_tuning import FineTuning
-from viewer.gc_pauses import collect_on_ui_thread
-from viewer.images import array_to_qimage
-from viewer.jobs import Runner, engine_runner
-from viewer.live_maps import LiveMaps
-from viewer.slide_view import SlideView
-from viewer.sources import SharedSource
-from viewer.state import MAGNIFICATION_PRESETS, RecentFiles, Viewport, available_presets, format_length_um
-from viewer.tiles import TileCache, TileLoader, default_cache_bytes
-from viewer.training import TrainRunner, engine_train_runner
+from viewer.controllers.fine_tuning import FineTuning
+from viewer.controllers.live_maps import LiveMaps
+from viewer.controllers.slides import MESSAGE_MS, SlidesController
+from viewer.model.inference import InferenceSettings, ModelChoice
+from viewer.model.labels import LabelTable
+from viewer.model.training_form import TrainingForm
+from viewer.model.viewport import MAGNIFICATION_PRESETS, available_presets, describe_position, describe_zoom
+from viewer.model.workspace import OpenSlide, RecentFiles, Workspace
+from viewer.render.overlay import OverlayPainter
+from viewer.render.slide_view import SlideView
+from viewer.render.tile_cache import TileCache, default_cache_bytes
+from viewer.widgets import training_dock
 from viewer.widgets.associated_images import AssociatedImagesPanel
+from viewer.widgets.browser_labels import BrowserLabeller
+from viewer.widgets.job_panel import JobPanel
+from viewer.widgets.model_panel import ModelPanel
+from viewer.widgets.overlay_panel import OverlayPanel
 from viewer.widgets.overview import OverviewWidget
 from viewer.widgets.properties_panel import PropertiesPanel
 from viewer.widgets.slide_browser import SlideBrowser
+from viewer.workers.background import BackgroundRunner
+from viewer.workers.gc_pauses import collect_on_ui_thread
+from viewer.workers.inference import Runner, engine_runner
+from viewer.workers.tiles import TileLoader
+from viewer.workers.training import TrainRunner, engine_train_runner
 
-OVERVIEW_PX = 512
 FILE_FILTER = "Slides and images (*.svs *.tif *.tiff *.ndpi *.vms *.vmu *.scn *.mrxs *.bif *.svslide *.dcm *.png *.jpg *.jpeg *.bmp);;All files (*)"
 EXPORT_CHOICES = {"Screen resolution": 1, "2x screen resolution": 2, "4x screen resolution": 4}
-
-
-@dataclass
-class OpenSlideEntry:
-    """One open slide: its shared source and the viewport to restore when switching back."""
-
-    shared: SharedSource
-    viewport: Viewport | None = None
-
-
-def open_job(path: str) -> tuple[str, SlideSource | None, str | None]:
-    """Worker job: open a slide; a failure comes back as a message, tagged with its path."""
-    try:
-        return path, open_slide(path), None
-    except SlideError as exc:
-        return path, None, str(exc)
-
-
-def make_overview_image(shared: SharedSource, max_px: int) -> tuple[int, QImage]:
-    """Worker job: the slide's thumbnail as a QImage, tagged with the slide id."""
-    with shared as source:
-        return shared.slide_id, array_to_qimage(source.thumbnail(max_px))
-
-
-def read_associated_image(shared: SharedSource, name: str) -> tuple[int, str, QImage]:
-    with shared as source:
-        return shared.slide_id, name, array_to_qimage(source.associated_image(name))
+LEFT, RIGHT, BOTTOM = Qt.DockWidgetArea.LeftDockWidgetArea, Qt.DockWidgetArea.RightDockWidgetArea, Qt.DockWidgetArea.BottomDockWidgetArea
 
 
 class MainWindow(QMainWindow):
-    slide_opened = Signal(str)
-    slide_shown = Signal(str)
-    overview_ready = Signal()
-    export_done = Signal(str)
     error_reported = Signal(str)
 
     def __init__(self, *, settings: QSettings | None = None, cache_bytes: int | None = None, popups: bool = True,
                  runner: Runner = engine_runner, train_runner: TrainRunner = engine_train_runner) -> None:
         super().__init__()
-        collect_on_ui_thread()  # a collection on a worker can deadlock Qt (see viewer.gc_pauses)
+        collect_on_ui_thread()  # a collection on a worker can deadlock Qt (see viewer.workers.gc_pauses)
         self.setWindowTitle("StreamSlide")
         self.settings = settings or QSettings("StreamSlide", "viewer")
         self.popups = popups
         self.errors: list[str] = []
-        self.slides: dict[str, OpenSlideEntry] = {}
-        self.current_path: str | None = None
-        self._opening: set[str] = set()
         self._shut = False
-        cache_bytes = cache_bytes or int(self.settings.value("cache/max_bytes", default_cache_bytes()))
+        # Models.
+        self.workspace = Workspace(RecentFiles.stored(self.settings, "recent_files"))
+        self.inference = InferenceSettings()
+        self.model = ModelChoice(RecentFiles.stored(self.settings, "recent_models"))
+        self.training_form = TrainingForm()
+        self.labels = LabelTable()
+        # Workers and the view.
         self.runner = BackgroundRunner(workers=1, parent=self)
         self.loader = TileLoader(parent=self)
-        self.cache = TileCache(cache_bytes)
-        self.recent = RecentFiles(list(self.settings.value("recent_files", []) or []))
-
+        self.cache = TileCache(cache_bytes or int(self.settings.value("cache/max_bytes", default_cache_bytes())))
         self.view = SlideView(self.loader, self.cache)
-        self.setCentralWidget(self.view)
+        self.overlay_painter = OverlayPainter(self.view.update_l0_box)
+        self.view.add_overlay(self.overlay_painter)
+        # Widgets.
         self.overview = OverviewWidget()
         self.browser = SlideBrowser(self.runner)
         self.properties = PropertiesPanel()
         self.associated = AssociatedImagesPanel()
-        left = [self._dock("Overview", self.overview, Qt.DockWidgetArea.LeftDockWidgetArea),
-                self._dock("Slide browser", self.browser, Qt.DockWidgetArea.LeftDockWidgetArea)]
-        # Model maps: the panels live in LiveMaps; the window only docks them.
-        self.live = LiveMaps(self.view, self.report_error, self.settings, runner=runner, parent=self)
-        right = [self._dock("Model", self.live.model_widget, Qt.DockWidgetArea.RightDockWidgetArea),
-                 self._dock("Overlays", self.live.overlay_panel, Qt.DockWidgetArea.RightDockWidgetArea),
-                 self._dock("Properties", self.properties, Qt.DockWidgetArea.RightDockWidgetArea),
-                 self._dock("Associated images", self.associated, Qt.DockWidgetArea.RightDockWidgetArea)]
-        # Model, Properties and Associated images share one tab group, so the view keeps its width
-        # and the docks their height; the overlay controls stay visible beside the slide.
-        self.tabifyDockWidget(right[0], right[2])
-        self.tabifyDockWidget(right[0], right[3])
-        right[0].raise_()
-        # Fine-tuning: wide curves need the bottom area; hidden until asked for (Model ▸ Train).
-        self.training = FineTuning(self.live, self.browser, self.report_error, self.settings, train_runner, parent=self)
-        self.training_dock = self._dock("Training", self.training.widget, Qt.DockWidgetArea.BottomDockWidgetArea)
-        self.training_dock.hide()
-        # The right column's docks are tall: the training dock spans the view and the left column only.
-        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.resizeDocks(left + right[:2], [300, 300, 380, 380], Qt.Orientation.Horizontal)
-        self.position_label = QLabel()
-        self.zoom_label = QLabel()
-        self.statusBar().addPermanentWidget(self.live.readout)
-        self.statusBar().addPermanentWidget(self.position_label)
-        self.statusBar().addPermanentWidget(self.zoom_label)
+        self.model_panel = ModelPanel(self.inference, self.model)
+        self.job_panel = JobPanel()
+        self.overlay_panel = OverlayPanel()
+        self.training_view = training_dock.TrainingDock(self.training_form)
+        self.labeller = BrowserLabeller(self.browser, self.labels, parent=self)
+        self.readout, self.position_label, self.zoom_label = QLabel(), QLabel(), QLabel()
+        # The view follows the shown slide first; the controllers after it.
+        self.workspace.slide_added.connect(self._on_slide_added)
+        self.workspace.slide_removed.connect(self._on_slide_removed)
+        self.workspace.current_changed.connect(self._on_current_slide)
+        # Controllers.
+        self.slides = SlidesController(self.workspace, self.runner, self.cache, self.report_error, parent=self)
+        self.live = LiveMaps(self.workspace, self.inference, self.model, self.report_error, runner, parent=self)
+        self.training = FineTuning(self.training_form, self.labels, self.live, self.report_error, self.settings,
+                                   train_runner, parent=self)
+        self._build_docks()
         self._build_actions()
+        self._bind()
         self.setAcceptDrops(True)
-
-        self.view.viewport_changed.connect(self._on_viewport_changed)
-        self.view.cursor_moved.connect(self._on_cursor_moved)
-        self.view.slide_failed.connect(self._on_slide_failed)
-        self.overview.center_requested.connect(self.view.center_on)
-        self.browser.slide_chosen.connect(self.show_or_open)
-        self.browser.choose_button.clicked.connect(self.choose_folder)
-        self.associated.image_requested.connect(self._request_associated)
         self._update_actions()
 
     # -- composition ----------------------------------------------------------------------
@@ -137,6 +109,30 @@ class MainWindow(QMainWindow):
         dock.setWidget(widget)
         self.addDockWidget(area, dock)
         return dock
+
+    def _build_docks(self) -> None:
+        self.setCentralWidget(self.view)
+        left = [self._dock("Overview", self.overview, LEFT), self._dock("Slide browser", self.browser, LEFT)]
+        model_column = QWidget()
+        column = QVBoxLayout(model_column)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.model_panel, 1)
+        column.addWidget(self.job_panel)
+        right = [self._dock("Model", model_column, RIGHT), self._dock("Overlays", self.overlay_panel, RIGHT),
+                 self._dock("Properties", self.properties, RIGHT), self._dock("Associated images", self.associated, RIGHT)]
+        # Model, Properties and Associated images share one tab group, so the view keeps its width
+        # and the docks their height; the overlay controls stay visible beside the slide.
+        self.tabifyDockWidget(right[0], right[2])
+        self.tabifyDockWidget(right[0], right[3])
+        right[0].raise_()
+        # Fine-tuning: wide curves need the bottom area; hidden until asked for (Model ▸ Train).
+        self.training_dock = self._dock("Training", self.training_view, BOTTOM)
+        self.training_dock.hide()
+        # The right column's docks are tall: the training dock spans the view and the left column only.
+        self.setCorner(Qt.Corner.BottomRightCorner, RIGHT)
+        self.resizeDocks(left + right[:2], [300, 300, 380, 380], Qt.Orientation.Horizontal)
+        for label in (self.readout, self.position_label, self.zoom_label):
+            self.statusBar().addPermanentWidget(label)
 
     def _action(self, text: str, slot, shortcut: QKeySequence | str | None = None) -> QAction:
         action = QAction(text, self)
@@ -150,7 +146,7 @@ class MainWindow(QMainWindow):
         self.open_action = self._action("&Open…", self.choose_files, QKeySequence.StandardKey.Open)
         self.folder_action = self._action("Open &folder…", self.choose_folder, "Ctrl+Shift+O")
         self.export_action = self._action("&Export view as PNG…", self.choose_export, "Ctrl+E")
-        self.close_action = self._action("&Close slide", self.close_current_slide, QKeySequence.StandardKey.Close)
+        self.close_action = self._action("&Close slide", self.slides.close_current, QKeySequence.StandardKey.Close)
         file_menu.addActions([self.open_action, self.folder_action])
         self.recent_menu = file_menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
@@ -159,7 +155,10 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
 
         model_menu = self.menuBar().addMenu("&Model")
-        model_menu.addActions(self.live.actions)
+        self.export_maps_action = self._action("Export &maps (.npz, TIFF)…", self.choose_export_maps)
+        self.load_maps_action = self._action("&Load maps as overlay…", self.choose_load_maps)
+        model_menu.addActions([self._action("Load &model…", self.model_panel.choose_model), self.export_maps_action,
+                               self.load_maps_action])
         model_menu.addSeparator()
         self.train_action = self._action("&Train a model…", self.show_training, "Ctrl+T")
         model_menu.addAction(self.train_action)
@@ -178,11 +177,8 @@ class MainWindow(QMainWindow):
         self.mag_actions: dict[float, QAction] = {}
         group = QActionGroup(self)
         for index, mag in enumerate(MAGNIFICATION_PRESETS, start=1):
-            action = QAction(f"{mag:g}×", self)
-            action.setShortcut(QKeySequence(str(index)))
+            action = self._action(f"{mag:g}×", lambda _checked=False, mag=mag: self.view.set_magnification(mag), str(index))
             action.setToolTip(f"Show the slide at {mag:g}× (key {index})")
-            action.setData(mag)
-            action.triggered.connect(self._on_magnification_action)
             group.addAction(action)
             self.mag_actions[mag] = action
         view_menu.addActions(list(self.mag_actions.values()))
@@ -191,122 +187,96 @@ class MainWindow(QMainWindow):
         self.slide_combo = QComboBox()
         self.slide_combo.setMinimumContentsLength(24)
         self.slide_combo.setToolTip("Open slides: pick one to show it")
-        self.slide_combo.activated.connect(self._on_combo_activated)
+        self.slide_combo.activated.connect(lambda index: self.slides.show(self.slide_combo.itemData(index)))
         toolbar.addWidget(QLabel(" Slide: "))
         toolbar.addWidget(self.slide_combo)
         for dock in self.findChildren(QDockWidget):
             view_menu.addAction(dock.toggleViewAction())
 
+    def _bind(self) -> None:
+        slides, live, view = self.slides, self.live, self.view
+        slides.opened_in_folder.connect(self._browse_if_unset)
+        slides.status_message.connect(self.statusBar().showMessage)
+        slides.overview_ready.connect(self.overview.set_thumbnail)
+        slides.associated_ready.connect(self.associated.show_image)
+        slides.associated_failed.connect(self.associated.show_error)
+        self.associated.image_requested.connect(slides.request_associated)
+        self.browser.slide_chosen.connect(slides.show_or_open)
+        self.browser.choose_button.clicked.connect(self.choose_folder)
+        self.overview.center_requested.connect(view.center_on)
+        view.viewport_changed.connect(self._on_viewport_changed)
+        view.cursor_moved.connect(self._on_cursor_moved)
+        view.slide_failed.connect(self._on_slide_failed)
+        view.region_drawn.connect(live.run_region)
+        self.inference.changed.connect(self._on_inference_setting)
+        self.model_panel.model_chosen.connect(live.load_model)
+        self.model_panel.run_requested.connect(live.run)
+        self.job_panel.bind(live)
+        live.stack_shown.connect(self.overlay_painter.set_stack)
+        live.stack_shown.connect(self.overlay_panel.set_stack)
+        live.availability_changed.connect(self._update_actions)
+        self.training_view.bind(self.training)
+        self.labeller.labels_changed.connect(self.training.on_browser_labels)
+
+    # -- following the models ---------------------------------------------------------------
+    def _on_slide_added(self, entry: OpenSlide) -> None:
+        self.slide_combo.addItem(Path(entry.key).name, entry.key)
+
+    def _on_slide_removed(self, entry: OpenSlide) -> None:
+        self.slide_combo.removeItem(self.slide_combo.findData(entry.key))
+
+    def _on_current_slide(self, entry: OpenSlide | None) -> None:
+        if entry is None:
+            self.view.set_slide(None)
+            self.properties.set_slide(None)
+            self.associated.set_names(())
+            self.overview.set_slide(None)
+            self.setWindowTitle("StreamSlide")
+        else:
+            source = entry.shared.source
+            entry.viewport = self.view.set_slide(entry.shared, entry.viewport)
+            self.setWindowTitle(f"{source.name} — StreamSlide")
+            self.properties.set_slide(source)
+            self.associated.set_names(source.associated_image_names)
+            self.overview.set_slide(source.dimensions)
+            self.slide_combo.setCurrentIndex(self.slide_combo.findData(entry.key))
+            self.browser.set_current(entry.key)
+        self._update_actions()
+        self._on_viewport_changed()
+
+    def _on_inference_setting(self, name: str) -> None:
+        if name == "region_mode":
+            self.view.set_region_mode(self.inference.region_mode)
+
+    def _browse_if_unset(self, folder: str) -> None:
+        if self.browser.folder is None:
+            self.browser.set_folder(folder)
+
     def _update_actions(self) -> None:
-        has_slide = self.current_path is not None
+        has_slide = self.workspace.current is not None
         presets = set(available_presets(self.view.native_magnification())) if has_slide else set()
         for mag, action in self.mag_actions.items():
             action.setEnabled(mag in presets)
         for action in (self.fit_action, self.zoom_in_action, self.zoom_out_action, self.export_action, self.close_action):
             action.setEnabled(has_slide)
+        self.export_maps_action.setEnabled(self.live.can_export_maps)
+        self.load_maps_action.setEnabled(self.live.can_load_maps)
 
-    # -- opening ------------------------------------------------------------------------
-    def open_paths(self, paths: list[str]) -> None:
-        for path in paths:
-            self.show_or_open(path)
-
-    def show_or_open(self, path: str) -> None:
-        """Show ``path`` if it is open, else open it on a worker (``slide_opened`` when done)."""
-        key = str(Path(path).resolve())
-        if key in self.slides:
-            self.show_slide(key)
-        elif key not in self._opening:
-            self._opening.add(key)
-            self.statusBar().showMessage(f"Opening {Path(key).name}…")
-            self.runner.submit(open_job, key, on_done=self._on_opened, on_error=self.report_error)
-
-    def _on_opened(self, result: tuple[str, SlideSource | None, str | None]) -> None:
-        key, source, error = result
-        self._opening.discard(key)
-        if error is not None:
-            self.recent.remove(key)
-            self.settings.setValue("recent_files", self.recent.paths)
-            self.report_error(f"Could not open the slide.\n\n{error}")
+    def _on_viewport_changed(self) -> None:
+        vp = self.view.viewport
+        self.overview.set_view_box(vp.l0_visible_box() if vp is not None else None)
+        if vp is None:
+            self.zoom_label.setText("")
             return
-        if self._shut:
-            source.close()
-            return
-        self.statusBar().clearMessage()
-        self.slides[key] = OpenSlideEntry(SharedSource(source))
-        self.slide_combo.addItem(Path(key).name, key)
-        self.recent.add(key)
-        self.settings.setValue("recent_files", self.recent.paths)
-        if self.browser.folder is None:
-            self.browser.set_folder(Path(key).parent)
-        self.show_slide(key)
-        self.slide_opened.emit(key)
+        level = self.view.target_level()
+        display_level = self.view.shared.pyramid[level]
+        self.zoom_label.setText(describe_zoom(vp.magnification(self.view.native_magnification()), level,
+                                              display_level.downsample, display_level.is_virtual, vp.scale))
 
-    def show_slide(self, key: str) -> None:
-        if self.current_path == key:
-            return
-        if self.current_path in self.slides:
-            self.slides[self.current_path].viewport = self.view.viewport
-        entry = self.slides[key]
-        self.current_path = key
-        source = entry.shared.source
-        entry.viewport = self.view.set_slide(entry.shared, entry.viewport)
-        self.live.set_slide(key)
-        self.setWindowTitle(f"{source.name} — StreamSlide")
-        self.properties.set_slide(source)
-        self.associated.set_names(source.associated_image_names)
-        self.overview.set_slide(source.dimensions)
-        self.runner.submit(make_overview_image, entry.shared, OVERVIEW_PX, on_done=self._on_overview, on_error=self._on_overview_failed)
-        self.slide_combo.setCurrentIndex(self.slide_combo.findData(key))
-        self.browser.set_current(key)
-        self._update_actions()
-        self._on_viewport_changed()
-        self.slide_shown.emit(key)
-
-    def close_current_slide(self) -> None:
-        key = self.current_path
-        if key is None:
-            return
-        entry = self.slides.pop(key)
-        self.slide_combo.removeItem(self.slide_combo.findData(key))
-        self.current_path = None
-        self.view.set_slide(None)
-        self.live.slide_closed(key)
-        self.cache.drop_slide(entry.shared.slide_id)
-        entry.shared.close_when_idle()  # the last worker inside it closes it; never blocks here
-        if self.slides:
-            self.show_slide(next(iter(self.slides)))
-        else:
-            self.properties.set_slide(None)
-            self.associated.set_names(())
-            self.overview.set_slide(None)
-            self.setWindowTitle("StreamSlide")
-            self._update_actions()
-
-    # -- results from workers -------------------------------------------------------------
-    def _current_entry(self) -> OpenSlideEntry | None:
-        return self.slides.get(self.current_path) if self.current_path else None
-
-    def _on_overview(self, result: tuple[int, QImage]) -> None:
-        slide_id, image = result
-        entry = self._current_entry()
-        if entry is not None and entry.shared.slide_id == slide_id:
-            self.overview.set_thumbnail(image)
-            self.overview_ready.emit()
-
-    def _on_overview_failed(self, message: str) -> None:
-        # The same damage shows in the view and is reported there once; say it quietly here.
-        self.statusBar().showMessage(f"No overview: {message}", 15_000)
-
-    def _request_associated(self, name: str) -> None:
-        entry = self._current_entry()
-        if entry is not None:
-            self.runner.submit(read_associated_image, entry.shared, name, on_done=self._on_associated, on_error=self.associated.show_error)
-
-    def _on_associated(self, result: tuple[int, str, QImage]) -> None:
-        slide_id, name, image = result
-        entry = self._current_entry()
-        if entry is not None and entry.shared.slide_id == slide_id:
-            self.associated.show_image(name, image)
+    def _on_cursor_moved(self, l0_point) -> None:
+        on_slide = l0_point is not None and self.view.shared is not None
+        self.position_label.setText(describe_position(*l0_point, self.view.shared.source.mpp) if on_slide else "")
+        self.readout.setText("  ·  ".join(f"{key.label} {value:.3g}" for key, value in self.live.values_at(l0_point)))
 
     def _on_slide_failed(self, message: str) -> None:
         self.report_error(f"Reading the slide failed; its missing areas show coarser levels.\n\n{message}")
@@ -314,7 +284,7 @@ class MainWindow(QMainWindow):
     def report_error(self, message: str) -> None:
         """Tell the user (status bar and a non-modal box) and keep going."""
         self.errors.append(message)
-        self.statusBar().showMessage(message.replace("\n\n", " — "), 15_000)
+        self.statusBar().showMessage(message.replace("\n\n", " — "), MESSAGE_MS)
         self.error_reported.emit(message)
         if self.popups:
             box = QMessageBox(QMessageBox.Icon.Warning, "StreamSlide", message, QMessageBox.StandardButton.Ok, self)
@@ -322,37 +292,24 @@ class MainWindow(QMainWindow):
             box.setModal(False)
             box.show()
 
-    # -- view readouts ----------------------------------------------------------------------
-    def _on_viewport_changed(self) -> None:
-        vp = self.view.viewport
-        if vp is None:
-            self.overview.set_view_box(None)
-            self.zoom_label.setText("")
-            return
-        self.overview.set_view_box(vp.l0_visible_box())
-        mag = vp.magnification(self.view.native_magnification())
-        level = self.view.target_level()
-        display_level = self.view.shared.pyramid[level]
-        kind = ", virtual" if display_level.is_virtual else ""
-        text = f"level {level} ({display_level.downsample:.3g}×↓{kind})  zoom {vp.scale * 100:.3g}%"
-        self.zoom_label.setText(f"{mag:.3g}×  ·  {text}" if mag else text)
+    # -- commands -------------------------------------------------------------------------------
+    def open_paths(self, paths: list[str]) -> None:
+        for path in paths:
+            self.slides.show_or_open(path)
 
-    def _on_cursor_moved(self, l0_point) -> None:
-        if l0_point is None or self.view.shared is None:
-            self.position_label.setText("")
-            return
-        l0_x, l0_y = l0_point
-        text = f"x {int(l0_x)}  y {int(l0_y)} px"
-        mpp = self.view.shared.source.mpp
-        if mpp:
-            text += f"  ·  {format_length_um(round(l0_x * mpp[0], 1))}, {format_length_um(round(l0_y * mpp[1], 1))}"
-        self.position_label.setText(text)
+    def export_view(self, path: str, factor: int = 1) -> None:
+        """Save the view as PNG (``slides.export_done`` when written): ``factor`` 1 is what the
+        screen shows (overlays included); 2 or 4 re-reads the slide at that many times the pixels."""
+        self.slides.export_view(path, factor, self.view.render_image)
 
-    def _on_magnification_action(self) -> None:
-        self.view.set_magnification(self.sender().data())
+    def show_training(self) -> None:
+        self.training_dock.show()
+        self.training_dock.raise_()
+        self.training.warm_up()
+        QTimer.singleShot(0, self._size_training_dock)  # after the dock is laid out, or Qt ignores it
 
-    def _on_combo_activated(self, index: int) -> None:
-        self.show_slide(self.slide_combo.itemData(index))
+    def _size_training_dock(self) -> None:
+        self.resizeDocks([self.training_dock], [max(400, self.height() * 2 // 5)], Qt.Orientation.Vertical)
 
     # -- dialogs ------------------------------------------------------------------------
     def choose_files(self) -> None:
@@ -366,14 +323,9 @@ class MainWindow(QMainWindow):
 
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
-        for path in self.recent.paths:
-            action = self.recent_menu.addAction(path)
-            action.setData(path)
-            action.triggered.connect(self._on_recent_action)
-        self.recent_menu.setEnabled(bool(self.recent.paths))
-
-    def _on_recent_action(self) -> None:
-        self.show_or_open(self.sender().data())
+        for path in self.workspace.recent.paths:
+            self.recent_menu.addAction(path).triggered.connect(lambda _checked=False, path=path: self.slides.show_or_open(path))
+        self.recent_menu.setEnabled(bool(self.workspace.recent.paths))
 
     def choose_export(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export view as PNG", "view.png", "PNG images (*.png)")
@@ -383,21 +335,15 @@ class MainWindow(QMainWindow):
         if ok:
             self.export_view(path, EXPORT_CHOICES[choice])
 
-    def export_view(self, path: str, factor: int = 1) -> None:
-        """Save the view as PNG (``export_done`` when written). ``factor`` 1 is what the screen
-        shows (overlays included); 2 or 4 re-reads the slide at that many times the pixels."""
-        entry = self._current_entry()
-        if entry is None:
-            return
-        if factor == 1:
-            self.runner.submit(export.save_png, self.view.render_image(), path, on_done=self.export_done.emit, on_error=self.report_error)
-            return
-        vp = self.view.viewport
-        l0_box: Box = vp.l0_visible_box()
-        self.runner.submit(
-            export.export_region_png, entry.shared, l0_box, vp.screen_w * factor, vp.screen_h * factor, path,
-            on_done=self.export_done.emit, on_error=self.report_error,
-        )
+    def choose_export_maps(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export maps to a folder")
+        if folder:
+            self.live.export_maps(folder)
+
+    def choose_load_maps(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load maps as overlay", "", "StreamSlide maps (maps.npz *.npz)")
+        if path:
+            self.live.load_maps(path)
 
     # -- drag and drop ------------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
@@ -407,15 +353,6 @@ class MainWindow(QMainWindow):
     def dropEvent(self, event: QDropEvent) -> None:
         self.open_paths([u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()])
         event.acceptProposedAction()
-
-    def show_training(self) -> None:
-        self.training_dock.show()
-        self.training_dock.raise_()
-        self.training.controller.warm_up()  # the engine's import, ahead of Start (see viewer.gc_pauses)
-        QTimer.singleShot(0, self._size_training_dock)  # after the dock is laid out, or Qt ignores it
-
-    def _size_training_dock(self) -> None:
-        self.resizeDocks([self.training_dock], [max(400, self.height() * 2 // 5)], Qt.Orientation.Vertical)
 
     # -- shutdown -------------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -428,12 +365,17 @@ class MainWindow(QMainWindow):
         self.live.shutdown()
         self.loader.shutdown()
         self.runner.shutdown()
-        for entry in self.slides.values():
-            entry.shared.close_when_idle()
-        self.slides.clear()
+        self.slides.shutdown()
+
+    @property
+    def is_shut_down(self) -> bool:
+        return self._shut
+
+    def _ask_close_while_training(self) -> str:
+        return training_dock.ask_close_while_training(self)  # looked up now: tests replace it
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if not self._shut and not self.training.close_requested(self):
+        if not self._shut and not self.training.close_requested(self._ask_close_while_training, self.hide, self.close):
             event.ignore()  # training goes on; the window closes itself when it ends, if asked to
             return
         self.shutdown()

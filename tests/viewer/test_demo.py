@@ -13,14 +13,18 @@ import pytest
 from PySide6.QtCore import QSettings
 from PySide6.QtGui import QImage
 
-from engine.demo.data import DEMO_MODEL_DIR, showcase_slide
+from engine.api import demo_model_dir, read_maps, showcase_slide
+from engine.colormaps import lut_rgba
 from engine.errors import SlideError
-from engine.io.maps import read_maps
+from engine.geometry import Box
 from viewer import demo
-from viewer.colormaps import lut_rgba
-from viewer.images import qimage_to_rgb
+from viewer.controllers.demo import NO_GRADIENT, SALIENCY_SHOWN_FROM
 from viewer.main_window import MainWindow
-from viewer.widgets.colorbar import LEGEND_H, LEGEND_W, MARGIN
+from viewer.model.layers import PREDICTION, SALIENCY
+from viewer.render.legend import LEGEND_H, LEGEND_W, MARGIN
+from viewer.workers.images import qimage_to_rgb
+
+DEMO_MODEL_DIR = demo_model_dir()
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +103,8 @@ def bare_view(qtbot, tmp_path, slide) -> tuple[np.ndarray, object]:
     window.resize(*demo.HEADLESS_WINDOW)
     window.show()
     try:
-        with qtbot.waitSignal(window.slide_shown, timeout=20_000):
-            window.show_or_open(str(slide))
+        with qtbot.waitSignal(window.slides.slide_shown, timeout=20_000):
+            window.slides.show_or_open(str(slide))
         window.view.fit()
         qtbot.waitUntil(lambda: not window.view.moving and not window.view.missing_visible_tiles(), timeout=20_000)
         return qimage_to_rgb(window.view.render_image()), window.view.viewport.transform()
@@ -110,7 +114,7 @@ def bare_view(qtbot, tmp_path, slide) -> tuple[np.ndarray, object]:
 
 def screen_samples(layer, transform, shape) -> np.ndarray:
     """The layer's value under the centre of every screen pixel (NaN off the map)."""
-    (x0, y0, x1, y1), values = layer.l0_box, layer.values
+    (x0, y0, x1, y1), values = Box.of(layer.l0_box).as_tuple(), layer.values
     h, w = shape
     l0_x = transform.l0_x0 + (np.arange(w) + 0.5) / transform.scale
     l0_y = transform.l0_y0 + (np.arange(h) + 0.5) / transform.scale
@@ -160,7 +164,7 @@ def test_headless_demo_writes_the_saliency_view_and_the_maps(qtbot, tmp_path, de
     legend[MARGIN : MARGIN + LEGEND_H, w - MARGIN - LEGEND_W : w - MARGIN] = True
     changed = (np.abs(png.astype(int) - bare).max(axis=2) > 20) & ~legend
     # Once the run is done the demo hides saliency below a share of its maximum.
-    shown_from = demo.SALIENCY_SHOWN_FROM * float(saliency.max())
+    shown_from = SALIENCY_SHOWN_FROM * float(saliency.max())
     salient = np.nan_to_num(screen_samples(layers["saliency"], transform, (h, w))) >= shown_from
     painted, stray = int(changed.sum()), int((changed & ~grow(salient, 2)).sum())
     assert painted > 200, "no overlay on the slide"
@@ -186,9 +190,10 @@ def test_window_path_shows_live_maps_then_selects_saliency(qtbot, tmp_path, demo
         job = started.args[0]
         assert job.spec.saliency and job.spec.l0_region is None  # the whole slide, with saliency
         assert job.spec.slide_path == str(slide.resolve()) and job.spec.model_path == str(bundled_model)
-        assert window.current_path == str(slide.resolve())
-        assert window.live.model_panel.model_path == str(bundled_model)
-        assert window.live.model_panel.card_fields["Classes"].text() == "normal, lesion"
+        assert window.workspace.current_key == str(slide.resolve())
+        assert window.model.path == str(bundled_model)
+        assert window.model_panel.card_fields["Classes"].text() == "normal, lesion"
+        assert window.inference.saliency and window.model_panel.saliency.isChecked()
         vp = window.view.viewport
         visible = vp.l0_visible_box()
         assert visible.x0 <= 0 and visible.y0 <= 0 and visible.x1 >= vp.l0_width and visible.y1 >= vp.l0_height
@@ -199,10 +204,10 @@ def test_window_path_shows_live_maps_then_selects_saliency(qtbot, tmp_path, demo
         assert not driver.saliency_shown and window.live.stack.layers  # the prediction grows first
 
         qtbot.waitUntil(lambda: driver.saliency_shown, timeout=120_000)
-        stack, panel = window.live.stack, window.live.overlay_panel
-        assert stack.active == "saliency" and panel.current_name == "saliency"
-        assert stack.style_for("saliency").visible and stack.style_for("saliency").threshold == demo.NO_GRADIENT
-        assert not any(stack.style_for(n).visible for n in stack.layers if n.startswith("prediction"))
+        stack, panel = window.live.stack, window.overlay_panel
+        assert stack.active == SALIENCY and panel.current_key == SALIENCY
+        assert stack.style_for(SALIENCY).visible and stack.style_for(SALIENCY).threshold == NO_GRADIENT
+        assert not any(stack.style_for(k).visible for k in stack.layers if k.source == PREDICTION)
         assert not window.errors
     finally:
         window.shutdown()

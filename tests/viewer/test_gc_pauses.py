@@ -6,7 +6,7 @@ import gc
 import threading
 import weakref
 
-from viewer.gc_pauses import collect_on_ui_thread
+from viewer.workers.gc_pauses import collect_on_ui_thread
 
 
 class Node:
@@ -57,7 +57,7 @@ def test_importing_the_engine_freezes_torch_and_the_lazy_imports_of_a_run(tmp_pa
     from pathlib import Path
 
     code = ("import gc, sys\n"
-            "from viewer.gc_pauses import import_engine, engine_imported\n"
+            "from viewer.workers.gc_pauses import import_engine, engine_imported\n"
             "assert not engine_imported()\n"
             "import_engine(); import_engine()\n"
             "assert engine_imported()\n"
@@ -68,7 +68,7 @@ def test_importing_the_engine_freezes_torch_and_the_lazy_imports_of_a_run(tmp_pa
 
 
 def test_the_collector_skips_its_ticks_while_the_engine_is_imported(qtbot, monkeypatch):
-    from viewer import gc_pauses
+    from viewer.workers import gc_pauses
 
     collector = collect_on_ui_thread()
     for _ in range(2000):

@@ -1,6 +1,7 @@
 """Live model maps in the main window, driven through its panels with a fake engine runner
-(same signature and events as ``engine.api.run_inference``): live patches, cancel, queueing,
-superseded jobs, errors, the readout, PNG export with the legend, and maps files."""
+(same signature and events as ``engine.api.run_inference``): live patches painted over the
+slide, cancel, queueing, errors, region drawing, the readout, PNG export with the legend, maps
+files, and the worst event-loop stall. (The controller alone: test_live_maps_controller.py.)"""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ import time
 
 import numpy as np
 import pytest
-from conftest import BLOCK, block_colour
 from fake_engine import CLASSES, FakeRunner, cell_value
 from PySide6.QtCore import QPoint, QSettings, Qt, QTimer
 from PySide6.QtGui import QImage
 
+from engine.colormaps import lut_rgba
+from engine.geometry import Box
 from engine.io.checkpoints import ModelCard
 from engine.io.svs import write_svs_array
-from viewer.colormaps import lut_rgba
-from viewer.images import qimage_to_rgb
-from viewer.widgets.colorbar import LEGEND_H, LEGEND_W, MARGIN
+from tests.conftest import block_colour
+from viewer.model.layers import SALIENCY, LayerKey
+from viewer.render.legend import LEGEND_H, LEGEND_W, MARGIN
+from viewer.workers.images import qimage_to_rgb
+
+TUMOUR = LayerKey("prediction", "tumour")
 
 
 @pytest.fixture
@@ -65,23 +70,23 @@ def window(qtbot, tmp_path, runner):
 
 
 def open_slide(qtbot, window, path):
-    with qtbot.waitSignal(window.slide_shown, timeout=10_000):
-        window.show_or_open(str(path))
+    with qtbot.waitSignal(window.slides.slide_shown, timeout=10_000):
+        window.slides.show_or_open(str(path))
     qtbot.waitUntil(lambda: not window.view.missing_visible_tiles(), timeout=10_000)
 
 
 def load_model(qtbot, window, model_path):
     with qtbot.waitSignal(window.live.card_loaded, timeout=10_000):
-        window.live.model_panel.model_chosen.emit(model_path)
+        window.model_panel.model_chosen.emit(model_path)
 
 
 def tumour_layer(window):
-    return window.live.stack.layers.get("prediction: tumour")
+    return window.live.stack.layers.get(TUMOUR)
 
 
 def test_model_card_is_shown_and_remembered(qtbot, window, synthetic_slide_path, model_path):
     open_slide(qtbot, window, synthetic_slide_path)
-    panel = window.live.model_panel
+    panel = window.model_panel
     assert not panel.slide_button.isEnabled()
     load_model(qtbot, window, model_path)
     assert panel.card_fields["Architecture"].text() == "smallnet"
@@ -91,6 +96,7 @@ def test_model_card_is_shown_and_remembered(qtbot, window, synthetic_slide_path,
     assert panel.slide_button.isEnabled() and panel.view_button.isEnabled()
     assert panel.recent.itemData(0) == str(__import__("pathlib").Path(model_path).resolve())
     assert window.settings.value("recent_models")[0].endswith("model.json")
+    assert panel.status.text() == f"Loaded {model_path}" and window.model.path == model_path
 
 
 def test_bad_model_is_reported_and_the_slide_stays_open(qtbot, window, synthetic_slide_path, tmp_path):
@@ -99,9 +105,10 @@ def test_bad_model_is_reported_and_the_slide_stays_open(qtbot, window, synthetic
     bad.parent.mkdir()
     bad.write_text("{not json")
     with qtbot.waitSignal(window.error_reported, timeout=10_000) as blocker:
-        window.live.model_panel.model_chosen.emit(str(bad))
+        window.model_panel.model_chosen.emit(str(bad))
     assert "model.json" in blocker.args[0] and "JSON" in blocker.args[0]
-    assert window.current_path == str(synthetic_slide_path.resolve()) and window.live.model_panel.model_path is None
+    assert window.workspace.current_key == str(synthetic_slide_path.resolve()) and window.model.path is None
+    assert window.model_panel.status.text().startswith("Could not load the model:")
 
 
 def test_patches_show_live_before_the_job_finishes(qtbot, window, gate, runner, synthetic_slide_path, model_path):
@@ -109,12 +116,12 @@ def test_patches_show_live_before_the_job_finishes(qtbot, window, gate, runner, 
     load_model(qtbot, window, model_path)
     finished = []
     window.live.job_finished.connect(lambda job, fin: finished.append(fin))
-    window.live.model_panel.slide_button.click()
+    window.model_panel.slide_button.click()
     # The runner holds after its first patch: what shows now arrived live.
     qtbot.waitUntil(lambda: tumour_layer(window) is not None, timeout=10_000)
     layer = tumour_layer(window)
     assert not finished and window.live.jobs.running is not None
-    assert window.live.job_panel.cancel_button.isEnabled()
+    assert window.job_panel.cancel_button.isEnabled()
     assert layer.value_at(10, 10) == pytest.approx(cell_value(0, 0))
     assert layer.value_at(2000, 2000) is None
     # The first block (level-0 0..256) is painted with the tumour map over the slide.
@@ -130,22 +137,22 @@ def test_patches_show_live_before_the_job_finishes(qtbot, window, gate, runner, 
     qtbot.waitUntil(lambda: bool(finished), timeout=20_000)
     assert not finished[0].cancelled and runner.patches_sent > 1
     assert np.isfinite(layer.values).all()
-    assert "tumour" in window.live.job_panel.result.text() and "Done" in window.live.job_panel.detail.text()
+    assert "tumour" in window.job_panel.result.text() and "Done" in window.job_panel.detail.text()
 
 
 def test_cancel_stops_the_job_and_a_second_run_works(qtbot, window, gate, runner, synthetic_slide_path, model_path):
     open_slide(qtbot, window, synthetic_slide_path)
     load_model(qtbot, window, model_path)
     with qtbot.waitSignal(window.live.job_started, timeout=10_000):
-        window.live.model_panel.slide_button.click()
+        window.model_panel.slide_button.click()
     qtbot.waitUntil(lambda: runner.patches_sent == 1, timeout=10_000)
     with qtbot.waitSignal(window.live.job_finished, timeout=10_000) as blocker:
-        window.live.job_panel.cancel_button.click()
+        window.job_panel.cancel_button.click()
         gate.set()
     assert blocker.args[1].cancelled and runner.patches_sent < 12 * 16
-    assert "Cancelled" in window.live.job_panel.detail.text()
+    assert "Cancelled" in window.job_panel.detail.text()
     with qtbot.waitSignal(window.live.job_finished, timeout=20_000) as blocker:
-        window.live.model_panel.view_button.click()
+        window.model_panel.view_button.click()
     assert not blocker.args[1].cancelled
     assert np.isfinite(tumour_layer(window).values).all()  # the view is covered by the new map
 
@@ -159,7 +166,7 @@ def test_jobs_on_other_slides_wait_in_the_queue(qtbot, window, gate, runner, syn
     open_slide(qtbot, window, second)
     second_job = window.live.run("view")
     assert first_job.state == "running" and second_job.state == "queued"
-    assert "1 job waiting" in window.live.job_panel.queue.text()
+    assert "1 job waiting" in window.job_panel.queue.text()
     assert len(runner.calls) == 1  # the second has not reached the device
     order = []
     window.live.job_finished.connect(lambda job, fin: order.append(job.job_id))
@@ -168,7 +175,7 @@ def test_jobs_on_other_slides_wait_in_the_queue(qtbot, window, gate, runner, syn
     assert order == [first_job.job_id, second_job.job_id]
     assert [c.slide_path for c in runner.calls] == [str(synthetic_slide_path.resolve()), str(second.resolve())]
     # Each slide keeps its own maps.
-    assert window.live.stacks[str(second.resolve())].layers["prediction: tumour"].geometry.l0_box.x1 <= 1024
+    assert window.live.stacks[str(second.resolve())].layers[TUMOUR].geometry.l0_box.x1 <= 1024
 
 
 def test_a_new_run_on_the_same_slide_supersedes_the_old_one(qtbot, window, gate, runner, synthetic_slide_path, model_path):
@@ -197,8 +204,8 @@ def test_runner_errors_are_reported_and_open_slides_kept(qtbot, tmp_path, synthe
         with qtbot.waitSignal(window.error_reported, timeout=10_000) as blocker:
             window.live.run("slide")
         assert ("not a StreamSlide model" if kind == "model" else "could not be read") in blocker.args[0]
-        assert "Failed" in window.live.job_panel.detail.text() and not window.live.job_panel.cancel_button.isEnabled()
-        assert window.current_path == str(synthetic_slide_path.resolve()) and len(window.slides) == 1
+        assert "Failed" in window.job_panel.detail.text() and not window.job_panel.cancel_button.isEnabled()
+        assert window.workspace.current_key == str(synthetic_slide_path.resolve()) and len(window.workspace.slides) == 1
         window.view.zoom_by(2)
         qtbot.waitUntil(lambda: not window.view.missing_visible_tiles(), timeout=10_000)
     finally:
@@ -209,18 +216,37 @@ def test_shift_drag_runs_on_the_drawn_rectangle(qtbot, window, gate, runner, syn
     gate.set()
     open_slide(qtbot, window, synthetic_slide_path)
     load_model(qtbot, window, model_path)
-    view = window.live.view
+    view = window.view
     t = view.viewport.transform()
     a, b = (QPoint(*(int(v) for v in t.to_screen(*l0))) for l0 in ((1000, 900), (2000, 1600)))
     with qtbot.waitSignal(window.live.job_finished, timeout=20_000):
         qtbot.mousePress(view, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier, a)
         qtbot.mouseMove(view, b)
         qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier, b)
-    x0, y0, x1, y1 = runner.calls[-1].l0_region
+    x0, y0, x1, y1 = Box.of(runner.calls[-1].l0_region).as_tuple()
     ax, ay = t.to_l0(a.x(), a.y())
     bx, by = t.to_l0(b.x(), b.y())
     assert abs(x0 - ax) <= 1 and abs(y0 - ay) <= 1 and abs(x1 - bx) <= 1 and abs(y1 - by) <= 1
     assert view.viewport.transform() == t  # drawing did not pan
+    assert not window.inference.region_mode and not view.region_mode
+
+
+def test_draw_region_button_arms_the_view_and_the_rectangle_runs(qtbot, window, gate, runner, synthetic_slide_path, model_path):
+    gate.set()
+    open_slide(qtbot, window, synthetic_slide_path)
+    load_model(qtbot, window, model_path)
+    window.model_panel.region_button.click()
+    view = window.view
+    assert window.inference.region_mode and view.region_mode  # the next drag draws, not pans
+    t = view.viewport.transform()
+    a, b = (QPoint(*(int(v) for v in t.to_screen(*l0))) for l0 in ((500, 400), (900, 800)))
+    with qtbot.waitSignal(window.live.job_finished, timeout=20_000):
+        qtbot.mousePress(view, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, a)
+        qtbot.mouseMove(view, b)
+        qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, b)
+    assert not window.model_panel.region_button.isChecked() and not view.region_mode
+    x0, y0, x1, y1 = Box.of(runner.calls[-1].l0_region).as_tuple()
+    assert abs(x0 - 500) <= 2 and abs(y1 - 800) <= 2
 
 
 def test_readout_export_png_with_legend_and_maps_round_trip(qtbot, window, gate, synthetic_slide_path, model_path, tmp_path):
@@ -230,17 +256,17 @@ def test_readout_export_png_with_legend_and_maps_round_trip(qtbot, window, gate,
     with qtbot.waitSignal(window.live.job_finished, timeout=20_000):
         window.live.run("slide")
     live = window.live
-    live.overlay_panel.opacity.setValue(100)  # through the panel, as a user would
+    window.overlay_panel.opacity.setValue(100)  # through the panel, as a user would
     assert tumour_layer(window).style.opacity == 1.0
     # Value readout under the cursor.
     view = window.view
     sx, sy = view.viewport.transform().to_screen(64 * 5 + 10, 64 * 3 + 10)
     qtbot.mouseMove(view, QPoint(int(sx), int(sy)))
-    qtbot.waitUntil(lambda: "tumour" in live.readout.text())
-    assert f"tumour {cell_value(3, 5):.3g}" in live.readout.text()
+    qtbot.waitUntil(lambda: "tumour" in window.readout.text())
+    assert f"tumour {cell_value(3, 5):.3g}" in window.readout.text() and "normal" not in window.readout.text()
 
     png = tmp_path / "view.png"
-    with qtbot.waitSignal(window.export_done, timeout=20_000):
+    with qtbot.waitSignal(window.slides.export_done, timeout=20_000):
         window.export_view(str(png), 1)
     rgb = qimage_to_rgb(QImage(str(png)))
     w = rgb.shape[1]
@@ -283,7 +309,7 @@ def test_worst_event_loop_stall_during_a_job_is_small(qtbot, tmp_path, synthetic
         probe.stop()
         worst_ms = max(np.diff(ticks)) * 1000
         print(f"\nworst event-loop stall during a job of {runner.patches_sent} patches: {worst_ms:.1f} ms")
-        assert runner.patches_sent == 96 * 128 and np.isfinite(window.live.stack.layers["saliency"].values).all()
+        assert runner.patches_sent == 96 * 128 and np.isfinite(window.live.stack.layers[SALIENCY].values).all()
         # A bound for gross regressions only (one queued signal per patch stalled 3.7 s here): the
         # scheduler of a loaded 2-core machine alone can add hundreds of ms. The benchmark prints
         # the real figure.
@@ -298,20 +324,27 @@ def test_whole_slide_runs_start_where_the_user_looks(qtbot, window, gate, runner
     window.view.set_magnification(10)
     window.view.center_on(700, 500)
     vis = window.view.viewport.l0_visible_box()
-    window.live.model_panel.slide_button.click()
+    window.model_panel.slide_button.click()
     qtbot.waitUntil(lambda: bool(runner.calls), timeout=10_000)
     assert runner.calls[-1].l0_region is None  # the whole slide (the engine takes the tissue box)
-    assert runner.calls[-1].priority_l0_box == pytest.approx((vis.x0, vis.y0, vis.x1, vis.y1))
+    assert Box.of(runner.calls[-1].priority_l0_box).as_tuple() == pytest.approx(vis.as_tuple())
     assert runner.calls[-1].low_memory is False
     gate.set()
     window.live.cancel()
 
 
-def test_low_memory_box_reaches_the_job(qtbot, window, gate, runner, synthetic_slide_path, model_path):
+def test_the_panels_options_reach_the_job(qtbot, window, gate, runner, synthetic_slide_path, model_path):
     open_slide(qtbot, window, synthetic_slide_path)
     load_model(qtbot, window, model_path)
-    window.live.model_panel.low_memory.setChecked(True)
+    panel = window.model_panel
+    panel.low_memory.setChecked(True)
+    panel.saliency.setChecked(False)
+    panel.device.setCurrentText("cpu")
+    assert (window.inference.low_memory, window.inference.saliency, window.inference.device) == (True, False, "cpu")
     gate.set()
     with qtbot.waitSignal(window.live.jobs.job_finished, timeout=10_000):
-        window.live.model_panel.view_button.click()
-    assert runner.calls[-1].low_memory is True
+        panel.view_button.click()
+    spec = runner.calls[-1]
+    assert spec.low_memory is True and spec.saliency is False and spec.device == "cpu"
+    window.inference.set(saliency=True)  # a controller's change shows in the panel
+    assert panel.saliency.isChecked()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from conftest import BLOCK, block_colour
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage
 from PySide6.QtWidgets import QApplication
 
 from engine.io.svs import write_svs_array
-from viewer.images import qimage_to_rgb
+from tests.conftest import BLOCK, block_colour
+from viewer.workers.images import qimage_to_rgb
 
 
 @pytest.fixture
@@ -30,8 +28,8 @@ def window(qtbot, tmp_path):
 
 
 def _open(qtbot, window, path):
-    with qtbot.waitSignal(window.slide_shown, timeout=10_000):
-        window.show_or_open(str(path))
+    with qtbot.waitSignal(window.slides.slide_shown, timeout=10_000):
+        window.slides.show_or_open(str(path))
     qtbot.waitUntil(lambda: not window.view.missing_visible_tiles(), timeout=10_000)
 
 
@@ -48,7 +46,7 @@ def _centre_colour(window):
 
 def test_open_shows_slide_properties_overview_and_associated_images(qtbot, window, synthetic_slide_path):
     _open(qtbot, window, synthetic_slide_path)
-    assert window.current_path == str(synthetic_slide_path.resolve())
+    assert window.workspace.current_key == str(synthetic_slide_path.resolve())
     keys = window.properties.visible_keys()
     assert {"Vendor", "Dimensions", "Level 2", "MPP (µm/px)", "Objective power", "aperio.AppMag"} <= set(keys)
     window.properties.search.setText("appmag")
@@ -57,7 +55,7 @@ def test_open_shows_slide_properties_overview_and_associated_images(qtbot, windo
     qtbot.waitUntil(lambda: window.associated.shown_name == "label", timeout=10_000)
     window.associated.choice.setCurrentText("macro")
     qtbot.waitUntil(lambda: window.associated.shown_name == "macro", timeout=10_000)
-    qtbot.waitUntil(lambda: window.overview._pixmap is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: window.overview.has_thumbnail, timeout=10_000)
     # Every preset up to the 40x scan is offered.
     assert all(a.isEnabled() for a in window.mag_actions.values())
     assert "40×" in window.zoom_label.text() or "×" in window.zoom_label.text()
@@ -74,7 +72,7 @@ def test_magnification_key_and_overview_click_move_the_view(qtbot, window, synth
     vp = window.view.viewport
     assert vp.l0_cx == pytest.approx(4096 * 0.1, abs=30) and vp.l0_cy == pytest.approx(3072 * 0.9, abs=30)
     qtbot.waitUntil(lambda: not window.view.missing_visible_tiles(), timeout=10_000)
-    assert max(abs(a - b) for a, b in zip(_centre_colour(window), block_colour(vp.l0_cx, vp.l0_cy))) < 16
+    assert max(abs(a - b) for a, b in zip(_centre_colour(window), block_colour(vp.l0_cx, vp.l0_cy), strict=True)) < 16
 
 
 def test_status_bar_reads_out_level0_pixels_and_microns(qtbot, window, synthetic_slide_path):
@@ -96,14 +94,14 @@ def test_switching_slides_keeps_each_viewport(qtbot, window, synthetic_slide_pat
     first_scale = window.view.viewport.scale
     _open(qtbot, window, second_slide)
     assert window.slide_combo.count() == 2
-    assert max(abs(a - b) for a, b in zip(_centre_colour(window), (30, 160, 160))) < 16
+    assert max(abs(a - b) for a, b in zip(_centre_colour(window), (30, 160, 160), strict=True)) < 16
     # Switch back through the toolbar's slide list, as a user would.
     index = window.slide_combo.findData(str(synthetic_slide_path.resolve()))
     window.slide_combo.activated.emit(index)
-    assert window.current_path == str(synthetic_slide_path.resolve())
+    assert window.workspace.current_key == str(synthetic_slide_path.resolve())
     assert window.view.viewport.scale == first_scale
     qtbot.waitUntil(lambda: not window.view.missing_visible_tiles(), timeout=10_000)
-    assert max(abs(a - b) for a, b in zip(_centre_colour(window), block_colour(BLOCK * 2.5, BLOCK * 0.5))) < 16
+    assert max(abs(a - b) for a, b in zip(_centre_colour(window), block_colour(BLOCK * 2.5, BLOCK * 0.5), strict=True)) < 16
 
 
 def test_browser_lists_folder_with_sizes_and_opens_on_click(qtbot, window, synthetic_slide_path, second_slide, bad_files):
@@ -116,10 +114,10 @@ def test_browser_lists_folder_with_sizes_and_opens_on_click(qtbot, window, synth
     bad = window.browser.item_for(str(bad_files["truncated"]))
     qtbot.waitUntil(lambda: bad.text(1) == "unreadable", timeout=10_000)
     assert "truncated.svs" in bad.toolTip(0)
-    with qtbot.waitSignal(window.slide_shown, timeout=10_000):
+    with qtbot.waitSignal(window.slides.slide_shown, timeout=10_000):
         rect = window.browser.tree.visualItemRect(item)
         qtbot.mouseClick(window.browser.tree.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    assert window.current_path == str(second_slide.resolve())
+    assert window.workspace.current_key == str(second_slide.resolve())
 
 
 @pytest.mark.parametrize("kind", ["truncated", "random", "empty", "directory", "missing"])
@@ -127,19 +125,19 @@ def test_bad_file_reports_which_and_why_and_the_window_keeps_working(qtbot, wind
     _open(qtbot, window, synthetic_slide_path)
     path = bad_files[kind]
     with qtbot.waitSignal(window.error_reported, timeout=10_000) as blocker:
-        window.show_or_open(str(path))
+        window.slides.show_or_open(str(path))
     assert str(path.resolve()) in blocker.args[0]
-    assert window.current_path == str(synthetic_slide_path.resolve())  # still showing the good slide
+    assert window.workspace.current_key == str(synthetic_slide_path.resolve())  # still showing the good slide
     window.view.zoom_by(2.0)
     qtbot.waitUntil(lambda: not window.view.missing_visible_tiles(), timeout=10_000)
     vp = window.view.viewport
-    assert max(abs(a - b) for a, b in zip(_centre_colour(window), block_colour(vp.l0_cx, vp.l0_cy))) < 16
+    assert max(abs(a - b) for a, b in zip(_centre_colour(window), block_colour(vp.l0_cx, vp.l0_cy), strict=True)) < 16
 
 
 def test_corrupt_tile_is_reported_once_and_the_view_still_paints(qtbot, window, corrupt_tile_slide):
     # The slide is 1024 px wide, so the fitted view already needs level 0, tile (1, 1) included.
     with qtbot.waitSignal(window.error_reported, timeout=10_000) as blocker:
-        window.show_or_open(str(corrupt_tile_slide))
+        window.slides.show_or_open(str(corrupt_tile_slide))
     assert "corrupt" in blocker.args[0] and "corrupt.svs" in blocker.args[0]
     assert window.view.target_level() == 0
     window.view.zoom_by(1.1)  # moving on must not ask the failed slide again or report again
@@ -147,7 +145,7 @@ def test_corrupt_tile_is_reported_once_and_the_view_still_paints(qtbot, window, 
     image = window.view.render_image()
     sx, sy = window.view.viewport.transform().to_screen(256 + 128, 256 + 128)  # inside the broken tile
     colour = image.pixelColor(int(sx), int(sy)).getRgb()[:3]
-    assert max(abs(a - b) for a, b in zip(colour, block_colour(384, 384))) < 16  # painted from level 1
+    assert max(abs(a - b) for a, b in zip(colour, block_colour(384, 384), strict=True)) < 16  # painted from level 1
     assert len([e for e in window.errors if "corrupt.svs" in e]) == 1
 
 
@@ -158,17 +156,17 @@ def test_drop_opens_files_and_recent_menu_remembers_them(qtbot, window, syntheti
     QApplication.sendEvent(window, enter)
     assert enter.isAccepted()
     drop = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-    with qtbot.waitSignal(window.slide_shown, timeout=10_000):
+    with qtbot.waitSignal(window.slides.slide_shown, timeout=10_000):
         QApplication.sendEvent(window, drop)
     _open(qtbot, window, synthetic_slide_path)
-    window._fill_recent_menu()
+    window.recent_menu.aboutToShow.emit()  # what opening the menu does
     texts = [a.text() for a in window.recent_menu.actions()]
     assert texts[:2] == [str(synthetic_slide_path.resolve()), str(second_slide.resolve())]
     assert window.settings.value("recent_files")[0] == str(synthetic_slide_path.resolve())
-    window.close_current_slide()  # shows the other open slide
-    assert window.current_path == str(second_slide.resolve())
-    with qtbot.waitSignal(window.slide_shown, timeout=10_000):
-        next(a for a in window.recent_menu.actions() if a.data() == str(synthetic_slide_path.resolve())).trigger()
+    window.close_action.trigger()  # shows the other open slide
+    assert window.workspace.current_key == str(second_slide.resolve()) and window.slide_combo.count() == 1
+    with qtbot.waitSignal(window.slides.slide_shown, timeout=10_000):
+        next(a for a in window.recent_menu.actions() if a.text() == str(synthetic_slide_path.resolve())).trigger()
 
 
 @pytest.mark.parametrize("factor", [1, 2])
@@ -178,7 +176,7 @@ def test_export_writes_the_view_as_png(qtbot, window, synthetic_slide_path, tmp_
     window.view.center_on(BLOCK * 1.5, BLOCK * 2.5)
     qtbot.waitUntil(lambda: not window.view.missing_visible_tiles(), timeout=10_000)
     out = tmp_path / f"view{factor}.png"
-    with qtbot.waitSignal(window.export_done, timeout=20_000):
+    with qtbot.waitSignal(window.slides.export_done, timeout=20_000):
         window.export_view(str(out), factor)
     image = QImage(str(out))
     assert (image.width(), image.height()) == (window.view.width() * factor, window.view.height() * factor)
@@ -192,6 +190,16 @@ def test_real_slide_opens_in_the_window(qtbot, window, real_slide_path):
     assert window.properties.visible_keys()[:2] == ["File", "Vendor"]
     rgb = qimage_to_rgb(window.view.render_image())
     assert rgb.std() > 10
+
+
+def test_closing_the_last_slide_clears_the_panels(qtbot, window, synthetic_slide_path):
+    _open(qtbot, window, synthetic_slide_path)
+    assert window.windowTitle().startswith("synthetic.svs") and window.close_action.isEnabled()
+    window.close_action.trigger()
+    assert window.workspace.current is None and not window.workspace.slides and window.view.shared is None
+    assert window.windowTitle() == "StreamSlide" and not window.properties.visible_keys()
+    assert not window.close_action.isEnabled() and not any(a.isEnabled() for a in window.mag_actions.values())
+    assert window.slide_combo.count() == 0
 
 
 def test_app_main_parses_arguments():

@@ -9,9 +9,10 @@ import numpy as np
 from PySide6.QtGui import QColor
 
 from engine.slides import ArraySlide
-from viewer.slide_view import SlideView
-from viewer.sources import SharedSource
-from viewer.tiles import TileCache, TileLoader
+from viewer.render.slide_view import SlideView
+from viewer.render.tile_cache import TileCache
+from viewer.workers.sources import SharedSource
+from viewer.workers.tiles import TileLoader
 
 SOAK_CALLS = 200_000
 

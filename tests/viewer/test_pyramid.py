@@ -1,5 +1,5 @@
-"""viewer.pyramid: virtual levels beyond a slide's coarsest, their pixels, and a single-level
-slide shown zoomed out from them."""
+"""viewer.model.pyramid and viewer.workers.tiles: virtual levels beyond a slide's coarsest, their
+pixels, and a single-level slide shown zoomed out from them."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import BLOCK, BLOCK_COLOURS, STRIPE_BLOCK, SYNTH_L0_SIZE, block_colour, synthetic_rgb
 
 from engine.geometry import Box, TileGrid
 from engine.slides import ArraySlide, open_slide
-from viewer import pyramid as pyramid_module
-from viewer.pyramid import VIRTUAL_SOURCE_MAX_PIXELS, DisplayPyramid, area_average, read_virtual_region
-from viewer.sources import SharedSource
-from viewer.tiles import TileKey
+from tests.conftest import BLOCK, BLOCK_COLOURS, STRIPE_BLOCK, SYNTH_L0_SIZE, synthetic_rgb
+from viewer.model.pyramid import VIRTUAL_SOURCE_MAX_PIXELS, DisplayPyramid
+from viewer.workers import tiles as tiles_module
+from viewer.workers.sources import SharedSource
+from viewer.workers.tiles import TileKey, area_average, read_virtual_region
 
 
 def _levels(sizes, downsamples):
@@ -57,7 +57,7 @@ def test_area_average_is_the_block_mean_including_partial_edge_blocks():
 
 @pytest.mark.parametrize("chunk_rows", [1024, 8])
 def test_virtual_tiles_are_area_averages_of_their_real_level(monkeypatch, chunk_rows):
-    monkeypatch.setattr(pyramid_module, "CHUNK_ROWS", chunk_rows)  # 8: many chunks per tile
+    monkeypatch.setattr(tiles_module, "CHUNK_ROWS", chunk_rows)  # 8: many chunks per tile
     rgb = np.random.default_rng(1).integers(0, 256, (1100, 2100, 3), np.uint8)
     slide = ArraySlide([rgb, rgb[::2, ::2].copy()])  # a real level 1 (ds 2) to build from
     pyramid = DisplayPyramid.of(slide)
@@ -100,7 +100,7 @@ def _assert_block_colours(view):
             if (r, c) == STRIPE_BLOCK or not vis.contains(l0_x, l0_y):
                 continue
             got = _pixel(image, l0_x, l0_y, view)
-            assert max(abs(a - b) for a, b in zip(got, colour)) <= 16, f"block ({r}, {c}) shows {got}, expected {colour}"
+            assert max(abs(a - b) for a, b in zip(got, colour, strict=True)) <= 16, f"block ({r}, {c}) shows {got}, expected {colour}"
             checked += 1
     assert checked >= 4
     return image

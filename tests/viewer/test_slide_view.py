@@ -1,17 +1,17 @@
-"""viewer.slide_view: rendered pixels against known slide content, navigation, overlays."""
+"""viewer.render.slide_view: rendered pixels against known slide content, navigation, overlays."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BLOCK, STRIPE, STRIPE_BLOCK, block_colour
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QColor, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from engine.geometry import Box
 from engine.slides import open_slide
-from viewer.sources import SharedSource
+from tests.conftest import BLOCK, STRIPE, STRIPE_BLOCK, block_colour
+from viewer.workers.sources import SharedSource
 
 
 def _show(qtbot, view, path):
@@ -26,7 +26,7 @@ def _pixel(image, screen_x, screen_y):
 
 
 def _close(a, b, tol=16):
-    return max(abs(int(x) - int(y)) for x, y in zip(a, b)) <= tol
+    return max(abs(int(x) - int(y)) for x, y in zip(a, b, strict=True)) <= tol
 
 
 def _check_blocks(view, l0_points):

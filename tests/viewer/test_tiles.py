@@ -1,4 +1,5 @@
-"""viewer.tiles: the byte-capped cache, request ordering, stale requests, thread shutdown."""
+"""viewer.workers.tiles and viewer.render.tile_cache: the byte-capped cache, request ordering,
+stale requests, thread shutdown."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import leftover_worker_threads
 from PySide6.QtGui import QImage
 
 from engine.slides import ArraySlide
-from viewer.sources import SharedSource
-from viewer.tiles import TileCache, TileKey, TileLoader, default_cache_bytes, region_to_qimage
+from tests.conftest import leftover_worker_threads
+from viewer.render.tile_cache import TileCache, default_cache_bytes
+from viewer.workers.sources import SharedSource
+from viewer.workers.tiles import TileKey, TileLoader, region_to_qimage
 
 
 def _image(n_bytes_side=16):

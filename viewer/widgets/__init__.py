@@ -1,1 +1,2 @@
-"""Small panels around the slide view; each does one thing and talks through signals."""
+"""Panels around the slide view, each doing one thing: they write the user's edits into the models
+(viewer.model) and follow the models' and controllers' notifications."""

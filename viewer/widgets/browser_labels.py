@@ -1,5 +1,6 @@
 """Label slides for training in the slide browser: a "Label" column and a context menu per slide
-(one entry per known class, "New label…", "Clear label"), writing a :class:`LabelTable`."""
+(one entry per known class, "New label…", "Clear label"), writing a
+:class:`~viewer.model.labels.LabelTable`. The column follows the table, whoever changes it."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QPoint, Qt, Signal
 from PySide6.QtWidgets import QInputDialog, QMenu
 
-from viewer.labels_table import LabelTable
+from viewer.model.labels import LabelTable
 from viewer.widgets.slide_browser import SlideBrowser
 
 LABEL_COLUMN = 3
 
 
 class BrowserLabeller(QObject):
+    #: The user labelled slides through the menu.
     labels_changed = Signal()
 
     def __init__(self, browser: SlideBrowser, table: LabelTable, parent: QObject | None = None) -> None:
@@ -27,11 +29,10 @@ class BrowserLabeller(QObject):
         tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         tree.customContextMenuRequested.connect(self._menu)
         browser.folder_changed.connect(self.refresh)
+        table.changed.connect(self.refresh)
 
     def set_label(self, paths: list[str], label: str | None) -> None:
-        for path in paths:
-            self.table.set(path, label)
-        self.refresh()
+        self.table.set_labels(paths, label)
         self.labels_changed.emit()
 
     def refresh(self, _folder: str | None = None) -> None:

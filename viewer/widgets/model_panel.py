@@ -1,8 +1,10 @@
-"""The model panel: choose a model (file dialog or recent models), see its card, and ask
-for a run on the whole slide, the current view or a drawn rectangle.
+"""The model panel: choose a model (file dialog or recent models), see its card, set the run's
+options, and ask for a run on the whole slide, the current view or a drawn rectangle.
 
-The panel reads nothing itself: it asks for a card through ``model_chosen`` and shows what
-comes back (:meth:`show_card` / :meth:`show_card_error`)."""
+The panel is bound to two models: the options write into and follow
+:class:`~viewer.model.inference.InferenceSettings`, and the card, status, recent list and the
+run buttons follow :class:`~viewer.model.inference.ModelChoice`. It reads no file: it asks for a
+card through ``model_chosen`` and a run through ``run_requested``."""
 
 from __future__ import annotations
 
@@ -10,13 +12,21 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
 )
 
+from viewer.model.inference import DEVICES, InferenceSettings, ModelChoice
+
 MODEL_FILTER = "StreamSlide models (*.json *.safetensors);;All files (*)"
-DEVICES = ("auto", "cpu", "cuda")
-#: Run scopes, as ``run_requested`` names them.
-SCOPES = ("slide", "view", "region")
 
 
 def describe_input(card) -> str:
@@ -33,15 +43,13 @@ def describe_provenance(provenance) -> str:
 
 class ModelPanel(QWidget):
     model_chosen = Signal(str)
-    #: "slide", "view" or "region" (a rectangle, once drawn).
+    #: "slide" or "view" (a region run starts when its rectangle is drawn).
     run_requested = Signal(str)
-    #: The "Draw region" button was toggled.
-    region_mode_toggled = Signal(bool)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, settings: InferenceSettings, model: ModelChoice, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.model_path: str | None = None
-        self.card = None
+        self.settings, self.model = settings, model
+        self._recent_shown: list[str] | None = None
         self.recent = QComboBox()
         self.recent.setToolTip("Recently used models")
         self.recent.setMinimumContentsLength(12)
@@ -63,7 +71,6 @@ class ModelPanel(QWidget):
         self.region_button.setCheckable(True)
         self.region_button.setToolTip("Drag a rectangle on the slide to run on it (or shift-drag at any time)")
         self.saliency = QCheckBox("Saliency map")
-        self.saliency.setChecked(True)
         self.low_memory = QCheckBox("Low memory")
         self.low_memory.setToolTip("Give freed memory back to the system after every tile: peak memory stays flat "
                                    "with the slide's size, at 10-20% more time (CPU)")
@@ -99,11 +106,41 @@ class ModelPanel(QWidget):
         self.recent.activated.connect(self._on_recent)
         self.slide_button.clicked.connect(self._run_slide)
         self.view_button.clicked.connect(self._run_view)
-        self.region_button.toggled.connect(self.region_mode_toggled)
-        self.set_runnable(False)
+        # The user's edits go into the settings; the widgets follow the settings' changes.
+        self.saliency.toggled.connect(lambda on: settings.set(saliency=on))
+        self.low_memory.toggled.connect(lambda on: settings.set(low_memory=on))
+        self.device.currentTextChanged.connect(lambda name: settings.set(device=name))
+        self.region_button.toggled.connect(lambda on: settings.set(region_mode=on))
+        settings.changed.connect(self._show_setting)
+        model.changed.connect(self._show_model)
+        for name in InferenceSettings.FIELDS:
+            self._show_setting(name)
+        self._show_model()
+
+    # -- following the models ------------------------------------------------------------------
+    def _show_setting(self, name: str) -> None:
+        value = getattr(self.settings, name)
+        if name == "device":
+            self.device.setCurrentText(value)
+        else:
+            {"saliency": self.saliency, "low_memory": self.low_memory, "region_mode": self.region_button}[name].setChecked(value)
+
+    def _show_model(self) -> None:
+        model = self.model
+        if model.recent.paths != self._recent_shown:
+            self.set_recent(model.recent.paths)
+        if model.card is not None:
+            self.show_card(model.card)
+        if model.error is not None:
+            self.status.setText(f"Could not load the model: {model.error}")
+        elif model.path is not None:
+            self.status.setText(f"Loaded {model.path}")
+        for button in (self.slide_button, self.view_button, self.region_button):
+            button.setEnabled(model.runnable)
 
     # -- choosing ------------------------------------------------------------------------------
     def set_recent(self, paths: list[str]) -> None:
+        self._recent_shown = list(paths)
         self.recent.clear()
         for path in paths:
             self.recent.addItem(Path(path).name if Path(path).name != "model.json" else Path(path).parent.name, path)
@@ -117,8 +154,7 @@ class ModelPanel(QWidget):
     def _on_recent(self, index: int) -> None:
         self.model_chosen.emit(self.recent.itemData(index))
 
-    def show_card(self, path: str, card) -> None:
-        self.model_path, self.card = path, card
+    def show_card(self, card) -> None:
         f = self.card_fields
         f["Architecture"].setText(str(card.architecture))
         f["Classes"].setText(", ".join(card.classes))
@@ -127,24 +163,10 @@ class ModelPanel(QWidget):
         f["From"].setText(describe_provenance(card.provenance))
         f["SHA-256"].setText(f"{card.sha256[:16]}…" if card.sha256 else "—")
         f["SHA-256"].setToolTip(card.sha256 or "")
-        self.status.setText(f"Loaded {path}")
-        self.set_runnable(True)
-
-    def show_card_error(self, message: str) -> None:
-        self.status.setText(f"Could not load the model: {message}")
 
     # -- running -------------------------------------------------------------------------------
-    def set_runnable(self, has_slide_and_model: bool) -> None:
-        enabled = has_slide_and_model and self.model_path is not None
-        for button in (self.slide_button, self.view_button, self.region_button):
-            button.setEnabled(enabled)
-
     def _run_slide(self) -> None:
         self.run_requested.emit("slide")
 
     def _run_view(self) -> None:
         self.run_requested.emit("view")
-
-    def region_done(self) -> None:
-        """The rectangle was drawn: leave region mode."""
-        self.region_button.setChecked(False)

@@ -1,20 +1,32 @@
 """The overlay panel: the slide's map layers (tick to show), and for the selected layer its
 colormap, opacity, value range, threshold and interpolation, with a colorbar.
 
-Edits go to the :class:`~viewer.overlay.OverlayStack` as style changes; the stack decides
-whether colours must be re-mapped (on a worker) or only repainted.
+Edits go to the :class:`~viewer.model.overlays.OverlayStack` as style changes; the stack
+decides whether colours must be re-mapped (on a worker) or only repainted. The panel follows the
+stack: the list is rebuilt when layers come or go, and the ticks, the selection (the active
+layer) and the style controls follow every style change, whoever made it.
 """
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QListWidget, QListWidgetItem, QPushButton, QSlider,
-    QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
 )
 
-from viewer.colormaps import COLORMAPS, DIVERGING, LayerStyle
-from viewer.overlay import OverlayStack
+from engine.colormaps import COLORMAPS, DIVERGING
+from viewer.model.layers import LayerKey, LayerStyle
+from viewer.model.overlays import OverlayStack
 from viewer.widgets.colorbar import ColorbarWidget
 
 INTERPOLATIONS = ("Nearest", "Smooth")
@@ -94,31 +106,44 @@ class OverlayPanel(QWidget):
         self.refresh()
 
     @property
-    def current_name(self) -> str | None:
+    def current_key(self) -> LayerKey | None:
         item = self.layer_list.currentItem()
         return item.data(Qt.ItemDataRole.UserRole) if item is not None else None
 
     def refresh(self) -> None:
-        """Rebuild the layer list from the stack, keeping the selection."""
+        """Rebuild the layer list from the stack, selecting the active layer."""
         self._filling = True
         self.layer_list.clear()
-        names = list(self.stack.layers) if self.stack else []
-        for name in names:
-            item = QListWidgetItem(name)
-            item.setData(Qt.ItemDataRole.UserRole, name)
+        keys = list(self.stack.layers) if self.stack else []
+        for key in keys:
+            item = QListWidgetItem(str(key))
+            item.setData(Qt.ItemDataRole.UserRole, key)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if self.stack.style_for(name).visible else Qt.CheckState.Unchecked)
+            # Set even when unticked: an item without a check state draws no box at all.
+            item.setCheckState(Qt.CheckState.Checked if self.stack.style_for(key).visible else Qt.CheckState.Unchecked)
             self.layer_list.addItem(item)
-            if name == self.stack.active:
-                self.layer_list.setCurrentItem(item)
+        self._sync_list()
         self._filling = False
-        self.controls.setEnabled(bool(names))
+        self.controls.setEnabled(bool(keys))
         self._show_style()
 
+    def _sync_list(self) -> None:
+        """Ticks from the styles' visibility, the selection from the stack's active layer."""
+        filling, self._filling = self._filling, True
+        for row in range(self.layer_list.count()):
+            item = self.layer_list.item(row)
+            key = item.data(Qt.ItemDataRole.UserRole)
+            check = Qt.CheckState.Checked if self.stack.style_for(key).visible else Qt.CheckState.Unchecked
+            if item.checkState() != check:
+                item.setCheckState(check)
+            if key == self.stack.active and self.layer_list.currentItem() is not item:
+                self.layer_list.setCurrentItem(item)
+        self._filling = filling
+
     def _show_style(self) -> None:
-        name = self.current_name
-        style = self.stack.style_for(name) if self.stack and name else None
-        self.colorbar.set_style(name or "", style)
+        key = self.current_key
+        style = self.stack.style_for(key) if self.stack and key else None
+        self.colorbar.set_style(str(key) if key else "", style)
         if style is None:
             return
         # Restore, not reset: this also runs inside refresh(), whose own filling must go on
@@ -137,14 +162,15 @@ class OverlayPanel(QWidget):
 
     def _on_stack_changed(self, l0_box) -> None:
         if l0_box is None:  # a style or layer change (patch arrivals carry a box): show it
+            self._sync_list()
             self._show_style()
 
     # -- edits ---------------------------------------------------------------------------------
     def _edit(self, **changes) -> LayerStyle | None:
-        name = self.current_name
-        if self._filling or self.stack is None or name is None:
+        key = self.current_key
+        if self._filling or self.stack is None or key is None:
             return None
-        return self.stack.set_style(name, **changes)
+        return self.stack.set_style(key, **changes)
 
     def _on_current(self, item: QListWidgetItem | None, _previous) -> None:
         if not self._filling and self.stack is not None:
@@ -169,8 +195,8 @@ class OverlayPanel(QWidget):
         self._edit(threshold=self.threshold.value() if self.use_threshold.isChecked() else None)
 
     def _on_fit(self) -> None:
-        if self.stack is not None and self.current_name:
-            self.stack.fit_range(self.current_name)
+        if self.stack is not None and self.current_key:
+            self.stack.fit_range(self.current_key)
 
     def _on_interpolation(self, index: int) -> None:
         self._edit(smooth=index == 1)

@@ -8,6 +8,7 @@ from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QP
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from engine.geometry import Box
+from viewer.model.viewport import ViewTransform
 
 
 class OverviewWidget(QWidget):
@@ -30,6 +31,10 @@ class OverviewWidget(QWidget):
         self._l0_size, self._pixmap, self._l0_view = l0_size, None, None
         self.update()
 
+    @property
+    def has_thumbnail(self) -> bool:
+        return self._pixmap is not None
+
     def set_thumbnail(self, image: QImage) -> None:
         self._pixmap = QPixmap.fromImage(image)  # QPixmap only here, on the UI thread
         self.update()
@@ -38,13 +43,23 @@ class OverviewWidget(QWidget):
         self._l0_view = l0_box
         self.update()
 
-    def image_rect(self) -> QRectF:
-        """Where the slide sits in the widget (aspect kept, centred)."""
+    def transform(self) -> ViewTransform | None:
+        """Level-0 -> widget pixels: the whole slide fitted with a 4-px margin, aspect kept, centred."""
         if not self._l0_size:
-            return QRectF()
+            return None
         w, h = self._l0_size
         s = min((self.width() - 8) / w, (self.height() - 8) / h)
-        return QRectF((self.width() - w * s) / 2, (self.height() - h * s) / 2, w * s, h * s)
+        if s <= 0:  # not laid out yet
+            return None
+        return ViewTransform(-(self.width() - w * s) / 2 / s, -(self.height() - h * s) / 2 / s, s)
+
+    def image_rect(self) -> QRectF:
+        """Where the slide sits in the widget."""
+        t = self.transform()
+        if t is None:
+            return QRectF()
+        box = t.box_to_screen(Box(0, 0, *self._l0_size))
+        return QRectF(box.x0, box.y0, box.width, box.height)
 
     def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
@@ -57,21 +72,18 @@ class OverviewWidget(QWidget):
             else:
                 painter.fillRect(target, QColor(235, 235, 235))
             if self._l0_view is not None:
-                s = target.width() / self._l0_size[0]
-                v = self._l0_view
-                rect = QRectF(target.left() + v.x0 * s, target.top() + v.y0 * s, v.width * s, v.height * s)
+                v = self.transform().box_to_screen(self._l0_view)
+                rect = QRectF(v.x0, v.y0, v.width, v.height)
                 painter.setPen(QPen(QColor(230, 30, 30), 2))
                 painter.drawRect(rect.intersected(target.adjusted(-1, -1, 1, 1)))
         painter.end()
 
     def _emit_at(self, pos: QPointF) -> None:
-        target = self.image_rect()
-        if target.isEmpty():
+        t = self.transform()
+        if t is None or self.image_rect().isEmpty():
             return
-        s = target.width() / self._l0_size[0]
-        l0_x = min(max((pos.x() - target.left()) / s, 0.0), float(self._l0_size[0]))
-        l0_y = min(max((pos.y() - target.top()) / s, 0.0), float(self._l0_size[1]))
-        self.center_requested.emit(l0_x, l0_y)
+        l0_x, l0_y = t.to_l0(pos.x(), pos.y())
+        self.center_requested.emit(min(max(l0_x, 0.0), float(self._l0_size[0])), min(max(l0_y, 0.0), float(self._l0_size[1])))
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
         if event.button() == Qt.MouseButton.LeftButton:

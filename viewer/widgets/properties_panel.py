@@ -16,7 +16,7 @@ def summary_rows(source: SlideSource) -> list[tuple[str, str]]:
         ("Dimensions", f"{w} x {h} px"),
         ("Levels", str(source.level_count)),
     ]
-    for level, ((lw, lh), ds) in enumerate(zip(source.level_dimensions, source.level_downsamples)):
+    for level, ((lw, lh), ds) in enumerate(zip(source.level_dimensions, source.level_downsamples, strict=True)):
         rows.append((f"Level {level}", f"{lw} x {lh} px, downsample {ds:.3g}"))
     rows.append(("MPP (µm/px)", f"{source.mpp[0]:.4g} x {source.mpp[1]:.4g}" if source.mpp else "unknown"))
     if source.mpp:

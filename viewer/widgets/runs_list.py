@@ -1,13 +1,21 @@
 """Training runs in a runs folder with their final metrics; Reopen shows one's curves and loads
-its model. The list only displays :class:`viewer.runs.RunSummary` rows scanned on a worker."""
+its model. The list only displays :class:`viewer.model.runs.RunSummary` rows scanned on a worker."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from viewer.runs import RunSummary, format_metric
+from viewer.model.runs import RunSummary, format_metric
 
 COLUMNS = ("Run", "Model", "Epochs", "Val AUC", "Val acc", "Loss")
 

@@ -6,45 +6,14 @@ that cannot be read stays in the list with the reason, so one bad file never hid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import QLabel, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
-from engine.errors import SlideError
-from engine.slides import open_slide
-from viewer.background import BackgroundRunner
-from viewer.images import array_to_qimage
-
-#: What the browser lists (OpenSlide's formats plus plain images).
-SLIDE_SUFFIXES = frozenset(
-    {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".svslide", ".dcm", ".png", ".jpg", ".jpeg", ".bmp"}
-)
-THUMB_PX = 64
-
-
-@dataclass(frozen=True)
-class SlideInfo:
-    path: str
-    dimensions: tuple[int, int] | None = None
-    mpp: tuple[float, float] | None = None
-    thumbnail: QImage | None = None
-    error: str | None = None
-
-
-def probe_slide(path: str) -> SlideInfo:
-    """Open, measure and thumbnail one file (worker thread); a failure becomes ``error``."""
-    try:
-        with open_slide(path) as slide:
-            return SlideInfo(path, slide.dimensions, slide.mpp, array_to_qimage(slide.thumbnail(THUMB_PX * 2)))
-    except SlideError as exc:
-        return SlideInfo(path, error=str(exc))
-
-
-def list_slide_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+from viewer.workers.background import BackgroundRunner
+from viewer.workers.slide_jobs import THUMB_PX, SlideInfo, list_slide_files, probe_slide
 
 
 class SlideBrowser(QWidget):

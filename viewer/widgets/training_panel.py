@@ -1,5 +1,7 @@
-"""The training form: labels, base model, input, schedule, device, run folder; Start, Pause,
-Resume, Cancel. It holds choices only; :mod:`viewer.fine_tuning` turns them into a run.
+"""The training form's widgets: labels, base model, input, schedule, device, run folder; Start,
+Pause, Resume, Cancel. Bound to a :class:`~viewer.model.training_form.TrainingForm`: every edit
+is written into it, and the widgets follow its changes (the run's state enables the buttons);
+:mod:`viewer.controllers.fine_tuning` reads the form to start a run.
 
 Pause has no engine counterpart: it saves the last checkpoint at the next step and stops, and
 Resume starts again from that checkpoint (exactly: same data order, optimiser and RNG state).
@@ -10,15 +12,25 @@ from __future__ import annotations
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-    QSpinBox, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
 )
 
-LABEL_SOURCES = ("Slide browser labels", "CSV file")
-#: Where the initial weights come from.
-BASES = ("Random initialisation", "ImageNet weights file", "Loaded model (Model panel)")
-DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "smallnet")
+from viewer.model.inference import DEVICES
+from viewer.model.training_form import BASES, INPUT_UNITS, LABEL_SOURCES, RESUMABLE_STATES, TrainingForm
+
+#: What the combo boxes show for the form's choices, in the form's order.
+LABEL_SOURCE_TEXTS = ("Slide browser labels", "CSV file")
+BASE_TEXTS = ("Random initialisation", "ImageNet weights file", "Loaded model (Model panel)")
 PAUSE_NOTE = ("Pause saves the last checkpoint at the next step and stops; Resume continues "
               "from it exactly (same data order and optimiser state).")
 
@@ -44,55 +56,48 @@ class TrainingPanel(QWidget):
     import_csv_requested = Signal(str)
     save_csv_requested = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, form: TrainingForm, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.form = form
         self.labels_source = QComboBox()
-        self.labels_source.addItems(LABEL_SOURCES)
+        self.labels_source.addItems(LABEL_SOURCE_TEXTS)
         self.labels_source.setToolTip("Right-click slides in the slide browser to label them, or import a CSV "
                                       "(slide,label[,split], paths relative to the CSV)")
         self.import_button = QPushButton("Import CSV…")
         self.save_labels_button = QPushButton("Save CSV…")
         self.save_labels_button.setToolTip("Save the slide browser's labels as slide,label (paths relative to the CSV)")
-        self.labels_summary = QLabel("No labels yet: right-click slides in the browser, or import a CSV")
+        self.labels_summary = QLabel()
         self.labels_summary.setWordWrap(True)
-        self.csv_path: str | None = None
 
         self.model = ModelCombo()
         self.model.setEditable(True)
-        self.model.addItems(DEFAULT_MODELS)
-        self.model.setCurrentText("resnet34")
         self.base = QComboBox()
-        self.base.addItems(BASES)
+        self.base.addItems(BASE_TEXTS)
         self.weights = QLineEdit()
         self.weights.setPlaceholderText("state dict (.pth, .pt, .safetensors) with torchvision/timm names")
         self.weights_button = QPushButton("…")
         self.weights_button.setFixedWidth(28)
 
         self.input_by = QComboBox()
-        self.input_by.addItems(("µm/px", "level"))
+        self.input_by.addItems(INPUT_UNITS)
         self.input_value = QDoubleSpinBox()
         self.input_value.setRange(0.0, 64.0)
         self.input_value.setDecimals(3)
-        self.input_value.setValue(1.0)
         self.input_size = QSpinBox()
         self.input_size.setRange(0, 65536)
         self.input_size.setSingleStep(512)
         self.input_size.setSpecialValueText("own size")
-        self.input_size.setValue(4096)
         self.input_size.setToolTip("Square input edge in level pixels (tissue cropped or padded to it)")
         self.tile_size = QSpinBox()
         self.tile_size.setRange(16, 16384)
         self.tile_size.setSingleStep(256)
-        self.tile_size.setValue(1024)
 
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 10000)
-        self.epochs.setValue(10)
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(6)
         self.lr.setRange(1e-6, 1.0)
         self.lr.setSingleStep(1e-4)
-        self.lr.setValue(1e-4)
         self.device = QComboBox()
         self.device.addItems(DEVICES)
 
@@ -154,35 +159,65 @@ class TrainingPanel(QWidget):
         self.save_labels_button.clicked.connect(self._choose_save_csv)
         self.weights_button.clicked.connect(self._choose_weights)
         self.run_dir_button.clicked.connect(self._choose_run_dir)
-        self.base.currentIndexChanged.connect(self._update_weights_row)
-        self._update_weights_row()
-        self.set_state("idle")
+        self._filling = False  # the widgets are being set from the form: not the user's edits
+        edits = [(self.labels_source.currentIndexChanged, lambda i: {"labels_source": LABEL_SOURCES[i]}),
+                 (self.model.currentTextChanged, lambda text: {"model": text}),
+                 (self.base.currentIndexChanged, lambda i: {"base": BASES[i]}),
+                 (self.weights.textChanged, lambda text: {"weights": text}),
+                 (self.input_by.currentTextChanged, lambda text: {"input_by": text}),
+                 (self.input_value.valueChanged, lambda v: {"input_value": v}),
+                 (self.input_size.valueChanged, lambda v: {"input_size": v}),
+                 (self.tile_size.valueChanged, lambda v: {"tile_size": v}),
+                 (self.epochs.valueChanged, lambda v: {"epochs": v}),
+                 (self.lr.valueChanged, lambda v: {"lr": v}),
+                 (self.device.currentTextChanged, lambda text: {"device": text}),
+                 (self.run_dir.textChanged, lambda text: {"run_dir": text}),
+                 (self.update_saliency.toggled, lambda on: {"update_saliency": on})]
+        for signal, fields in edits:
+            signal.connect(lambda value, fields=fields: self._edit(fields(value)))
+        form.changed.connect(self._show)
+        for name in ("architectures", *TrainingForm.FIELDS):  # the list first, then the choice in it
+            self._show(name)
 
-    # -- choices --------------------------------------------------------------------------------
-    def set_models(self, names: list[str]) -> None:
-        """The registry's architectures (arrives from a worker: listing them imports torch)."""
-        current = self.model.currentText()
-        self.model.clear()
-        self.model.addItems(names)
-        self.model.setCurrentText(current if current in names else (names[0] if names else current))
+    # -- binding --------------------------------------------------------------------------------
+    def _edit(self, changes: dict) -> None:
+        if not self._filling:
+            self.form.set(**changes)
 
-    @property
-    def use_csv(self) -> bool:
-        return self.labels_source.currentIndex() == 1
-
-    def set_csv(self, path: str, summary: str) -> None:
-        self.csv_path = path
-        self.labels_source.setCurrentIndex(1)
-        self.labels_summary.setText(summary)
-
-    def level_and_mpp(self) -> tuple[int | None, float | None]:
-        value = self.input_value.value()
-        if self.input_by.currentText() == "level":
-            return int(value), None
-        return None, (value or None)
+    def _show(self, name: str) -> None:
+        """Show the form's field ``name`` in its widget."""
+        form = self.form
+        filling, self._filling = self._filling, True
+        try:
+            value = getattr(form, name)
+            if name == "labels_source":
+                self.labels_source.setCurrentIndex(LABEL_SOURCES.index(value))
+            elif name == "labels_summary":
+                self.labels_summary.setText(value)
+            elif name == "architectures":
+                self.model.clear()
+                self.model.addItems(list(value))
+                self.model.setCurrentText(form.model)
+            elif name == "base":
+                self.base.setCurrentIndex(BASES.index(value))
+            elif name == "state":
+                self._show_state(value)
+            elif name in ("model", "input_by", "device"):
+                getattr(self, name).setCurrentText(value)
+            elif name in ("weights", "run_dir"):
+                if getattr(self, name).text() != value:
+                    getattr(self, name).setText(value)
+            elif name == "update_saliency":
+                self.update_saliency.setChecked(value)
+            elif name in ("input_value", "input_size", "tile_size", "epochs", "lr"):
+                getattr(self, name).setValue(value)
+            if name in ("base", "state"):
+                self._update_weights_row()
+        finally:
+            self._filling = filling
 
     def _update_weights_row(self) -> None:
-        wants_file = self.base.currentIndex() == 1
+        wants_file = self.form.base == "imagenet" and not self.form.busy
         self.weights.setEnabled(wants_file)
         self.weights_button.setEnabled(wants_file)
 
@@ -208,10 +243,9 @@ class TrainingPanel(QWidget):
             self.run_dir.setText(folder)
 
     # -- state ----------------------------------------------------------------------------------
-    def set_state(self, state: str) -> None:
-        """"idle", "running", "stopping", "paused" (or "cancelled": resumable too)."""
-        busy = state in ("running", "stopping")
-        resumable = state in ("paused", "cancelled")
+    def _show_state(self, state: str) -> None:
+        busy = self.form.busy
+        resumable = state in RESUMABLE_STATES
         self.start_button.setEnabled(not busy)
         self.pause_button.setEnabled(state == "running")
         self.cancel_button.setEnabled(state == "running")
@@ -219,7 +253,3 @@ class TrainingPanel(QWidget):
         for w in (self.labels_source, self.import_button, self.model, self.base, self.input_by, self.input_value,
                   self.input_size, self.tile_size, self.epochs, self.lr, self.device, self.run_dir):
             w.setEnabled(not busy)
-        self._update_weights_row()
-        if busy:
-            self.weights.setEnabled(False)
-            self.weights_button.setEnabled(False)

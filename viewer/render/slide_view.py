@@ -1,13 +1,15 @@
 """The pyramid painting widget: tiles of the level the zoom needs, coarser tiles where those
-are missing, overlay layers in the level-0 plane, then screen-space decorations.
+are missing, overlay layers in the level-0 plane, then screen-space decorations; and the
+navigation (wheel, drag, keys) and rectangle drawing on it.
 
-The widget never reads a slide: it asks the :class:`~viewer.tiles.TileLoader` for tiles
-(visible ones first, from the centre out, then a prefetch ring) of the display level the zoom
-needs (:mod:`viewer.pyramid`: virtual levels beyond a slide's coarsest, so zoomed-out tiles
-are about screen resolution) and paints whatever the :class:`~viewer.tiles.TileCache` holds.
-The slide layer is kept in a :class:`~viewer.frame_buffer.FrameBuffer`: a repaint for overlay
-patches is a blit, and tiles are drawn again only where the view moved or a tile arrived. A raster ``QPainter`` path on purpose: a
-``QOpenGLWidget`` does not work on the offscreen platform the tests and benchmarks use.
+The widget never reads a slide: it asks the :class:`~viewer.workers.tiles.TileLoader` for tiles
+(:mod:`viewer.render.tile_plan`) of the display level the zoom needs
+(:mod:`viewer.model.pyramid`: virtual levels beyond a slide's coarsest, so zoomed-out tiles are
+about screen resolution) and paints whatever the :class:`~viewer.render.tile_cache.TileCache`
+holds (:mod:`viewer.render.slide_painter`). The slide layer is kept in a
+:class:`~viewer.render.frame_buffer.FrameBuffer`: a repaint for overlay patches is a blit, and
+tiles are drawn again only where the view moved or a tile arrived. A raster ``QPainter`` path on
+purpose: a ``QOpenGLWidget`` does not work on the offscreen platform the tests and benchmarks use.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from PySide6.QtCore import QPointF, QRect, QRectF, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QResizeEvent, QWheelEvent
 from PySide6.QtWidgets import QWidget
 
-from engine.geometry import Box, l0_to_lv, lv_to_l0
-from viewer.frame_buffer import FrameBuffer
-from viewer.sources import SharedSource
-from viewer.state import ViewTransform, Viewport, native_magnification
-from viewer.tiles import TileCache, TileKey, TileLoader, level_grid
-from viewer.widgets.scale_bar import paint_scale_bar
+from engine.geometry import Box, lv_to_l0
+from viewer.model.viewport import Viewport, ViewTransform, native_magnification
+from viewer.render.frame_buffer import FrameBuffer
+from viewer.render.scale_bar import paint_scale_bar
+from viewer.render.slide_painter import OUTSIDE_COLOUR, SlidePainter, screen_rect
+from viewer.render.tile_cache import TileCache
+from viewer.render.tile_plan import tiles_to_request, tiles_under
+from viewer.workers.sources import SharedSource
+from viewer.workers.tiles import TileKey, TileLoader, level_grid
 
-OUTSIDE_COLOUR = QColor(48, 48, 52)
 #: Wheel: one notch (120 units) zooms by sqrt(2); keys zoom by this factor.
 KEY_ZOOM = 1.5
 #: Arrow keys pan by this fraction of the widget.
@@ -72,11 +76,11 @@ class SlideView(QWidget):
         self._band: tuple[QPointF, QPointF] | None = None  # screen corners of the rectangle being drawn
         self._failed_keys: set[TileKey] = set()
         self._reported_ids: set[int] = set()
-        self.painter_calls = 0  # QPainter calls made by paintEvent (soak test and benchmark)
+        self._slide_painter = SlidePainter(cache, loader.tile)
+        self._own_painter_calls = 0
         #: (perf_counter at the end, milliseconds, tiles drawn, fraction of the widget
         #: painted) of recent paintEvents: full frames and tile-arrival touch-ups apart.
         self.paint_log: deque[tuple[float, float, int, float]] = deque(maxlen=20_000)
-        self._tiles_drawn = 0
         self.smooth = True  # filter scaled tiles once the view is still
         self._moving = False
         self._settle_timer = QTimer(self, singleShot=True, interval=SETTLE_MS)
@@ -134,13 +138,18 @@ class SlideView(QWidget):
         if l0_box is None or self._viewport is None:
             self.update()
             return
-        rect = self._screen_rect(self._viewport.transform(), l0_box).adjusted(-1, -1, 1, 1)
+        rect = screen_rect(self._viewport.transform(), l0_box).adjusted(-1, -1, 1, 1)
         if rect.intersects(self.rect()):
             self.update(rect)  # the slide layer under it is not stale: this paint is a blit
 
     def set_region_mode(self, on: bool) -> None:
         self.region_mode = on
         self.setCursor(Qt.CursorShape.CrossCursor) if on else self.unsetCursor()
+
+    @property
+    def painter_calls(self) -> int:
+        """QPainter calls made by paintEvent so far (soak test and benchmark)."""
+        return self._own_painter_calls + self._slide_painter.painter_calls
 
     @property
     def moving(self) -> bool:
@@ -201,47 +210,19 @@ class SlideView(QWidget):
             self.update()
 
     # -- tile requests ------------------------------------------------------------------
-    def _visible_keys(self, level: int, l0_box: Box, ordered: bool = True) -> list[TileKey]:
-        src = self._shared.source
-        l0_box = l0_box.intersect(Box(0, 0, *src.dimensions))
-        if l0_box.is_empty:
-            return []
-        display_level = self._shared.pyramid[level]
-        lv_box = l0_to_lv(l0_box, display_level.downsample)
-        sid = self._shared.slide_id
-        cx, cy = lv_box.center
-        grid = level_grid(display_level, self.loader.tile)
-        keys = [TileKey(sid, level, c, r) for c, r in grid.tiles_in(lv_box)]
-        if not ordered:
-            return keys
-        t = grid.tile
-        keys.sort(key=lambda k: ((k.col + 0.5) * t - cx) ** 2 + ((k.row + 0.5) * t - cy) ** 2)
-        return keys
-
     def missing_visible_tiles(self) -> list[TileKey]:
         if self._shared is None or self._viewport is None:
             return []
-        keys = self._visible_keys(self.target_level(), self._viewport.l0_visible_box())
+        keys = tiles_under(self._shared, self.target_level(), self._viewport.l0_visible_box(), self.loader.tile)
         return [k for k in keys if k not in self.cache and k not in self._failed_keys]
 
     @Slot()
     def _send_requests(self) -> None:
         if self._shared is None or self._viewport is None:
             return
-        src = self._shared.source
-        level = self.target_level()
-        l0_vis = self._viewport.l0_visible_box()
-        wanted: list[TileKey] = []
-        if self._pin_level is not None:
-            whole = Box(0, 0, *src.dimensions)
-            wanted += [k for k in self._visible_keys(self._pin_level, whole) if k not in self.cache]
-        visible = self._visible_keys(level, l0_vis)
-        wanted += [k for k in visible if k not in self.cache]
-        # Prefetch a ring one tile wide around the view, at the same level.
-        ring_margin = self.loader.tile * self._shared.pyramid[level].downsample
-        seen = set(visible)
-        wanted += [k for k in self._visible_keys(level, l0_vis.expand(ring_margin)) if k not in seen and k not in self.cache]
-        self.loader.request(self._shared, [k for k in wanted if k not in self._failed_keys])
+        wanted = tiles_to_request(self._shared, self.target_level(), self._viewport.l0_visible_box(), self.loader.tile,
+                                  self._pin_level, lambda k: k not in self.cache and k not in self._failed_keys)
+        self.loader.request(self._shared, wanted)
 
     @Slot(object, object)
     def _on_tile_ready(self, key: TileKey, image: QImage) -> None:
@@ -253,7 +234,7 @@ class SlideView(QWidget):
         display_level = self._shared.pyramid[key.level]
         lv_tile = level_grid(display_level, self.loader.tile).tile_box(key.col, key.row)
         l0_tile = lv_to_l0(lv_tile, display_level.downsample)
-        rect = self._screen_rect(self._viewport.transform(), l0_tile).adjusted(-1, -1, 1, 1)
+        rect = screen_rect(self._viewport.transform(), l0_tile).adjusted(-1, -1, 1, 1)
         if rect.intersects(self.rect()):
             self._frame.invalidate(rect)
             self.update(rect)
@@ -268,17 +249,9 @@ class SlideView(QWidget):
             self.slide_failed.emit(message)
 
     # -- painting -----------------------------------------------------------------------
-    @staticmethod
-    def _screen_rect(t: ViewTransform, l0_box: Box) -> QRect:
-        # Round each edge on its own so neighbouring tiles share edges: no seams, no overlap.
-        x0, y0 = t.to_screen(l0_box.x0, l0_box.y0)
-        x1, y1 = t.to_screen(l0_box.x1, l0_box.y1)
-        left, top = round(x0), round(y0)
-        return QRect(left, top, round(x1) - left, round(y1) - top)
-
     def paintEvent(self, event: QPaintEvent) -> None:
         start = time.perf_counter()
-        self._tiles_drawn = 0
+        tiles_before = self._slide_painter.tiles_drawn
         painter = QPainter(self)
         rects = list(event.region())
         try:
@@ -289,7 +262,7 @@ class SlideView(QWidget):
             painter.end()
         end = time.perf_counter()
         area = sum(r.width() * r.height() for r in rects) / max(1, self.width() * self.height())
-        self.paint_log.append((end, (end - start) * 1000, self._tiles_drawn, area))
+        self.paint_log.append((end, (end - start) * 1000, self._slide_painter.tiles_drawn - tiles_before, area))
 
     def paint_view(self, painter: QPainter, clip_rects: list[QRect]) -> None:
         """Paint the parts of the view under ``clip_rects`` (widget pixels) into ``painter``:
@@ -298,7 +271,7 @@ class SlideView(QWidget):
         if self._shared is None or self._viewport is None or self._shared.source.closed:
             for rect in clip_rects:
                 painter.fillRect(rect, OUTSIDE_COLOUR)
-            self.painter_calls += len(clip_rects)
+            self._own_painter_calls += len(clip_rects)
             return
         t = self._viewport.transform()
         smooth = self.smooth and not self._moving
@@ -307,73 +280,21 @@ class SlideView(QWidget):
             frame_painter = QPainter(self._frame.image)
             try:
                 frame_painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
-                self._paint_slide(frame_painter, t, stale)
+                self._slide_painter.paint(frame_painter, self._shared, t, self.target_level(), stale)
             finally:
                 frame_painter.end()
         for rect in clip_rects:
             self._frame.blit(painter, rect)
-        self.painter_calls += len(clip_rects)
+        self._own_painter_calls += len(clip_rects)
         src = self._shared.source
         l0_visible = self._viewport.l0_visible_box().intersect(Box(0, 0, *src.dimensions))
         for layer in self._overlays:
             layer.paint(painter, l0_visible, t)
         if src.mpp:
-            self.painter_calls += paint_scale_bar(painter, self.rect(), src.mpp[0] / t.scale)
+            self._own_painter_calls += paint_scale_bar(painter, self.rect(), src.mpp[0] / t.scale)
         if self._band is not None:
             painter.setPen(QColor(255, 200, 0))
             painter.drawRect(QRectF(self._band[0], self._band[1]).normalized())
-
-    def _paint_slide(self, painter: QPainter, t: ViewTransform, clip_rects: list[QRect]) -> None:
-        """The slide layer under ``clip_rects``: the surround, the slide background, then the
-        target level's tiles, each missing one filled from a coarser level."""
-        for rect in clip_rects:
-            painter.fillRect(rect, OUTSIDE_COLOUR)
-        self.painter_calls += len(clip_rects)
-        src = self._shared.source
-        l0_slide = Box(0, 0, *src.dimensions)
-        slide_rect = self._screen_rect(t, l0_slide)
-        bg = QColor(*src.background_rgb)
-        level = self.target_level()
-        ds = self._shared.pyramid[level].downsample
-        grid = level_grid(self._shared.pyramid[level], self.loader.tile)
-        keys: dict[TileKey, None] = {}  # ordered set: a tile under two rects is drawn once
-        for rect in clip_rects:
-            painter.fillRect(slide_rect.intersected(rect), bg)
-            l0_clip = Box(*t.to_l0(rect.left(), rect.top()), *t.to_l0(rect.right() + 1, rect.bottom() + 1))
-            keys.update(dict.fromkeys(self._visible_keys(level, l0_clip, ordered=False)))
-        self.painter_calls += len(clip_rects)
-        for key in keys:
-            l0_tile = lv_to_l0(grid.tile_box(key.col, key.row), ds)
-            image = self.cache.get(key)
-            if image is not None:
-                painter.drawImage(self._screen_rect(t, l0_tile), image)
-                self.painter_calls += 1
-                self._tiles_drawn += 1
-            else:
-                self._paint_from_coarser(painter, t, l0_tile, level + 1)
-
-    def _paint_from_coarser(self, painter: QPainter, t: ViewTransform, l0_box: Box, first_level: int) -> None:
-        """Fill ``l0_box`` from the finest coarser level whose covering tiles are all cached."""
-        pyramid = self._shared.pyramid
-        sid = self._shared.slide_id
-        for level in range(first_level, len(pyramid)):
-            ds = pyramid[level].downsample
-            grid = level_grid(pyramid[level], self.loader.tile)
-            cells = list(grid.tiles_in(l0_to_lv(l0_box, ds)))
-            images = [self.cache.peek(TileKey(sid, level, c, r)) for c, r in cells]
-            if not cells or any(img is None for img in images):
-                continue
-            for (col, row), image in zip(cells, images):
-                lv_tile = grid.tile_box(col, row)
-                l0_part = lv_to_l0(lv_tile, ds).intersect(l0_box)
-                if l0_part.is_empty:
-                    continue
-                lv_part = l0_to_lv(l0_part, ds)
-                source = QRectF(lv_part.x0 - lv_tile.x0, lv_part.y0 - lv_tile.y0, lv_part.width, lv_part.height)
-                painter.drawImage(QRectF(self._screen_rect(t, l0_part)), image, source)
-                self.painter_calls += 1
-                self._tiles_drawn += 1
-            return
 
     def render_image(self) -> QImage:
         """The view as an image of the widget's size, painted from the cache (UI thread)."""

@@ -1,13 +1,14 @@
-"""Plain models of what the viewer shows: viewport maths, magnification presets, recent files.
+"""Which part of a slide is on screen: viewport maths, magnification presets, and the status
+bar's readouts of position and zoom.
 
-No Qt and no slide reads here, so everything is testable without a window. Planes: ``l0_``
-is level-0 pixels, ``screen_`` is widget pixels; ``scale`` is screen pixels per l0 pixel.
+Planes: ``l0_`` is level-0 pixels, ``screen_`` is widget pixels; ``scale`` is screen pixels per
+l0 pixel. The screen plane belongs to the view, so its conversions live here, not in
+``engine.geometry``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from engine.geometry import Box
 
@@ -125,28 +126,6 @@ class Viewport:
         self.l0_cy = min(max(self.l0_cy, 0.0), float(self.l0_height))
 
 
-class RecentFiles:
-    """Most-recent-first list of slide paths, without duplicates, at most ``limit`` long."""
-
-    def __init__(self, paths: list[str] | None = None, limit: int = 10) -> None:
-        self.limit = limit
-        self.paths: list[str] = []
-        for p in reversed(paths or []):
-            self.add(p)
-
-    def add(self, path: str | Path) -> None:
-        path = str(Path(path).resolve())
-        if path in self.paths:
-            self.paths.remove(path)
-        self.paths.insert(0, path)
-        del self.paths[self.limit :]
-
-    def remove(self, path: str | Path) -> None:
-        path = str(Path(path).resolve())
-        if path in self.paths:
-            self.paths.remove(path)
-
-
 def format_length_um(um: float) -> str:
     """A length for people: µm below a millimetre, mm above."""
     if um >= 1000:
@@ -166,3 +145,19 @@ def nice_scale_bar_um(um_per_screen_px: float, max_screen_px: float) -> float:
                 best = length
         exponent += 1
     return best
+
+
+def describe_position(l0_x: float, l0_y: float, mpp: tuple[float, float] | None) -> str:
+    """The status bar's cursor readout: level-0 pixels, and micrometres when the slide has an MPP."""
+    text = f"x {int(l0_x)}  y {int(l0_y)} px"
+    if mpp:
+        text += f"  ·  {format_length_um(round(l0_x * mpp[0], 1))}, {format_length_um(round(l0_y * mpp[1], 1))}"
+    return text
+
+
+def describe_zoom(magnification: float | None, level: int, downsample: float, is_virtual: bool, scale: float) -> str:
+    """The status bar's zoom readout: the magnification (when known), the display level painted
+    from and the zoom in percent of level-0 pixels."""
+    kind = ", virtual" if is_virtual else ""
+    text = f"level {level} ({downsample:.3g}×↓{kind})  zoom {scale * 100:.3g}%"
+    return f"{magnification:.3g}×  ·  {text}" if magnification else text

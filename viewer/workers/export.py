@@ -10,10 +10,11 @@ from PIL import Image
 from PySide6.QtGui import QImage
 
 from engine.errors import RegionError
-from engine.geometry import Box
+from engine.geometry import Box, l0_to_lv
 from engine.slides import SlideSource, to_rgb
-from viewer.images import array_to_qimage
-from viewer.sources import SharedSource
+from viewer.model.planes import l0_read_origin
+from viewer.workers.images import array_to_qimage
+from viewer.workers.sources import SharedSource
 
 #: Largest exported image (pixels); beyond it the PNG would be gigabytes in memory.
 MAX_EXPORT_PIXELS = 16384 * 16384
@@ -31,7 +32,7 @@ def render_l0_box(source: SlideSource, l0_box: Box, out_w: int, out_h: int) -> Q
     level = source.get_best_level_for_downsample(ds)
     level_ds = source.level_downsamples[level]
     lv_w, lv_h = source.level_dimensions[level]
-    lv_box = l0_box.scale(1 / level_ds)
+    lv_box = l0_to_lv(l0_box, level_ds)
     lv_out = Box(0, 0, lv_w, lv_h).intersect(lv_box).outer_int().intersect(Box(0, 0, lv_w, lv_h))
     width, height = math.ceil(lv_box.width), math.ceil(lv_box.height)
     if width * height * 3 > MAX_EXPORT_PIXELS * 3:
@@ -42,8 +43,7 @@ def render_l0_box(source: SlideSource, l0_box: Box, out_w: int, out_h: int) -> Q
         for lv_y in range(int(lv_out.y0), int(lv_out.y1), CHUNK):
             for lv_x in range(int(lv_out.x0), int(lv_out.x1), CHUNK):
                 w, h = min(CHUNK, int(lv_out.x1) - lv_x), min(CHUNK, int(lv_out.y1) - lv_y)
-                l0_x = min(round(lv_x * level_ds), source.dimensions[0] - 1)
-                l0_y = min(round(lv_y * level_ds), source.dimensions[1] - 1)
+                l0_x, l0_y = l0_read_origin(lv_x, lv_y, level_ds, source.dimensions)
                 pixels = to_rgb(source.read_region(l0_x, l0_y, level, w, h), source.background_rgb)
                 cx, cy = lv_x - math.floor(lv_box.x0), lv_y - math.floor(lv_box.y0)
                 part = canvas[max(cy, 0) : cy + h, max(cx, 0) : cx + w]

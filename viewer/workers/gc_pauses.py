@@ -46,7 +46,8 @@ def import_engine() -> None:
     after importing it alone froze nothing: the first job's ~140,000 module objects then went
     through gen-1 collections on the UI thread (60-70 ms pauses, measured). Importing torch also
     holds the GIL for stretches of ~200 ms, so the viewer calls this ahead of the first job
-    (see ``JobController.warm_up``), when a model is loaded or training is opened. Idempotent.
+    (see :meth:`viewer.workers.engine_worker.EngineWorker.warm_up`), when a model is loaded or
+    training is opened. Idempotent.
     """
     global _engine_imported
     with _engine_lock:
@@ -62,6 +63,11 @@ def import_engine() -> None:
 
 
 def _import_engine_modules() -> None:
+    """The modules ``engine.api``'s jobs import lazily, imported now (on a worker) so that
+    :func:`freeze_long_lived` freezes their objects. ``engine.api`` offers no call that imports
+    them without running a job, so the list names engine-internal modules: the one place the
+    viewer does. It only imports them (nothing is called), on a worker thread, and must follow
+    what ``run_inference`` / ``run_training`` import; a missing one costs pauses, not errors."""
     import engine.api  # noqa: F401
     import engine.io.checkpoints  # noqa: F401
     import engine.slides.region  # noqa: F401

@@ -1,30 +1,27 @@
 """Viewer benchmark (offscreen): opening, panning, stalls, cache and memory on a 40k slide.
 
-    .venv/bin/python bench/viewer.py [--cycles 20] [--cache-mb 512]
+    .venv/bin/python bench/viewer_navigation.py [--cycles 20] [--cache-mb 512]
 
 Drives the real MainWindow (1920x1080) on the offscreen platform over the synthetic
 40k x 40k four-level SVS from ``bench/synthetic_slide.py`` (generated once into .cache/),
 and prints one table. Times are wall-clock on this machine; nothing here is asserted.
+(Named so: a ``bench/viewer.py`` would shadow the ``viewer`` package for every script here.)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from PySide6.QtCore import QEventLoop, QSettings, Qt, QTimer
+from PySide6.QtWidgets import QApplication
+from synthetic_slide import synthetic_slide  # bench/synthetic_slide.py, beside this script
 
-import numpy as np  # noqa: E402
-from PySide6.QtCore import QEventLoop, QSettings, Qt, QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
-
-from bench.synthetic_slide import synthetic_slide  # noqa: E402
-from viewer.main_window import MainWindow  # noqa: E402
+from viewer.main_window import MainWindow
 
 PAN_SPEED = 2000.0  # screen px/s
 PAN_SECONDS = 5.0
@@ -89,8 +86,8 @@ def open_and_time(window: MainWindow, path: Path) -> tuple[float, float]:
     """Open a slide; ms until the first paint showing tiles, and until no visible tile is missing."""
     view = window.view
     start = time.perf_counter()
-    window.show_or_open(str(path))
-    run_until(lambda: window.current_path is not None and any(t >= start and n > 0 for t, _, n, _ in view.paint_log), 30)
+    window.slides.show_or_open(str(path))
+    run_until(lambda: window.workspace.current is not None and any(t >= start and n > 0 for t, _, n, _ in view.paint_log), 30)
     first = min(t for t, _, n, _ in view.paint_log if t >= start and n > 0)
     run_until(lambda: not view.missing_visible_tiles(), 60)
     sharp = time.perf_counter()
@@ -139,7 +136,7 @@ def navigation_script(window: MainWindow) -> None:
         view.set_magnification(mag)
         view.center_on(x, y)
         painted = len(view.paint_log)  # wait for a paint too: a warm stop needs no tile at all
-        run_until(lambda: len(view.paint_log) > painted and not view.missing_visible_tiles(), 60)
+        run_until(lambda painted=painted: len(view.paint_log) > painted and not view.missing_visible_tiles(), 60)
 
 
 def fill_cache(window: MainWindow, n_views: int) -> None:
@@ -159,8 +156,10 @@ def main() -> None:
     parser.add_argument("--cache-mb", type=int, default=512, help="tile cache cap for this run")
     args = parser.parse_args()
 
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     slide = synthetic_slide()
-    app = QApplication.instance() or QApplication([])
+    if QApplication.instance() is None:
+        QApplication([])  # PySide keeps the application object alive
     settings = QSettings(str(Path(tempfile.mkdtemp()) / "bench.ini"), QSettings.Format.IniFormat)
     cap = args.cache_mb * 2**20
     window = MainWindow(settings=settings, cache_bytes=cap, popups=False)
@@ -178,13 +177,13 @@ def main() -> None:
         open_stalls.append(probe.stop())
         firsts.append(first)
         sharps.append(sharp)
-        window.close_current_slide()
+        window.slides.close_current()
         run_until(lambda: window.loader.pending == 0, 10)
     rows.append(("open -> first paint (p50 / p95)", f"{pct(firsts, 50):.0f} / {pct(firsts, 95):.0f} ms", "p95 <= 300 ms"))
     rows.append(("open -> all visible tiles sharp (p50 / p95)", f"{pct(sharps, 50):.0f} / {pct(sharps, 95):.0f} ms", "-"))
 
     # 2. Pan at 2,000 px/s for 5 s at 20x: cold (tiles load while panning), then warm.
-    with_slide = open_and_time(window, slide)
+    open_and_time(window, slide)
     view = window.view
     view.set_magnification(20)
     probe.start()
@@ -205,15 +204,15 @@ def main() -> None:
     rows.append(("cache hit rate, replayed navigation", f"{100 * hits / max(1, hits + misses):.1f} % ({hits} hits, {misses} misses)", "-"))
 
     # 4. Open/close cycles: RSS growth (before the cache is filled, so eviction does not blur it).
-    window.close_current_slide()
+    window.slides.close_current()
     for _ in range(5):  # settle allocator pools before the baseline
         open_and_time(window, slide)
-        window.close_current_slide()
+        window.slides.close_current()
     run_until(lambda: window.loader.pending == 0, 10)
     base = rss_mb()
     for _ in range(args.leak_cycles):
         open_and_time(window, slide)
-        window.close_current_slide()
+        window.slides.close_current()
     run_until(lambda: window.loader.pending == 0, 10)
     grown = rss_mb() - base
     rows.append((f"RSS growth over {args.leak_cycles} open/close cycles", f"{grown:+.1f} MiB", "< 50 MB"))

@@ -1,69 +1,48 @@
-"""Tile reads off the UI thread, and the byte-capped cache of decoded tiles.
+"""Tile reads off the UI thread.
 
-* :class:`TileLoader` keeps one queue of wanted tiles, replaced wholesale by each request
-  (so tiles the view no longer needs are dropped before they are read), and a fixed number
-  of drain jobs on a thread pool that pop the most urgent tile, read it (a virtual level's
-  tile is area-averaged from its real level, see :mod:`viewer.pyramid`), convert it to a
-  ``QImage`` (on the worker) and deliver it by queued signal. OpenSlide releases the GIL,
-  so two readers overlap file I/O and JPEG decoding.
-* :class:`TileCache` lives on the UI thread only (no locks): an LRU of QImages capped by
-  bytes, whose pinned entries (the coarsest display level) are never evicted.
+:class:`TileLoader` keeps one queue of wanted tiles, replaced wholesale by each request (so
+tiles the view no longer needs are dropped before they are read), and a fixed number of drain
+jobs on a thread pool that pop the most urgent tile, read it (a virtual level's tile is
+area-averaged from its real level, see :mod:`viewer.model.pyramid`), convert it to a ``QImage``
+(on the worker) and deliver it by queued signal. OpenSlide releases the GIL, so two readers
+overlap file I/O and JPEG decoding. The UI thread keeps the delivered tiles in
+:class:`viewer.render.tile_cache.TileCache`.
+
+Planes: ``l0_`` level-0 pixels, ``lv_`` pixels of a display level, ``src_`` pixels of the
+real level a virtual level is made from.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from engine.errors import SlideError
-from engine.geometry import TileGrid
+from engine.geometry import Box, TileGrid
 from engine.slides import SlideSource, to_rgb
-from viewer.pyramid import DisplayLevel, read_virtual_region
-from viewer.sources import SharedSource
-
-log = logging.getLogger(__name__)
+from viewer.model.planes import l0_read_origin
+from viewer.model.pyramid import DisplayLevel
+from viewer.workers.priority import lower_thread_priority
+from viewer.workers.sources import SharedSource
 
 THREAD_PREFIX = "streamslide-tiles"
 TILE_SIZE = 256
-
-
-#: Niceness added to worker threads: on a 2-core machine two decoders and the UI thread
-#: compete for CPU, and a paint must not wait for a JPEG decode.
-WORKER_NICENESS = 10
-
-
-def lower_thread_priority() -> None:
-    """Pool initializer: make the calling worker thread yield CPU to the UI thread (Linux
-    schedules threads individually; elsewhere this is a no-op)."""
-    if hasattr(os, "setpriority") and sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
-        except OSError as exc:  # e.g. a sandbox forbids it: run at normal priority
-            log.warning("could not lower tile worker priority: %s", exc)
+#: Source rows read per chunk when making a virtual tile, so a large factor never asks the
+#: slide for one huge region (``read_region`` caps bytes, and OpenSlide allocates up front).
+CHUNK_ROWS = 1024
 
 
 def default_tile_workers() -> int:
     """Readers for the tile pool: leave one core to the UI thread (1 on a 2-core machine,
     where a second reader made paints during loading several times slower; measured)."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-def default_cache_bytes() -> int:
-    """min(25% of physical memory, 2 GiB)."""
-    try:
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
-        ram = 8 * 2**30
-    return int(min(ram // 4, 2 * 2**30))
 
 
 class TileKey(NamedTuple):
@@ -92,78 +71,44 @@ def region_to_qimage(region: np.ndarray, background_rgb: tuple[int, int, int]) -
     return view.convertToFormat(QImage.Format.Format_RGB32)
 
 
+def area_average(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor`` x ``factor`` block of an (H, W, 3) uint8 image; a partial block
+    at the right or bottom edge is the mean of the pixels it has. Returns
+    (ceil(H / factor), ceil(W / factor), 3) uint8.
+
+    PIL's ``reduce`` is this box filter in C, several times faster than numpy sums here.
+    """
+    return np.asarray(Image.fromarray(rgb).reduce(factor))
+
+
+def read_virtual_region(source: SlideSource, level: DisplayLevel, lv_box: Box) -> np.ndarray:
+    """The RGB uint8 pixels of ``lv_box`` (integer corners, inside ``level``) of a virtual
+    level: the matching region of its source level, read in row chunks and area-averaged.
+
+    Call it on a worker: it reads ``factor**2`` times the pixels it returns."""
+    src_w, src_h = source.level_dimensions[level.source_level]
+    src_ds = source.level_downsamples[level.source_level]
+    f = level.factor
+    src_box = lv_box.outer_int().scale(f).intersect(Box(0, 0, src_w, src_h))  # a virtual pixel is f x f source pixels
+    src_x0, src_y0, src_x1, src_y1 = (int(v) for v in src_box.as_tuple())
+    rows_per_chunk = max(1, CHUNK_ROWS // f) * f  # whole blocks per chunk: no block is split
+    parts = []
+    for src_y in range(src_y0, src_y1, rows_per_chunk):
+        rows = min(rows_per_chunk, src_y1 - src_y)
+        l0_x, l0_y = l0_read_origin(src_x0, src_y, src_ds, source.dimensions)
+        region = source.read_region(l0_x, l0_y, level.source_level, src_x1 - src_x0, rows)
+        parts.append(area_average(to_rgb(region, source.background_rgb), f))
+    return np.ascontiguousarray(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+
+
 def read_tile(source: SlideSource, level: DisplayLevel, col: int, row: int, tile: int = TILE_SIZE) -> QImage:
     """Read one tile of a display level, real or virtual, as a QImage (worker threads only)."""
     lv_box = level_grid(level, tile).tile_box(col, row)
     if level.is_virtual:
         return region_to_qimage(read_virtual_region(source, level, lv_box), source.background_rgb)
-    l0_x = min(round(lv_box.x0 * level.downsample), source.dimensions[0] - 1)
-    l0_y = min(round(lv_box.y0 * level.downsample), source.dimensions[1] - 1)
+    l0_x, l0_y = l0_read_origin(lv_box.x0, lv_box.y0, level.downsample, source.dimensions)
     region = source.read_region(l0_x, l0_y, level.source_level, int(lv_box.width), int(lv_box.height))
     return region_to_qimage(region, source.background_rgb)
-
-
-class TileCache:
-    """LRU of decoded tiles capped by bytes. UI thread only."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._tiles: OrderedDict[TileKey, QImage] = OrderedDict()
-        self._pinned: set[TileKey] = set()
-        self.bytes_used = 0
-        self.hits = 0
-        self.misses = 0
-
-    def __contains__(self, key: TileKey) -> bool:
-        return key in self._tiles
-
-    def __len__(self) -> int:
-        return len(self._tiles)
-
-    def get(self, key: TileKey) -> QImage | None:
-        image = self._tiles.get(key)
-        if image is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._tiles.move_to_end(key)
-        return image
-
-    def peek(self, key: TileKey) -> QImage | None:
-        """Look up without counting a hit or touching the LRU order (for painting fallbacks)."""
-        return self._tiles.get(key)
-
-    def put(self, key: TileKey, image: QImage, *, pinned: bool = False) -> None:
-        old = self._tiles.pop(key, None)
-        if old is not None:
-            self.bytes_used -= old.sizeInBytes()
-        self._tiles[key] = image
-        self.bytes_used += image.sizeInBytes()
-        if pinned:
-            self._pinned.add(key)
-        self._evict()
-
-    def _evict(self) -> None:
-        if self.bytes_used <= self.max_bytes:
-            return
-        for key in list(self._tiles):
-            if self.bytes_used <= self.max_bytes:
-                break
-            if key in self._pinned:
-                continue
-            self.bytes_used -= self._tiles.pop(key).sizeInBytes()
-
-    def drop_slide(self, slide_id: int) -> None:
-        for key in [k for k in self._tiles if k.slide_id == slide_id]:
-            self.bytes_used -= self._tiles.pop(key).sizeInBytes()
-            self._pinned.discard(key)
-
-    @property
-    def pinned_bytes(self) -> int:
-        return sum(self._tiles[k].sizeInBytes() for k in self._pinned)
-
-    def reset_stats(self) -> None:
-        self.hits = self.misses = 0
 
 
 class TileLoader(QObject):

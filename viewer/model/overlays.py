@@ -1,10 +1,11 @@
-"""Map layers drawn over the slide: assembled float maps, their colour images, and styles.
+"""The map layers of one slide: assembled float maps, their colour bytes, styles and the active
+layer (the one whose legend is drawn). Plain Python: ``viewer.render.overlay`` paints them.
 
-Planes: ``l0_`` is level-0 slide pixels; ``map_`` cells index a layer's (h, w) map, whose
-cells tile ``MapGeometry.l0_box`` evenly. A layer keeps the float map (for the value readout,
-exports and re-colouring) and a premultiplied BGRA image of the same shape. Patches arrive
-already colour-mapped by the job worker; the UI thread only copies their bytes in. A style
-change that alters the colours re-maps the whole layer on a worker, never in a slot.
+Planes: ``l0_`` is level-0 slide pixels; ``map_`` cells index a layer's (h, w) map, whose cells
+tile ``MapGeometry.l0_box`` evenly. A layer keeps the float map (for the value readout, exports
+and re-colouring) and a premultiplied BGRA array of the same shape. Patches arrive already
+colour-mapped by the job worker; the UI thread only copies their bytes in. A style change that
+alters the colours re-maps the whole layer through ``submit`` (a worker), never in a slot.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from PySide6.QtCore import QObject, QRectF, QTimer, Signal, Slot
-from PySide6.QtGui import QImage, QPainter
 
 from engine.geometry import Box, MapGeometry
-from viewer.colormaps import LayerStyle, colourize
-from viewer.state import ViewTransform
+from viewer.model.layers import PREDICTION, LayerKey, LayerStyle, colourize, default_style
+from viewer.model.notify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +27,17 @@ log = logging.getLogger(__name__)
 #: layer only a handful of times however many patches raise the maximum.
 AUTO_RANGE_HEADROOM = 1.5
 
-Submit = Callable[..., object]  # BackgroundRunner.submit's shape: (fn, *args, on_done=, on_error=)
+#: ``BackgroundRunner.submit``'s shape: ``submit(fn, *args, on_done=, on_error=)``.
+Submit = Callable[..., object]
+#: Runs a callable once the event loop turns (patches of one burst then repaint once).
+CallSoon = Callable[[Callable[[], None]], None]
 
 
 @dataclass(frozen=True)
 class LayerPatch:
     """One layer's piece of a patch, colour-mapped on the worker with style ``version``."""
 
-    name: str
+    key: LayerKey
     values: np.ndarray  # (h, w) float32
     bgra: np.ndarray  # (h, w, 4) uint8 premultiplied
     version: int
@@ -60,19 +62,6 @@ class ColouredPatch:
         return self.geometry.cells_to_l0(self.map_c0, self.map_r0, self.map_c0 + w, self.map_r0 + h)
 
 
-def layer_names(source: str, classes: tuple[str, ...]) -> list[str]:
-    """Display layers a map source splits into: one per class for "prediction"."""
-    if source == "prediction":
-        return [f"prediction: {c}" for c in classes]
-    return [source]
-
-
-def default_style(name: str) -> LayerStyle:
-    if name == "saliency":
-        return LayerStyle(colormap="magma", vmin=0.0, vmax=1.0, opacity=0.6, auto_range=True)
-    return LayerStyle(colormap="viridis", vmin=0.0, vmax=1.0, opacity=0.5)
-
-
 def finite_range(values: np.ndarray) -> tuple[float, float]:
     """(min, max) of the finite values, NaN when there are none (worker threads)."""
     finite = values[np.isfinite(values)]
@@ -84,26 +73,24 @@ def recolour(values: np.ndarray, style: LayerStyle) -> np.ndarray:
     return colourize(values, style)
 
 
-class MapOverlay:
-    """One display layer (a class's probability, or saliency). Lives on the UI thread."""
+class Layer:
+    """One display layer (a class's probability, or saliency). Lives on the UI thread.
 
-    def __init__(self, name: str, geometry: MapGeometry, style: LayerStyle) -> None:
-        self.name, self.geometry, self.style = name, geometry, style
+    ``bgra`` is replaced (not written into) when a whole-layer re-map arrives; a painter that
+    wraps it in an image re-wraps it when it sees another array.
+    """
+
+    def __init__(self, key: LayerKey, geometry: MapGeometry, style: LayerStyle) -> None:
+        self.key, self.geometry, self.style = key, geometry, style
         h, w = geometry.shape
         self.values = np.full((h, w), np.nan, np.float32)
+        self.bgra = np.zeros((h, w, 4), np.uint8)
         self.data_min = self.data_max = float("nan")
         self.auto_ranged = False  # the auto range has been fitted to this layer's data once
-        self._set_bgra(np.zeros((h, w, 4), np.uint8))
         self.recolour_in_flight = False
         self.needs_recolour = False
         #: Map regions (r0, r1, c0, c1, style version) written since the in-flight re-map read the map.
         self.written_since_recolour: list[tuple[int, int, int, int, int]] = []
-
-    def _set_bgra(self, bgra: np.ndarray) -> None:
-        # The QImage borrows the array's memory: keep both, so patches are plain numpy copies.
-        self.bgra = np.ascontiguousarray(bgra)
-        h, w = self.bgra.shape[:2]
-        self.image = QImage(self.bgra.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied)
 
     def write(self, map_r0: int, map_c0: int, part: LayerPatch) -> None:
         h, w = part.values.shape
@@ -132,7 +119,7 @@ class MapOverlay:
                 bgra[r0:r1, c0:c1] = self.bgra[r0:r1, c0:c1]  # newer cells, already right
             else:
                 self.needs_recolour = True
-        self._set_bgra(bgra)
+        self.bgra = np.ascontiguousarray(bgra)
 
     def value_at(self, l0_x: float, l0_y: float) -> float | None:
         cell = self.geometry.cell_at(l0_x, l0_y)
@@ -141,45 +128,27 @@ class MapOverlay:
         value = float(self.values[cell])
         return None if math.isnan(value) else value
 
-    def paint(self, painter: QPainter, l0_visible_box: Box, view: ViewTransform) -> None:
-        if not self.style.visible or self.style.opacity <= 0:
-            return
-        c0, r0, c1, r1 = self.geometry.l0_to_cells(l0_visible_box)
-        if c1 <= c0 or r1 <= r0:
-            return
-        # Draw only the visible cells: the target rect is those cells' exact level-0 box in
-        # screen space (unrounded), so each cell lands where the map says at every zoom.
-        screen = view.box_to_screen(self.geometry.cells_to_l0(c0, r0, c1, r1))
-        painter.save()
-        painter.setOpacity(self.style.opacity)
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.style.smooth)
-        painter.drawImage(QRectF(screen.x0, screen.y0, screen.width, screen.height), self.image, QRectF(c0, r0, c1 - c0, r1 - r0))
-        painter.restore()
 
+class OverlayStack:
+    """All map layers of one slide, bottom to top, their styles and the active layer.
 
-class OverlayStack(QObject):
-    """All map layers of one slide, drawn bottom to top, and the legend of the active layer.
-
-    ``changed`` carries the level-0 box that needs repainting (None: everything). Styles are
-    also published as an immutable dict (:attr:`styles`) that job workers read without locks:
-    the dict is replaced, never mutated.
+    Notifies ``changed(l0_box)`` with the level-0 box that needs repainting (None: everything)
+    and ``layers_changed()`` when layers come or go. Styles are also published as an immutable
+    dict (:attr:`styles`) that job workers read without locks: the dict is replaced, never mutated.
     """
 
-    changed = Signal(object)
-    layers_changed = Signal()
-
-    def __init__(self, submit: Submit, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._submit = submit
-        self.layers: dict[str, MapOverlay] = {}
-        self.styles: dict[str, LayerStyle] = {}
-        self.active: str | None = None
+    def __init__(self, submit: Submit, call_soon: CallSoon) -> None:
+        self._submit, self._call_soon = submit, call_soon
+        self.layers: dict[LayerKey, Layer] = {}
+        self.styles: dict[LayerKey, LayerStyle] = {}
+        self.active: LayerKey | None = None
         self.generation = 0
-        self._defaulted: set[str] = set()  # names whose style nobody has set yet
+        self.changed = Notifier()
+        self.layers_changed = Notifier()
+        self._defaulted: set[LayerKey] = set()  # keys whose style nobody has set yet
         # Patches of one burst repaint once: their boxes are merged until the event loop turns.
         self._dirty_l0: Box | None = None
-        self._flush_timer = QTimer(self, singleShot=True, interval=0)
-        self._flush_timer.timeout.connect(self._flush_dirty)
+        self._flush_pending = False
 
     # -- generations and patches -----------------------------------------------------------
     def begin(self, generation: int) -> None:
@@ -187,8 +156,8 @@ class OverlayStack(QObject):
         self.generation = generation
         self.clear()
 
-    def style_for(self, name: str) -> LayerStyle:
-        return self.styles.get(name) or default_style(name)
+    def style_for(self, key: LayerKey) -> LayerStyle:
+        return self.styles.get(key) or default_style(key)
 
     def add_patch(self, patch: ColouredPatch) -> bool:
         """Copy a coloured patch in; False (and nothing changes) when its generation is stale."""
@@ -196,9 +165,9 @@ class OverlayStack(QObject):
             return False
         added = False
         for part in patch.layers:
-            layer = self.layers.get(part.name)
+            layer = self.layers.get(part.key)
             if layer is None:
-                layer = self._new_layer(part.name, patch.geometry)
+                layer = self._new_layer(part.key, patch.geometry)
                 added = True
             layer.write(patch.map_r0, patch.map_c0, part)
             self._grow_auto_range(layer)
@@ -208,20 +177,21 @@ class OverlayStack(QObject):
             self.changed.emit(None)
         else:
             self._dirty_l0 = patch.l0_box if self._dirty_l0 is None else self._dirty_l0.union(patch.l0_box)
-            if not self._flush_timer.isActive():
-                self._flush_timer.start()
+            if not self._flush_pending:
+                self._flush_pending = True
+                self._call_soon(self._flush_dirty)
         return True
 
-    @Slot()
     def _flush_dirty(self) -> None:
+        self._flush_pending = False
         box, self._dirty_l0 = self._dirty_l0, None
         if box is not None:
             self.changed.emit(box)
 
-    def add_layer(self, name: str, geometry: MapGeometry, values: np.ndarray, value_range: tuple[float, float]) -> None:
+    def add_layer(self, key: LayerKey, geometry: MapGeometry, values: np.ndarray, value_range: tuple[float, float]) -> None:
         """Show a whole float map (a reloaded ``maps.npz``; ``value_range`` from
         :func:`finite_range` on the worker that read it); colour-mapped on a worker."""
-        layer = self._new_layer(name, geometry)
+        layer = self._new_layer(key, geometry)
         layer.values = np.ascontiguousarray(values, np.float32)
         layer.note_range(*value_range)
         layer.needs_recolour = True
@@ -229,23 +199,23 @@ class OverlayStack(QObject):
         self._schedule_recolour(layer)
         self.layers_changed.emit()
 
-    def _new_layer(self, name: str, geometry: MapGeometry) -> MapOverlay:
+    def _new_layer(self, key: LayerKey, geometry: MapGeometry) -> Layer:
         """A fresh layer. Until the user styles them, only the last class's probability is
         shown (classes arrive in order, and the last is usually the positive one; several
         translucent layers at once only muddle), and it is the active layer, whose legend
         is drawn. Saliency starts hidden."""
-        if name not in self.styles:
-            shown = name.startswith("prediction")
-            self._set_default_style(name, default_style(name).changed(visible=shown))
+        if key not in self.styles:
+            shown = key.source == PREDICTION
+            self._set_default_style(key, default_style(key).changed(visible=shown))
             if shown:
                 for other in self.layers:
-                    if other in self._defaulted and other.startswith("prediction"):
+                    if other in self._defaulted and other.source == PREDICTION:
                         self._set_default_style(other, self.styles[other].changed(visible=False))
                         self.layers[other].style = self.styles[other]
-        layer = MapOverlay(name, geometry, self.style_for(name))
-        self.layers[name] = layer
+        layer = Layer(key, geometry, self.style_for(key))
+        self.layers[key] = layer
         if self.active not in self.layers or (layer.style.visible and not self.layers[self.active].style.visible):
-            self.active = name
+            self.active = key
         return layer
 
     def clear(self) -> None:
@@ -255,16 +225,16 @@ class OverlayStack(QObject):
         self.changed.emit(None)
 
     # -- styles ------------------------------------------------------------------------------
-    def _set_default_style(self, name: str, style: LayerStyle) -> None:
-        self.styles = {**self.styles, name: style}
-        self._defaulted.add(name)
+    def _set_default_style(self, key: LayerKey, style: LayerStyle) -> None:
+        self.styles = {**self.styles, key: style}
+        self._defaulted.add(key)
 
-    def set_style(self, name: str, **changes) -> LayerStyle:
+    def set_style(self, key: LayerKey, **changes) -> LayerStyle:
         """Change a layer's style (the user's edits; also the auto range)."""
-        self._defaulted.discard(name)
-        style = self.style_for(name).changed(**changes)
-        self.styles = {**self.styles, name: style}
-        layer = self.layers.get(name)
+        self._defaulted.discard(key)
+        style = self.style_for(key).changed(**changes)
+        self.styles = {**self.styles, key: style}
+        layer = self.layers.get(key)
         if layer is not None:
             remap = not style.maps_like(layer.style)
             layer.style = style
@@ -274,11 +244,19 @@ class OverlayStack(QObject):
             self.changed.emit(None)
         return style
 
-    def set_active(self, name: str | None) -> None:
-        self.active = name
+    def set_active(self, key: LayerKey | None) -> None:
+        self.active = key
         self.changed.emit(None)
 
-    def _grow_auto_range(self, layer: MapOverlay) -> None:
+    def show_only(self, key: LayerKey) -> None:
+        """Show ``key`` as the active layer and hide every other layer."""
+        for other in self.layers:
+            if other != key and self.style_for(other).visible:
+                self.set_style(other, visible=False)
+        self.set_style(key, visible=True)
+        self.set_active(key)
+
+    def _grow_auto_range(self, layer: Layer) -> None:
         style = layer.style
         if not style.auto_range or math.isnan(layer.data_max) or layer.data_max <= style.vmin:
             return
@@ -286,65 +264,50 @@ class OverlayStack(QObject):
             # The first fit is tight; later ones grow geometrically while tiles finish.
             vmax = layer.data_max * (AUTO_RANGE_HEADROOM if layer.auto_ranged else 1.0)
             layer.auto_ranged = True
-            self.set_style(layer.name, vmax=vmax, auto_range=True)
+            self.set_style(layer.key, vmax=vmax, auto_range=True)
 
-    def fit_range(self, name: str) -> None:
+    def fit_range(self, key: LayerKey) -> None:
         """Set the range to the layer's data so far (0 .. max for non-negative maps)."""
-        layer = self.layers.get(name)
+        layer = self.layers.get(key)
         if layer is not None and not math.isnan(layer.data_max):
             vmin = min(0.0, layer.data_min)
-            self.set_style(name, vmin=vmin, vmax=max(layer.data_max, vmin + 1e-12), auto_range=False)
+            self.set_style(key, vmin=vmin, vmax=max(layer.data_max, vmin + 1e-12), auto_range=False)
 
-    def _schedule_recolour(self, layer: MapOverlay) -> None:
+    def _schedule_recolour(self, layer: Layer) -> None:
         if not layer.needs_recolour or layer.recolour_in_flight:
             return
         layer.needs_recolour = False
         layer.recolour_in_flight = True
         # No copy of the float map: only this (UI) thread writes it, and any region it
         # writes while the worker reads is listed in written_since_recolour and fixed up.
-        self._submit(recolour, layer.values, layer.style, on_done=_RecolourDone(self, layer, layer.style.version), on_error=self._recolour_failed)
+        self._submit(recolour, layer.values, layer.style, on_done=_RecolourDone(self, layer, layer.style.version),
+                     on_error=self._recolour_failed)
 
     def _recolour_failed(self, message: str) -> None:
         # Only a bug gets here (recolour is plain numpy on a valid style); keep it visible.
         log.error("re-colouring a map layer failed: %s", message)
 
-    def take_recolour(self, layer: MapOverlay, version: int, bgra: np.ndarray) -> None:
-        if self.layers.get(layer.name) is not layer:
+    def take_recolour(self, layer: Layer, version: int, bgra: np.ndarray) -> None:
+        if self.layers.get(layer.key) is not layer:
             return  # the layer was replaced by a newer run meanwhile
         layer.take_recolour(version, bgra)
         self._schedule_recolour(layer)
         self.changed.emit(None)
 
     # -- reading -----------------------------------------------------------------------------
-    def values_at(self, l0_x: float, l0_y: float) -> list[tuple[str, float]]:
+    def values_at(self, l0_x: float, l0_y: float) -> list[tuple[LayerKey, float]]:
         """(layer, value) of the visible layers under a level-0 point (None-valued ones left out)."""
         out = []
         for layer in self.layers.values():
             value = layer.value_at(l0_x, l0_y) if layer.style.visible else None
             if value is not None:
-                out.append((layer.name, value))
+                out.append((layer.key, value))
         return out
 
-    def l0_bounds(self) -> Box | None:
-        boxes = [layer.geometry.l0_box for layer in self.layers.values()]
-        return boxes[0] if len(boxes) == 1 else (None if not boxes else _union(boxes))
-
-    # -- painting ------------------------------------------------------------------------------
-    def paint(self, painter: QPainter, l0_visible_box: Box, view: ViewTransform) -> None:
-        from viewer.widgets.colorbar import paint_legend  # widgets import this module
-
-        for layer in self.layers.values():
-            layer.paint(painter, l0_visible_box, view)
-        active = self.layers.get(self.active) if self.active else None
-        if active is not None and active.style.visible:
-            paint_legend(painter, painter.device().width(), active.name, active.style)
-
-
-def _union(boxes: list[Box]) -> Box:
-    out = boxes[0]
-    for box in boxes[1:]:
-        out = out.union(box)
-    return out
+    @property
+    def painted(self) -> bool:
+        """Every layer is coloured with its current style (no re-map running or owed)."""
+        return all(not layer.recolour_in_flight and not layer.needs_recolour for layer in self.layers.values())
 
 
 class _RecolourDone:
@@ -352,7 +315,7 @@ class _RecolourDone:
     object rather than a lambda, so the background runner calls a plain bound method on
     the UI thread."""
 
-    def __init__(self, stack: OverlayStack, layer: MapOverlay, version: int) -> None:
+    def __init__(self, stack: OverlayStack, layer: Layer, version: int) -> None:
         self.stack, self.layer, self.version = stack, layer, version
 
     def __call__(self, bgra: np.ndarray) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import QRect, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QPainter
 
-from viewer.state import format_length_um, nice_scale_bar_um
+from viewer.model.viewport import format_length_um, nice_scale_bar_um
 
 MAX_BAR_PX = 160
 MARGIN = 14

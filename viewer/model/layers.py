@@ -1,6 +1,11 @@
-"""Colour-mapping of float maps to premultiplied BGRA bytes (pure numpy, worker threads).
+"""Map layers: which one (:class:`LayerKey`), how it is drawn (:class:`LayerStyle`), and its
+colour-mapping to premultiplied BGRA bytes (pure numpy, run on workers).
 
-The output layout is what ``QImage.Format_ARGB32_Premultiplied`` holds in memory on a
+A map source as the engine names it ("prediction", "saliency") splits into display layers: one
+per class for the per-class "prediction" map, one for any other source. The key keeps source and
+class apart, so nothing parses them out of a display name.
+
+The BGRA layout is what ``QImage.Format_ARGB32_Premultiplied`` holds in memory on a
 little-endian machine (B, G, R, A), the raster engine's fast path, so the UI thread only
 copies bytes into an image and never converts. LUT entries are opaque, so premultiplying is
 trivial: a cell is either its LUT colour at alpha 255 or fully transparent (zero bytes).
@@ -10,11 +15,40 @@ Opacity is applied when painting, so changing it never re-maps anything.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
 import numpy as np
 
-from engine.colormaps import COLORMAPS, DIVERGING, LUT_SIZE, SEQUENTIAL, colorize_bgra, lut_indices, lut_rgba
+from engine.colormaps import colorize_bgra
 
-__all__ = ["COLORMAPS", "DIVERGING", "LUT_SIZE", "SEQUENTIAL", "LayerStyle", "colourize", "lut_indices", "lut_rgba"]
+#: The engine's per-class map source; every other source is one layer.
+PREDICTION = "prediction"
+
+
+@dataclass(frozen=True)
+class LayerKey:
+    """One display layer: the map ``source`` and, for a per-class source, the class."""
+
+    source: str
+    class_name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The short name (the class, else the source): what the value readout prints."""
+        return self.class_name if self.class_name is not None else self.source
+
+    def __str__(self) -> str:
+        return self.source if self.class_name is None else f"{self.source}: {self.class_name}"
+
+
+SALIENCY = LayerKey("saliency")
+
+
+def layer_keys(source: str, classes: tuple[str, ...]) -> list[LayerKey]:
+    """The display layers a map source splits into, in the order of its planes."""
+    if source == PREDICTION:
+        return [LayerKey(source, c) for c in classes]
+    return [LayerKey(source)]
+
 
 @dataclass(frozen=True)
 class LayerStyle:
@@ -41,6 +75,12 @@ class LayerStyle:
         """A copy with ``changes``; ``version`` is bumped only when the colour-mapping changes."""
         new = replace(self, **changes)
         return replace(new, version=self.version + 1) if not new.maps_like(self) else new
+
+
+def default_style(key: LayerKey) -> LayerStyle:
+    if key.source == SALIENCY.source:
+        return LayerStyle(colormap="magma", vmin=0.0, vmax=1.0, opacity=0.6, auto_range=True)
+    return LayerStyle(colormap="viridis", vmin=0.0, vmax=1.0, opacity=0.5)
 
 
 def colourize(values: np.ndarray, style: LayerStyle) -> np.ndarray:

@@ -13,7 +13,7 @@ from functools import cached_property
 
 from engine.errors import SlideReadError
 from engine.slides import SlideSource
-from viewer.pyramid import DisplayPyramid
+from viewer.model.pyramid import DisplayPyramid
 
 _ids = itertools.count(1)
 

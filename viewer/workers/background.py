@@ -16,7 +16,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, Signal, Slot
 
 from engine.errors import StreamSlideError
-from viewer.tiles import lower_thread_priority
+from viewer.workers.priority import lower_thread_priority
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,32 @@
-"""viewer.state: viewport maths, presets, scale-bar lengths, recent files (no Qt)."""
+"""viewer.model.viewport: viewport maths, presets, scale-bar lengths, status readouts (no Qt)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from viewer.state import (
+from viewer.model.viewport import (
     MAX_SCALE,
-    RecentFiles,
     Viewport,
     available_presets,
+    describe_position,
+    describe_zoom,
     format_length_um,
     native_magnification,
     nice_scale_bar_um,
 )
+
+
+def test_the_model_package_imports_no_qt():
+    """viewer.model is plain Python: importing all of it loads neither Qt nor torch."""
+    code = ("import pkgutil, importlib, sys, viewer.model\n"
+            "for m in pkgutil.iter_modules(viewer.model.__path__): importlib.import_module('viewer.model.' + m.name)\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'shiboken6', 'pyqtgraph', 'torch')]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_fit_centres_the_slide_and_shows_all_of_it():
@@ -66,10 +80,8 @@ def test_lengths_are_written_in_um_or_mm():
     assert format_length_um(2000) == "2 mm"
 
 
-def test_recent_files_are_most_recent_first_unique_and_bounded(tmp_path):
-    recent = RecentFiles(limit=3)
-    for name in "abcdb":
-        recent.add(tmp_path / name)
-    assert [p.split("/")[-1] for p in recent.paths] == ["b", "d", "c"]
-    recent.remove(tmp_path / "d")
-    assert [p.split("/")[-1] for p in recent.paths] == ["b", "c"]
+def test_status_readouts_say_where_and_how_far_in():
+    assert describe_position(1234.7, 99.2, None) == "x 1234  y 99 px"
+    assert describe_position(4000, 2000, (0.25, 0.25)) == "x 4000  y 2000 px  ·  1 mm, 500 µm"
+    assert describe_zoom(10.0, 1, 4.0, False, 0.25) == "10×  ·  level 1 (4×↓)  zoom 25%"
+    assert describe_zoom(None, 3, 8.0, True, 0.1) == "level 3 (8×↓, virtual)  zoom 10%"

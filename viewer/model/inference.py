@@ -1,0 +1,78 @@
+"""What the next model run asks for: the Model panel's options (:class:`InferenceSettings`), the
+model chosen (:class:`ModelChoice`), and the :class:`~engine.specs.InferenceSpec` they make
+for a run on the whole slide, the view on screen or a drawn rectangle (:func:`inference_spec`).
+"""
+
+from __future__ import annotations
+
+from engine.geometry import Box
+from engine.specs import InferenceSpec
+from viewer.model.notify import Fields, Notifier
+from viewer.model.viewport import Viewport
+from viewer.model.workspace import RecentFiles
+
+DEVICES = ("auto", "cpu", "cuda")
+#: Run scopes: the whole slide (its tissue box), the view on screen, or a drawn rectangle.
+SCOPES = ("slide", "view", "region")
+
+
+class InferenceSettings(Fields):
+    """The options of the next run. ``region_mode``: the next left-drag on the view draws the
+    rectangle to run on (instead of panning)."""
+
+    FIELDS = ("device", "saliency", "low_memory", "region_mode")
+
+    def __init__(self, device: str = "auto", saliency: bool = True, low_memory: bool = False) -> None:
+        super().__init__()
+        self.device, self.saliency, self.low_memory = device, saliency, low_memory
+        self.region_mode = False
+
+
+class ModelChoice:
+    """The model runs use: the path and card of the last one read, the message of a failed read
+    (the previous model stays chosen), the recent models, and whether a slide is shown to run
+    it on. Notifies ``changed()``."""
+
+    def __init__(self, recent: RecentFiles) -> None:
+        self.recent = recent
+        self.path: str | None = None
+        self.card = None
+        self.error: str | None = None
+        self.has_slide = False
+        self.changed = Notifier()
+
+    @property
+    def runnable(self) -> bool:
+        return self.has_slide and self.path is not None
+
+    def loaded(self, path: str, card) -> None:
+        self.path, self.card, self.error = path, card, None
+        self.recent.add(path)
+        self.changed.emit()
+
+    def failed(self, message: str) -> None:
+        self.error = message
+        self.changed.emit()
+
+    def set_has_slide(self, has_slide: bool) -> None:
+        if has_slide != self.has_slide:
+            self.has_slide = has_slide
+            self.changed.emit()
+
+
+def inference_spec(scope: str, slide_path: str, model_path: str, settings: InferenceSettings, viewport: Viewport,
+                   l0_region: Box | None = None) -> InferenceSpec:
+    """The spec of a run on ``scope``: "slide" (the engine takes the tissue box, and the map
+    starts where the user is looking, exact in any block order), "view" (the visible part of the
+    slide) or "region" (``l0_region``, a drawn rectangle)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown run scope {scope!r}; use one of {', '.join(SCOPES)}")
+    if scope == "region" and l0_region is None:
+        raise ValueError("a run on a region needs the drawn rectangle")
+    l0_visible = viewport.l0_visible_box()
+    if scope == "view":
+        l0_region = l0_visible.intersect(Box(0, 0, viewport.l0_width, viewport.l0_height)).outer_int()
+    region = None if l0_region is None else tuple(int(v) for v in l0_region.as_tuple())
+    priority = l0_visible.as_tuple() if scope == "slide" else None
+    return InferenceSpec(slide_path=slide_path, model_path=model_path, l0_region=region, device=settings.device,
+                         saliency=settings.saliency, priority_l0_box=priority, low_memory=settings.low_memory)

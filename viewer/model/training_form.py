@@ -1,0 +1,123 @@
+"""The training form: what the next fine-tuning run asks for, and the
+:class:`~engine.specs.TrainingSpec` it makes; plus the run's state as the form shows it.
+
+Pause has no engine counterpart: it saves the last checkpoint at the next step and stops, and
+Resume starts again from that checkpoint (exactly: same data order, optimiser and RNG state).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from engine.specs import TrainingSpec
+from viewer.model.inference import DEVICES, ModelChoice
+from viewer.model.labels import LabelTable
+from viewer.model.notify import Fields
+
+#: Where the labels come from: the slide browser's (right-click a slide) or an imported CSV.
+LABEL_SOURCES = ("browser", "csv")
+#: Where the initial weights come from: random, an ImageNet state dict, the Model panel's model.
+BASES = ("random", "imagenet", "loaded")
+#: How the input resolution is given.
+INPUT_UNITS = ("µm/px", "level")
+DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "smallnet")
+#: Run states: "running" and "stopping" are busy; "paused" and "cancelled" can be resumed.
+BUSY_STATES = ("running", "stopping")
+RESUMABLE_STATES = ("paused", "cancelled")
+#: Answers to "training is running: close the window?"
+CLOSE_CANCEL, CLOSE_BACKGROUND, CLOSE_STAY = "cancel", "background", "stay"
+NO_LABELS = "No labels yet: right-click slides in the browser, or import a CSV"
+
+
+def new_run_name() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S")
+
+
+def checkpoint_weights(model_path: str) -> str:
+    """The weights file of a checkpoint given as its folder, ``model.json`` or ``model.safetensors``."""
+    path = Path(model_path)
+    return str(path / "model.safetensors" if path.is_dir() else path.with_suffix(".safetensors"))
+
+
+def labels_summary(source: str, rows: dict[str, str], classes: tuple[str, ...] | list[str]) -> str:
+    counts = {c: 0 for c in classes}
+    for label in rows.values():
+        counts[label] = counts.get(label, 0) + 1
+    return f"{source}: {len(rows)} slides · " + ", ".join(f"{c} ({n})" for c, n in counts.items())
+
+
+class TrainingForm(Fields):
+    """The form's fields (changed through :meth:`~viewer.model.notify.Fields.set`, which notifies
+    ``changed(name)``). ``advanced`` holds spec fields the form does not show (normalisation,
+    augmentation, model kwargs, ...); the architecture of a loaded starting model overrides them."""
+
+    FIELDS = ("labels_source", "csv_path", "labels_summary", "model", "architectures", "base", "weights",
+              "input_by", "input_value", "input_size", "tile_size", "epochs", "lr", "device", "run_dir",
+              "update_saliency", "state")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels_source, self.csv_path, self.labels_summary = "browser", None, NO_LABELS
+        self.model, self.architectures = "resnet34", DEFAULT_MODELS
+        self.base, self.weights = "random", ""
+        self.input_by, self.input_value, self.input_size, self.tile_size = "µm/px", 1.0, 4096, 1024
+        self.epochs, self.lr, self.device = 10, 1e-4, DEVICES[0]
+        self.run_dir = ""
+        self.update_saliency = False
+        self.state = "idle"
+        self.advanced: dict = {}
+
+    @property
+    def use_csv(self) -> bool:
+        return self.labels_source == "csv"
+
+    @property
+    def busy(self) -> bool:
+        return self.state in BUSY_STATES
+
+    def set_architectures(self, names: list[str]) -> None:
+        """The registry's architectures; the chosen one stays when it is listed."""
+        current = self.model
+        self.set(architectures=tuple(names), model=current if current in names else (names[0] if names else current))
+
+    def level_and_mpp(self) -> tuple[int | None, float | None]:
+        if self.input_by == "level":
+            return int(self.input_value), None
+        return None, (self.input_value or None)
+
+    def labels_file(self, table: LabelTable) -> str:
+        """The labels the run trains on: the imported CSV, or the browser's labels, which are
+        written to ``labels.csv`` in the run folder. ValueError saying what is missing."""
+        if self.use_csv:
+            if not self.csv_path:
+                raise ValueError("import a labels CSV first (or label slides in the slide browser)")
+            return self.csv_path
+        if len(table.classes) < 2:
+            raise ValueError("label slides of at least two classes in the slide browser "
+                             "(right-click a slide), or import a labels CSV")
+        return str(Path(self.run_dir.strip()) / "labels.csv")
+
+    def base_model_fields(self, loaded: ModelChoice) -> dict:
+        """Architecture fields and initial weights from the "start from" choice."""
+        if self.base == "loaded":
+            card = loaded.card
+            if card is None or loaded.path is None:
+                raise ValueError("no model is loaded in the Model panel; load one or choose another starting point")
+            return {"model": card.architecture, "split": card.split, "pool": card.pool,
+                    "model_kwargs": dict(card.model_kwargs or {}), "pretrained": checkpoint_weights(loaded.path)}
+        fields = {"model": self.model.strip()}
+        if self.base == "imagenet":
+            if not self.weights.strip():
+                raise ValueError("choose the ImageNet weights file (a torchvision or timm state dict)")
+            fields["pretrained"] = self.weights.strip()
+        return fields
+
+    def build_spec(self, labels: str, loaded: ModelChoice) -> TrainingSpec:
+        level, mpp = self.level_and_mpp()
+        fields = {"labels": labels, "out_dir": self.run_dir.strip(), "level": level, "mpp": mpp,
+                  "input_size": self.input_size or None, "tile_size": self.tile_size,
+                  "epochs": self.epochs, "lr": self.lr, "device": self.device}
+        fields.update(self.advanced)
+        fields.update(self.base_model_fields(loaded))  # the loaded model's architecture wins over advanced kwargs
+        return TrainingSpec(**fields)

@@ -1,0 +1,42 @@
+"""Worker jobs of fine-tuning: labels CSVs out and in, and the engine's architectures.
+
+The CSV written is the engine's format, ``slide,label`` with a header, slide paths relative to
+the CSV's folder (so a folder of slides plus its labels file can be moved together). Reading a
+CSV goes through the engine's parser, which checks every row and that every slide exists.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from engine.api import list_models, read_labels
+
+
+def write_labels_csv(path: str | Path, rows: list[tuple[str, str]]) -> str:
+    """Worker job: write ``slide,label`` rows (slide paths made relative to the CSV) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(("slide", "label"))
+        for slide, label in rows:
+            writer.writerow((os.path.relpath(slide, path.parent), label))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return str(path)
+
+
+def read_labels_rows(path: str) -> tuple[str, dict[str, str], tuple[str, ...]]:
+    """Worker job: parse and check a labels CSV (or class folders) with the engine's reader.
+    Returns (path, absolute slide path -> label, classes); a bad file raises ``LabelsError``."""
+    labels = read_labels(path)
+    return path, {str(r.path): labels.classes[r.label] for r in labels.records}, labels.classes
+
+
+def list_model_names() -> list[str]:
+    """The engine's registered architectures (imports torch, hence the worker)."""
+    return list(list_models())
