@@ -31,9 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CACHE = ROOT / ".cache" / "bench"
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "bench"
 
 
 def _rss_mib() -> float:

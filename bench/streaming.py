@@ -7,6 +7,9 @@ script (so ratios compare like with like on a shared, noisy machine). Prints one
     python bench/streaming.py                  # up to 4096 px
     python bench/streaming.py --sizes 2048 8192 --models resnet34-layer2 --tiles 2048
 
+It imports the installed ``engine`` package (``make install``); a ``--peer-python`` needs it too
+(installed there, or ``PYTHONPATH`` naming this checkout, which the workers inherit).
+
 Columns: s/step is one training step (trunk forward, head, loss, backward); s/infer one
 inference pass under no_grad; x conv is the ratio to conventional at the same size; floor is
 the recompute floor of streaming (one extra forward plus the overlap area) for that tile;
@@ -27,6 +30,7 @@ Inference rows fold BatchNorm into the convolutions for every method, as engine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -35,9 +39,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MODELS = {
     # name: (registry name, split, kwargs)
@@ -67,7 +68,9 @@ def worker(cfg: dict) -> dict:
     from torch import nn
 
     from engine.models import create_model
-    from engine.streaming import CallableSource, StreamingModule
+    from engine.models.fold import fold_batchnorm
+    from engine.streaming import CallableSource, StreamHooks, StreamingModule
+    from engine.streaming.pooled import GlobalPoolReducer
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
@@ -81,7 +84,6 @@ def worker(cfg: dict) -> dict:
     if mode == "infer":
         # Every method infers with the same network: BatchNorm folded into the convolutions, as
         # engine.api does when nothing is trained.
-        from engine.models.fold import fold_batchnorm
         trunk = fold_batchnorm(trunk)
     # NHWC (channels-last) input for every method but the peer as its documentation runs it:
     # oneDNN convolutions are faster so on CPU, and StreamingModule makes its tiles NHWC.
@@ -96,7 +98,7 @@ def worker(cfg: dict) -> dict:
     # stream-pooled: lazy input, and the global max pool reduced block by block
     # (engine.streaming.pooled), so the trunk's map is never held, nor its gradient.
     # stream-pooled-trim: the same, giving freed heap pages back after every block
-    # (StreamingModule.release_every = 1).
+    # (StreamHooks(release_every=1)).
     pooled = method.startswith("stream-pooled")
     lazy = method in ("stream-lazy", "stream-pooled", "stream-pooled-trim")
 
@@ -115,8 +117,8 @@ def worker(cfg: dict) -> dict:
 
     if method.startswith("stream"):
         stream = StreamingModule(trunk, cfg["tile"], channels_last=method != "stream-nchw")
-        stream.release_every = 1 if method == "stream-pooled-trim" else 0
-        run_trunk = stream
+        hooks = StreamHooks(release_every=1 if method == "stream-pooled-trim" else 0)
+        run_trunk = lambda t: stream(t, hooks=hooks)  # noqa: E731
         inp = CallableSource((1, 3, size, size), make_tile) if lazy else x
         out["floor"] = _floor(stream, size)
     elif method.startswith("lightstream"):
@@ -130,16 +132,13 @@ def worker(cfg: dict) -> dict:
         run_trunk, inp = trunk, x
 
     def pooled_step(inp):
-        from engine.streaming.pooled import GlobalPoolReducer
-
         reducer = GlobalPoolReducer("max")
-        stream.on_block = reducer.add
-        stream.forward_blocks(inp)
+        stream.forward_blocks(inp, hooks=dataclasses.replace(hooks, on_block=reducer.add))
         vec = reducer.pooled().requires_grad_(mode == "train")
         if mode == "train":
             nn.functional.cross_entropy(fc(vec), target).backward()  # fc's gradients, and the pooled vector's
-            grads = stream.backward_from(inp, reducer.grad_for_block(vec.grad), params=True)
-            for p, g in zip(trunk.parameters(), grads):
+            grads = stream.backward_from(inp, reducer.grad_for_block(vec.grad), params=True, hooks=hooks)
+            for p, g in zip(trunk.parameters(), grads, strict=True):
                 p.grad = g
         else:
             with torch.no_grad():

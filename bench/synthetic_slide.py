@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.geometry import Box
+from engine.geometry import Box, lv_centres_to_l0
 from engine.io.svs import write_svs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,8 @@ PALETTE = np.array(
 
 
 def render(downsample: float, lv_box: Box) -> np.ndarray:
-    l0_xs = ((np.arange(int(lv_box.x0), int(lv_box.x1)) + 0.5) * downsample).astype(np.int64)
-    l0_ys = ((np.arange(int(lv_box.y0), int(lv_box.y1)) + 0.5) * downsample).astype(np.int64)
+    l0_xs = lv_centres_to_l0(int(lv_box.x0), int(lv_box.x1), downsample).astype(np.int64)
+    l0_ys = lv_centres_to_l0(int(lv_box.y0), int(lv_box.y1), downsample).astype(np.int64)
     bx, by = l0_xs // BLOCK, l0_ys // BLOCK
     if bx[0] == bx[-1] and by[0] == by[-1]:  # inside one block (most tiles): a flat fill
         rgb = np.empty((len(l0_ys), len(l0_xs), 3), np.uint8)

@@ -4,7 +4,7 @@ Exit codes: 0 done; 2 bad arguments; 3 at least one slide could not be read (the
 done); 4 the model could not be loaded; 5 cancelled (Ctrl-C, or SIGTERM for ``train``); 6 results
 could not be written; 7 training stopped on repeated non-finite losses or gradients.
 Under ``torchrun --nproc_per_node=N`` the slides are sharded across ranks (rank r takes every
-N-th slide from r), each rank on its own GPU when there are GPUs.
+N-th slide from r), each rank on its own GPU when there are GPUs (:func:`engine.devices.resolve_device`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,23 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.errors import CheckpointError, SlideError, StreamSlideError, TrainingError
-from engine.events import CancelToken, CheckpointSaved, Finished, Metrics, Progress, StepSkipped
-from engine.specs import InferenceSpec, TrainingSpec
-from engine.errors import ResultsError
+from engine.devices import DEVICE_HELP
+from engine.errors import (
+    CheckpointError,
+    ResultsError,
+    SlideError,
+    StreamSlideError,
+    TrainingError,
+)
+from engine.events import (
+    CancelToken,
+    CheckpointSaved,
+    Finished,
+    Metrics,
+    Progress,
+    StepSkipped,
+)
+from engine.specs import POOLS, InferenceSpec, TrainingSpec
 
 EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE, EXIT_DIVERGED = 0, 2, 3, 4, 5, 6, 7
 LOW_MEMORY_HELP = ("give freed memory back to the OS after every tile (CPU): peak memory stays flat with "
@@ -48,15 +61,6 @@ def _shard(slides: list[str]) -> tuple[list[str], int]:
     return slides[rank::world], rank
 
 
-def _device_for_rank(device: str) -> str:
-    if device == "auto" and "LOCAL_RANK" in os.environ:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
-    return device
-
-
 def _run_slides(args, saliency: bool) -> int:
     slides, rank = _shard(args.slides)
     token = CancelToken()
@@ -73,7 +77,7 @@ def _run_slides(args, saliency: bool) -> int:
         for path in slides:
             out_dir = Path(args.out) / Path(path).stem
             spec = InferenceSpec(slide_path=path, model_path=args.model, level=args.level, mpp=args.mpp,
-                                 tile_size=args.tile, device=_device_for_rank(args.device), saliency=saliency,
+                                 tile_size=args.tile, device=args.device, saliency=saliency,
                                  saliency_class=args.saliency_class, saliency_cell=args.cell,
                                  out_dir=str(out_dir), low_memory=args.low_memory)
             try:
@@ -89,7 +93,7 @@ def _run_slides(args, saliency: bool) -> int:
                 print(str(exc), file=sys.stderr)
                 return EXIT_WRITE
             if result.prediction is not None:
-                probs = ", ".join(f"{c}={p:.3f}" for c, p in zip(result.prediction.classes, result.prediction.probabilities))
+                probs = ", ".join(f"{c}={p:.3f}" for c, p in zip(result.prediction.classes, result.prediction.probabilities, strict=True))
                 print(f"{path}: {result.prediction.label} ({probs}) -> {out_dir}")
             if result.cancelled:
                 print(f"cancelled; finished maps of {path} were kept in {out_dir}", file=sys.stderr)
@@ -167,7 +171,7 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
                    help="extra builder argument, e.g. width=8 for smallnet (repeatable)")
     p.add_argument("--split", help="last streamed stage (default: the architecture's)")
-    p.add_argument("--pool", default=d.pool, choices=("max", "avg"))
+    p.add_argument("--pool", default=d.pool, choices=POOLS)
     p.add_argument("--pretrained", help="state dict (torchvision/timm names) to start from")
     p.add_argument("--level", type=int, help="pyramid level to read")
     p.add_argument("--mpp", type=float, help="read the level nearest this µm/px")
@@ -187,7 +191,7 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--no-augment", action="store_true", help="no flips, rotations or colour jitter")
     p.add_argument("--colour-jitter", type=float, default=d.colour_jitter)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="for slides without a split")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default=d.device, help=DEVICE_HELP)
     p.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"))
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -207,7 +211,7 @@ def _train(args) -> int:
         tile_size=args.tile, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, momentum=args.momentum, schedule=args.schedule,
         warmup_steps=args.warmup, accumulate=args.accumulate, class_weights=args.class_weights,
-        device=_device_for_rank(args.device), dtype=args.dtype, mixed_precision=not args.no_amp,
+        device=args.device, dtype=args.dtype, mixed_precision=not args.no_amp,
         seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every, monitor=args.monitor,
         max_nonfinite=args.max_nonfinite, low_memory=args.low_memory)
     token = CancelToken()
@@ -255,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--level", type=int, help="pyramid level to read (default: from the model's MPP)")
         p.add_argument("--mpp", type=float, help="read at the level nearest this µm/px")
         p.add_argument("--tile", type=int, help="tile size in input pixels (default: the model's)")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        p.add_argument("--cell", type=int, default=8, help="saliency map cell, input pixels (default 8)")
+        p.add_argument("--device", default=InferenceSpec.device, help=DEVICE_HELP)
+        p.add_argument("--cell", type=int, default=InferenceSpec.saliency_cell,
+                       help=f"saliency map cell, input pixels (default {InferenceSpec.saliency_cell})")
         p.add_argument("--saliency-class", type=int, help="class index for saliency (default: predicted)")
         p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
     _add_train_parser(sub)

@@ -1,8 +1,8 @@
 """The events a job emits, and the cooperative cancel token.
 
 Events are plain frozen dataclasses with numpy payloads, so the engine stays free of Qt: the
-viewer turns them into queued signals, the CLI into a progress bar. Every box here is in the
-slide's level-0 pixel plane, ``(l0_x0, l0_y0, l0_x1, l0_y1)``, half-open.
+viewer turns them into queued signals, the CLI into a progress bar. Every box here is an
+:class:`~engine.geometry.Box` in the slide's level-0 pixel plane, half-open.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Callable, Union
 import numpy as np
 
 from engine.errors import Cancelled
+from engine.geometry import Box
 
+#: A level-0 box as 4 numbers ``(x0, y0, x1, y1)``, as files store it (:meth:`Box.as_tuple`).
 L0Box = tuple[float, float, float, float]
 
 
@@ -40,11 +42,11 @@ class MapPatch:
     """
 
     layer: str
-    l0_box: L0Box
+    l0_box: Box
     values: np.ndarray
     cell_offset: tuple[int, int]
     map_shape: tuple[int, int]
-    map_l0_box: L0Box
+    map_l0_box: Box
     classes: tuple[str, ...] = ()
 
 

@@ -3,6 +3,18 @@
 A :class:`Box` carries no plane of its own: the variable name says it (``l0_box`` is in
 level-0 pixels, ``lv_box`` in the pixels of one pyramid level, ``out_box`` in an output
 map). All conversions between planes live here so that no module invents its own rounding.
+
+One rounding rule per conversion:
+
+- boxes reported to a caller (map boxes, patch boxes) are scaled exactly, never rounded:
+  :func:`lv_to_l0`, :meth:`LevelRegion.local_to_l0`, :meth:`LevelRegion.cells_to_l0`;
+- the level pixels that must be read to cover a level-0 box round outward (the floor of the
+  start, the ceiling of the end, of the exact quotients): :func:`l0_to_lv_covering`;
+- the integer level-0 position a read of a level pixel starts at, and back, round to the
+  nearest: :func:`lv_to_l0_origin`, :func:`l0_to_lv_origin` (a level origin survives the
+  round trip whenever the downsample is at least 1);
+- a level-0 point on a level, for comparisons only, is the exact quotient: :func:`l0_to_lv_point`;
+- renderers sample a level pixel at its centre: :func:`lv_centres_to_l0`.
 """
 
 from __future__ import annotations
@@ -10,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Iterator
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,82 @@ def l0_to_lv(l0_box: Box, downsample: float) -> Box:
 def lv_to_l0(lv_box: Box, downsample: float) -> Box:
     """Level box -> the same area in level-0 pixels."""
     return lv_box.scale(downsample)
+
+
+def l0_to_lv_covering(l0_box: Box, downsample: float) -> Box:
+    """The level pixels covering ``l0_box``: integer corners rounded outward, so that no part of
+    the level-0 box is left out (``//`` floors the exact quotient of the two floats)."""
+    return Box(int(l0_box.x0 // downsample), int(l0_box.y0 // downsample),
+               int(-(-l0_box.x1 // downsample)), int(-(-l0_box.y1 // downsample)))
+
+
+def lv_to_l0_origin(lv_x: float, lv_y: float, downsample: float) -> tuple[int, int]:
+    """The integer level-0 position a read of level pixel ``(lv_x, lv_y)`` starts at: the
+    nearest (``read_region`` takes level-0 integers and divides them by the downsample)."""
+    return round(lv_x * downsample), round(lv_y * downsample)
+
+
+def l0_to_lv_origin(l0_x: float, l0_y: float, downsample: float) -> tuple[int, int]:
+    """The level pixel a read at integer level-0 position ``(l0_x, l0_y)`` starts at: the nearest."""
+    return round(l0_x / downsample), round(l0_y / downsample)
+
+
+def l0_to_lv_point(l0_x: float, l0_y: float, downsample: float) -> tuple[float, float]:
+    """A level-0 point on a level's plane, unrounded (for bounds checks)."""
+    return l0_x / downsample, l0_y / downsample
+
+
+def lv_centres_to_l0(lv_start: int, lv_stop: int, downsample: float, dtype=np.float64) -> np.ndarray:
+    """Level-0 coordinates of the centres of level pixels ``[lv_start, lv_stop)`` along one axis
+    (where a renderer samples a level pixel), computed in ``dtype``."""
+    return (np.arange(lv_start, lv_stop, dtype=dtype) + 0.5) * downsample
+
+
+@dataclass(frozen=True)
+class LevelRegion:
+    """A region of one pyramid level: origin ``lv_x0, lv_y0`` and size ``lv_w`` x ``lv_h``, in
+    that level's pixels.
+
+    Positions "local" to the region are level pixels counted from its origin (what a streamed
+    network sees as its input plane); the methods below take them to level 0.
+    """
+
+    level: int
+    downsample: float
+    lv_x0: int
+    lv_y0: int
+    lv_w: int
+    lv_h: int
+
+    @property
+    def lv_box(self) -> Box:
+        """The region on its level's plane."""
+        return Box(self.lv_x0, self.lv_y0, self.lv_x0 + self.lv_w, self.lv_y0 + self.lv_h)
+
+    @property
+    def l0_box(self) -> Box:
+        """The region on the level-0 plane (exact)."""
+        return lv_to_l0(self.lv_box, self.downsample)
+
+    def local_to_l0(self, local_box: Box) -> Box:
+        """A box given relative to the region's origin (level pixels) on the level-0 plane (exact)."""
+        return lv_to_l0(local_box.translate(self.lv_x0, self.lv_y0), self.downsample)
+
+    def cells_to_l0(self, map_rows: tuple[int, int], map_cols: tuple[int, int], cell_hw: tuple[int, int]) -> Box:
+        """Cells ``[rows) x [cols)`` of a grid of ``cell_hw`` (h, w) level pixels anchored at the
+        region's origin, on the level-0 plane (exact; cells past the region's edge are not cut)."""
+        cell_h, cell_w = cell_hw
+        return self.local_to_l0(Box(map_cols[0] * cell_w, map_rows[0] * cell_h, map_cols[1] * cell_w, map_rows[1] * cell_h))
+
+    def l0_read_origin(self, local_x: int, local_y: int) -> tuple[int, int]:
+        """The integer level-0 position at which to read the region's local pixel ``(local_x, local_y)``."""
+        return lv_to_l0_origin(self.lv_x0 + local_x, self.lv_y0 + local_y, self.downsample)
+
+    def l0_to_cells(self, l0_x: float, l0_y: float, cell_hw: tuple[int, int]) -> tuple[float, float]:
+        """A level-0 point as (row, col) in cells of ``cell_hw`` level pixels from the region's
+        origin, unrounded (e.g. where on the output map to start)."""
+        lv_x, lv_y = l0_to_lv_point(l0_x, l0_y, self.downsample)
+        return (lv_y - self.lv_y0) / cell_hw[0], (lv_x - self.lv_x0) / cell_hw[1]
 
 
 @dataclass(frozen=True)

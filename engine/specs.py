@@ -1,6 +1,6 @@
 """Frozen job specs: what to run, decided on the caller's thread and never changed after.
 
-Every box is in the slide's level-0 pixel plane, ``(l0_x0, l0_y0, l0_x1, l0_y1)``, half-open.
+Every box is an :class:`~engine.geometry.Box` in the slide's level-0 pixel plane, half-open.
 One place decides every default: the field defaults below.
 """
 
@@ -9,7 +9,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from engine.devices import DEVICES, check_device_name
 from engine.errors import SpecError
+from engine.geometry import Box
+
+__all__ = ["DEVICES", "POOLS", "InferenceSpec", "TrainingSpec"]
+
+#: The global pools a classifier head may end in (a spec's ``pool``, a model card's): max or mean.
+POOLS = ("max", "avg")
 
 
 @dataclass(frozen=True)
@@ -17,18 +24,23 @@ class InferenceSpec:
     """What to run: one model over one slide (a region of it, or its tissue bounding box).
 
     ``level``/``mpp`` choose the pyramid level read (default: the model card's input MPP, else its
-    level, else 0). ``tile_size`` defaults to the model card's. ``device`` is "auto" (CUDA when
-    available), "cpu", "cuda" or "cuda:N". With ``saliency``, the input gradient of the class score
-    (``saliency_class``, default the predicted class) is streamed and averaged over
-    ``saliency_cell`` x ``saliency_cell`` input pixels. With ``out_dir``, results are written there.
-    ``priority_l0_box`` makes the prediction map start where the user is looking.
-    ``low_memory`` gives freed memory back to the OS after every tile (CPU): peak memory then stays
-    flat with the slide's size, at about 20% more time (see StreamingModule.release_every).
+    level, else 0). ``tile_size`` defaults to the model card's. ``device`` is one of
+    :data:`DEVICES` (from :mod:`engine.devices`): "auto" (CUDA when available), "cpu", "cuda", or "cuda:N"
+    (under ``torchrun``, "auto" and "cuda" take the local rank's GPU).
+    With ``saliency``, the input gradient of the class score (``saliency_class``, default the
+    predicted class) is streamed and averaged over ``saliency_cell`` x ``saliency_cell`` input
+    pixels. With ``out_dir``, results are written there. ``priority_l0_box`` makes the
+    prediction map start where the user is looking. ``low_memory`` gives freed memory back to
+    the OS after every tile (CPU): peak memory then stays flat with the slide's size, at about
+    20% more time (see StreamHooks.release_every).
+
+    Boxes may be given as ``(x0, y0, x1, y1)``; they are stored as :class:`~engine.geometry.Box`.
+    A spec that cannot run raises :class:`~engine.errors.SpecError` when it is made.
     """
 
     slide_path: str
     model_path: str
-    l0_region: tuple[int, int, int, int] | None = None
+    l0_region: Box | None = None
     level: int | None = None
     mpp: float | None = None
     tile_size: int | None = None
@@ -38,9 +50,30 @@ class InferenceSpec:
     saliency_cell: int = 8
     out_dir: str | None = None
     #: Level-0 box to compute first (e.g. the view on screen); the rest of the region follows.
-    priority_l0_box: tuple[float, float, float, float] | None = None
+    priority_l0_box: Box | None = None
     low_memory: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("l0_region", "priority_l0_box"):
+            object.__setattr__(self, name, _optional_box(name, getattr(self, name)))
+        check_device_name(self.device)
+        if self.tile_size is not None and self.tile_size < 1:
+            raise SpecError(f"tile_size must be a positive number of input pixels (or None: the model's), "
+                            f"got {self.tile_size}")
+        if self.saliency_cell < 1:
+            raise SpecError(f"saliency_cell must be at least 1 input pixel, got {self.saliency_cell}")
+        if self.saliency_class is not None and self.saliency_class < 0:
+            raise SpecError(f"saliency_class must be a class index (0 or more) or None (the predicted class), "
+                            f"got {self.saliency_class}")
+
+
+def _optional_box(name: str, value) -> Box | None:
+    if value is None:
+        return None
+    try:
+        return Box.of(value)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{name} must be a box (x0, y0, x1, y1) in level-0 pixels, got {value!r}") from exc
 
 
 @dataclass(frozen=True)

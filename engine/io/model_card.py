@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import CheckpointError
+from engine.specs import POOLS
 
 CARD_FORMAT_VERSION = 1
-POOLS = ("max", "avg")  # mirrors engine.models.split.POOLS, kept here so cards need no torch
 TASKS = ("classification", "multilabel", "regression")  # mirrors engine.io.labels.TASKS
 #: Fields a classification card leaves out, so its model.json is what it was before tasks existed.
 _TASK_FIELDS = ("task", "targets", "target_mean", "target_std")

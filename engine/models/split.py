@@ -12,7 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-POOLS = ("max", "avg")
+from engine.specs import POOLS
 
 
 class ClassifierHead(nn.Module):

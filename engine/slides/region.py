@@ -6,50 +6,24 @@ Torch-free at import so the viewer can use :func:`tissue_box`; the tensor work h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from engine.errors import RegionError
+from engine.geometry import Box, LevelRegion, l0_to_lv_covering
 from engine.slides.source import SlideSource, to_rgb
 
 
-@dataclass(frozen=True)
-class LevelRegion:
-    """A region of one pyramid level: ``lv_x0, lv_y0`` (level plane) and size in level pixels."""
-
-    level: int
-    downsample: float
-    lv_x0: int
-    lv_y0: int
-    lv_w: int
-    lv_h: int
-
-    @property
-    def l0_box(self) -> tuple[float, float, float, float]:
-        ds = self.downsample
-        return (self.lv_x0 * ds, self.lv_y0 * ds, (self.lv_x0 + self.lv_w) * ds, (self.lv_y0 + self.lv_h) * ds)
-
-    def lv_to_l0_box(self, lv_x0: float, lv_y0: float, lv_x1: float, lv_y1: float) -> tuple[float, float, float, float]:
-        """A box given relative to this region's origin (level pixels) on the level-0 plane."""
-        ds = self.downsample
-        return ((self.lv_x0 + lv_x0) * ds, (self.lv_y0 + lv_y0) * ds,
-                (self.lv_x0 + lv_x1) * ds, (self.lv_y0 + lv_y1) * ds)
-
-
-def level_region(slide: SlideSource, level: int, l0_box: tuple[int, int, int, int]) -> LevelRegion:
-    """The level-``level`` pixels covering ``l0_box``, clipped to the level."""
+def level_region(slide: SlideSource, level: int, l0_box: Box | tuple[float, float, float, float]) -> LevelRegion:
+    """The level-``level`` pixels covering ``l0_box`` (rounded outward), clipped to the level."""
     if not 0 <= level < slide.level_count:
         raise RegionError(f"{slide.path}: level {level} does not exist; the slide has levels 0..{slide.level_count - 1}")
+    l0_box = Box.of(l0_box)
     ds = slide.level_downsamples[level]
-    lv_w_all, lv_h_all = slide.level_dimensions[level]
-    x0, y0, x1, y1 = l0_box
-    lv_x0, lv_y0 = max(0, int(x0 // ds)), max(0, int(y0 // ds))
-    lv_x1, lv_y1 = min(lv_w_all, int(-(-x1 // ds))), min(lv_h_all, int(-(-y1 // ds)))
-    if lv_x1 <= lv_x0 or lv_y1 <= lv_y0:
-        raise RegionError(f"{slide.path}: the region {l0_box} (level 0) lies outside the slide "
+    lv_box = l0_to_lv_covering(l0_box, ds).intersect(Box(0, 0, *slide.level_dimensions[level]))
+    if lv_box.is_empty:
+        raise RegionError(f"{slide.path}: the region {l0_box.as_tuple()} (level 0) lies outside the slide "
                           f"({slide.dimensions[0]}x{slide.dimensions[1]})")
-    return LevelRegion(level, ds, lv_x0, lv_y0, lv_x1 - lv_x0, lv_y1 - lv_y0)
+    return LevelRegion(level, ds, int(lv_box.x0), int(lv_box.y0), int(lv_box.width), int(lv_box.height))
 
 
 def choose_level(slide: SlideSource, *, level: int | None, mpp: float | None, fallback_level: int | None) -> int:
@@ -61,7 +35,7 @@ def choose_level(slide: SlideSource, *, level: int | None, mpp: float | None, fa
     return fallback_level or 0
 
 
-def tissue_box(slide: SlideSource, *, thumb_px: int = 1024, margin: float = 0.02) -> tuple[int, int, int, int]:
+def tissue_box(slide: SlideSource, *, thumb_px: int = 1024, margin: float = 0.02) -> Box:
     """Level-0 bounding box of the tissue, found on a thumbnail (saturated or dark pixels).
 
     Falls back to the whole slide when nothing looks like tissue (e.g. a grey test image).
@@ -71,12 +45,13 @@ def tissue_box(slide: SlideSource, *, thumb_px: int = 1024, margin: float = 0.02
     mask = (spread > 20) | (thumb.mean(axis=2) < 200)
     w, h = slide.dimensions
     if not mask.any():
-        return 0, 0, w, h
+        return Box(0, 0, w, h)
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     sx, sy = w / thumb.shape[1], h / thumb.shape[0]
     mx, my = margin * w, margin * h
-    return (max(0, int(cols[0] * sx - mx)), max(0, int(rows[0] * sy - my)),
-            min(w, int((cols[-1] + 1) * sx + mx)), min(h, int((rows[-1] + 1) * sy + my)))
+    # The thumbnail's pixels to level 0 (a thumbnail is no pyramid level), widened by the margin.
+    return Box(max(0, int(cols[0] * sx - mx)), max(0, int(rows[0] * sy - my)),
+               min(w, int((cols[-1] + 1) * sx + mx)), min(h, int((rows[-1] + 1) * sy + my)))
 
 
 class SlideRegionSource:
@@ -98,10 +73,8 @@ class SlideRegionSource:
     def read(self, rows: tuple[int, int], cols: tuple[int, int]):
         import torch
 
-        r = self.region
-        l0_x = int(round((r.lv_x0 + cols[0]) * r.downsample))
-        l0_y = int(round((r.lv_y0 + rows[0]) * r.downsample))
-        rgb = to_rgb(self.slide.read_region(l0_x, l0_y, r.level, cols[1] - cols[0], rows[1] - rows[0]),
+        l0_x, l0_y = self.region.l0_read_origin(cols[0], rows[0])
+        rgb = to_rgb(self.slide.read_region(l0_x, l0_y, self.region.level, cols[1] - cols[0], rows[1] - rows[0]),
                      self.slide.background_rgb)
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(self.dtype) / 255.0
         return (x - self._mean) / self._std

@@ -1,14 +1,20 @@
-"""Execute the streamable graph on one block's input cone."""
+"""Execute the streamable graph on one block's input cone; a block's share of the output gradient."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from engine.streaming.graph import StreamGraph
-from engine.streaming.plan import AxisPlan
+from engine.streaming.plan import AxisPlan, Block
+
+#: The output map's gradient for cells [rows) x [cols) of the output plane, or None where it is 0;
+#: with a true ``needs_values`` attribute it is also given the block's recomputed ``values=``.
+BlockGradFn = Callable[..., "torch.Tensor | None"]
 
 
-def _crop(t: torch.Tensor, have_h, have_w, want_h, want_w) -> torch.Tensor:
+def crop(t: torch.Tensor, have_h, have_w, want_h, want_w) -> torch.Tensor:
     """Slice the part ``want`` out of a tensor that holds region ``have`` (same plane)."""
     r0, c0 = want_h[0] - have_h[0], want_w[0] - have_w[0]
     if r0 == 0 and c0 == 0 and want_h[1] == have_h[1] and want_w[1] == have_w[1]:
@@ -34,11 +40,11 @@ def run_block(graph: StreamGraph, x_cone: torch.Tensor, plan_h: AxisPlan, plan_w
         if node.kind == "window":
             src = node.inputs[0]
             th, tw = plan_h.tiles[i], plan_w.tiles[i]
-            x = _crop(values[src], plan_h.regions[src], plan_w.regions[src],
+            x = crop(values[src], plan_h.regions[src], plan_w.regions[src],
                       (th.crop.start, th.crop.end), (tw.crop.start, tw.crop.end))
             out = node.run(x, th, tw)
         else:
-            args = {src: _crop(values[src], plan_h.regions[src], plan_w.regions[src], want_h, want_w)
+            args = {src: crop(values[src], plan_h.regions[src], plan_w.regions[src], want_h, want_w)
                     for src in node.inputs}
             out = node.run(args)
         values[i] = out
@@ -47,3 +53,43 @@ def run_block(graph: StreamGraph, x_cone: torch.Tensor, plan_h: AxisPlan, plan_w
             if remaining[src] <= 0:
                 del values[src]
     return values[len(nodes) - 1]
+
+
+def block_activations(graph: StreamGraph, x_cone: torch.Tensor, plan_h: AxisPlan, plan_w: AxisPlan) -> list[torch.Tensor]:
+    """Every needed node's output on the block, none dropped: to measure activation sizes."""
+    values = {0: x_cone}
+    for i in range(1, len(graph.nodes)):
+        node = graph.nodes[i]
+        if plan_h.regions[i] is None:
+            continue
+        if node.kind == "window":
+            src = node.inputs[0]
+            th, tw = plan_h.tiles[i], plan_w.tiles[i]
+            values[i] = node.run(crop(values[src], plan_h.regions[src], plan_w.regions[src],
+                                      (th.crop.start, th.crop.end), (tw.crop.start, tw.crop.end)), th, tw)
+        else:
+            values[i] = node.run({src: crop(values[src], plan_h.regions[src], plan_w.regions[src],
+                                            plan_h.regions[i], plan_w.regions[i]) for src in node.inputs})
+    return list(values.values())
+
+
+def block_grad(grad_out: torch.Tensor | BlockGradFn, rb: Block, cb: Block,
+                values: torch.Tensor | None = None) -> torch.Tensor | None:
+    """This block's share of the output gradient: its owned cells, zero where an earlier block
+    owns them. None when that share is all zero (e.g. a max-pool head's gradient reaches a few
+    cells only), which contributes nothing and is skipped. ``values``: the block's recomputed
+    output, for a callable that ``needs_values``."""
+    if callable(grad_out):
+        rows, cols = (rb.start, rb.end), (cb.start, cb.end)
+        g = grad_out(rows, cols, values=values) if values is not None else grad_out(rows, cols)
+        if g is None:
+            return None
+    else:
+        g = grad_out[:, :, rb.start:rb.end, cb.start:cb.end]
+    if rb.own_start != rb.start or cb.own_start != cb.start:
+        g = g.clone()
+        g[:, :, :rb.own_start - rb.start] = 0
+        g[:, :, :, :cb.own_start - cb.start] = 0
+    if not bool(g.any()):
+        return None
+    return g

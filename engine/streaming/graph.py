@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import NotStreamableError
-from engine.streaming.geometry import AxisWindow
 from engine.streaming import window_ops
+from engine.streaming.geometry import AxisWindow
 
 # Modules that act on each pixel independently (given eval mode where it matters).
 _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (

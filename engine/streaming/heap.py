@@ -6,7 +6,7 @@ there stay resident when later blocks cannot reuse them: over the 64 blocks of a
 that retention, not the tensors alive, sets much of the peak RSS (bench/streaming.py, README).
 ``malloc_trim(0)`` after a block releases those pages. It costs far less than mmapping every
 large tensor (55% slower), but the next block faults the pages back in (10-25% slower), so
-:class:`StreamingModule` trims only every ``release_every`` blocks (jobs: ``low_memory``).
+streaming trims only every ``StreamHooks.release_every`` blocks (jobs: ``low_memory``).
 """
 
 from __future__ import annotations

@@ -138,3 +138,42 @@ def axis_blocks(out_len: int, max_block: int) -> list[Block]:
         blocks.append(Block(start, end, start))
         start = end
     return blocks
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """All blocks for one input size: per-axis blocks and plans, and the output size."""
+
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    rows: tuple[Block, ...]
+    cols: tuple[Block, ...]
+    row_plans: tuple[AxisPlan, ...]
+    col_plans: tuple[AxisPlan, ...]
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def block_order(self, priority: tuple[float, float] | None = None) -> list[tuple[int, int]]:
+        """(row block, col block) of every block: raster order, or with an output-plane
+        ``priority`` (row, col), nearest block centre first."""
+        order = [(i, j) for i in range(len(self.rows)) for j in range(len(self.cols))]
+        if priority is not None:
+            order.sort(key=lambda ij: self._centre_distance2(ij, priority))
+        return order
+
+    def _centre_distance2(self, ij: tuple[int, int], point: tuple[float, float]) -> float:
+        rb, cb = self.rows[ij[0]], self.cols[ij[1]]
+        return ((rb.start + rb.end) / 2 - point[0]) ** 2 + ((cb.start + cb.end) / 2 - point[1]) ** 2
+
+
+def plan_tiles(graph: StreamGraph, block_cells: tuple[int, int], in_hw: tuple[int, int]) -> TilePlan:
+    """Blocks of at most ``block_cells`` output cells over an input of ``in_hw`` pixels, and their cones."""
+    sizes = graph.spatial_sizes(in_hw)
+    out_hw = sizes[-1]
+    rows = tuple(axis_blocks(out_hw[0], block_cells[0]))
+    cols = tuple(axis_blocks(out_hw[1], block_cells[1]))
+    row_plans = tuple(plan_axis(graph, [s[0] for s in sizes], 0, (b.start, b.end)) for b in rows)
+    col_plans = tuple(plan_axis(graph, [s[1] for s in sizes], 1, (b.start, b.end)) for b in cols)
+    return TilePlan(in_hw, out_hw, rows, cols, row_plans, col_plans)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import torch
 
-POOLS = ("max", "avg")
-
+from engine.specs import POOLS
 
 #: Positions kept per (image, channel) that tie at its maximum. A channel flat over the slide
 #: (e.g. a ReLU channel that is 0 everywhere) ties at every cell; past this many ties its cells

@@ -3,6 +3,7 @@ card, and the BatchNorm statistics set from data before they are frozen."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import numpy as np
@@ -13,7 +14,7 @@ from engine.io.checkpoints import ModelCard
 from engine.io.state_dicts import load_pretrained_backbone
 from engine.models import SplitNet, create_model
 from engine.specs import TrainingSpec
-from engine.streaming import StreamingModule
+from engine.streaming import StreamHooks, StreamingModule
 from engine.streaming.graph import FROZEN_MODULES
 from engine.train.data import Augmentation, input_source
 
@@ -43,14 +44,18 @@ class Classifier(nn.Module):
         trunk = model.trunk()
         runner = (StreamingModule(trunk, tile_size, freeze_batchnorm=True, channels_last=channels_last)
                   if streaming else trunk)
-        if streaming:
-            runner.release_every = 1 if low_memory else 0
+        # Per-pass hooks of the streamed trunk; the trainer sets its cancel check (set_should_stop).
+        self.hooks = StreamHooks(release_every=1 if low_memory else 0)
         object.__setattr__(self, "trunk", trunk)
         object.__setattr__(self, "runner", runner)
         object.__setattr__(self, "head", model.head())
         # Pool and linear only after the trunk: streamed, the map is pooled block by block and
         # never held (StreamingModule.pooled), so memory does not grow with the slide.
         self.pooled_head = streaming and len(list(self.head.stages.children())) == 0
+
+    def set_should_stop(self, should_stop) -> None:
+        """Stop a streamed pass between tiles when ``should_stop()`` turns True (raises Cancelled)."""
+        self.hooks = dataclasses.replace(self.hooks, should_stop=should_stop)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -60,12 +65,12 @@ class Classifier(nn.Module):
     def forward(self, x) -> torch.Tensor:
         """Logits (1, classes) for ``x``: a lazy source when streaming, else an NCHW tensor."""
         if self.pooled_head:
-            return self.head.classify(self.runner.pooled(x, self.head.pool))
+            return self.head.classify(self.runner.pooled(x, self.head.pool, hooks=self.hooks))
         if self.channels_last and isinstance(x, torch.Tensor) and x.is_cuda:
             # Not on CPU: a whole-slide NHWC tensor sent oneDNN's weight gradient to its reference
             # kernel (a 4096² ResNet-34 step had not finished in 9 minutes); streamed tiles are small.
             x = x.contiguous(memory_format=torch.channels_last)
-        fmap = self.runner(x)
+        fmap = self.runner(x, hooks=self.hooks) if self.streaming else self.runner(x)
         if self.channels_last:
             fmap = fmap.contiguous(memory_format=torch.channels_last)
         return self.head(fmap)

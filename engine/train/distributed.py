@@ -17,6 +17,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from engine.devices import resolve_device
+
 TIMEOUT_S = 60
 
 
@@ -52,9 +54,8 @@ def init_from_env(device: torch.device) -> DistContext:
 def device_for_rank(device: torch.device, ctx: DistContext) -> torch.device:
     """Under torchrun with GPUs, each rank takes the GPU of its local rank."""
     if ctx.active and device.type == "cuda" and device.index is None:
-        index = ctx.local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
+        device = resolve_device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device.index)
     return device
 
 

@@ -103,7 +103,7 @@ class Trainer:
             run.write_spec(spec.as_json())
         if spec.streaming and not self.ctx.active:
             # One process may stop between tiles; ranks must agree, so they stop between steps only.
-            self.classifier.runner.should_stop = lambda: self.cancel.cancelled
+            self.classifier.set_should_stop(lambda: self.cancel.cancelled)
         self.net = distributed.wrap(self.classifier, self.ctx, self.device)
         outputs = {"last": str(run.last), "metrics": str(run.metrics_log)}
         in_step = False  # every rank reached the same point: the end, or an agreed cancel

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
+from model_fixtures import CLASSES, GREEN_BOXES, save_green_detector, write_test_slide
 
-from engine.api import run_inference
-from engine.errors import CheckpointError, SlideError
+from engine.api import run_inference, run_saliency
+from engine.errors import CheckpointError, SlideError, SpecError
 from engine.events import CancelToken, Finished, MapPatch, Prediction, Progress
-from engine.specs import InferenceSpec
+from engine.geometry import Box
 from engine.io.maps import read_maps
 from engine.slides import open_slide
-from model_fixtures import CLASSES, GREEN_BOXES, save_green_detector, write_test_slide
+from engine.specs import InferenceSpec
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +46,12 @@ def _assemble(events, layer):
     return out, first.map_l0_box, patches
 
 
-def _l0_to_cell(box, map_box, shape):
-    x0, y0, x1, y1 = box
-    sx = (map_box[2] - map_box[0]) / shape[-1]
-    sy = (map_box[3] - map_box[1]) / shape[-2]
-    return (int((y0 - map_box[1]) / sy), int(np.ceil((y1 - map_box[1]) / sy)),
-            int((x0 - map_box[0]) / sx), int(np.ceil((x1 - map_box[0]) / sx)))
+def _l0_to_cell(box, map_box: Box, shape):
+    box = Box.of(box)
+    sx = map_box.width / shape[-1]
+    sy = map_box.height / shape[-2]
+    return (int((box.y0 - map_box.y0) / sy), int(np.ceil((box.y1 - map_box.y0) / sy)),
+            int((box.x0 - map_box.x0) / sx), int(np.ceil((box.x1 - map_box.x0) / sx)))
 
 
 def test_prediction_and_saliency_light_up_exactly_on_green(workdir, tmp_path):
@@ -85,7 +86,7 @@ def test_prediction_and_saliency_light_up_exactly_on_green(workdir, tmp_path):
     # Results on disk: npz with geometry, prediction JSON, TIFF images any slide reader opens.
     layers, meta = read_maps(result.outputs["maps_npz"])
     assert np.allclose(layers["prediction"].values, prob)
-    assert layers["saliency"].l0_box == pytest.approx(sal_box)
+    assert layers["saliency"].l0_box == pytest.approx(sal_box.as_tuple())
     assert meta["classes"] == list(CLASSES)
     assert json.loads(open(result.outputs["prediction_json"]).read())["label"] == "green"
     with open_slide(result.outputs["saliency_tiff"]) as tif:
@@ -128,7 +129,7 @@ def test_tissue_box_is_the_default_region(workdir):
     run_inference(spec, events.append)
     box = next(e for e in events if isinstance(e, MapPatch)).map_l0_box
     # The purple tissue spans x 128..960, y 64..704 (plus a small margin); the grey border is left out.
-    assert 60 <= box[0] <= 140 and box[2] <= 1000 and 20 <= box[1] <= 80
+    assert 60 <= box.x0 <= 140 and box.x1 <= 1000 and 20 <= box.y0 <= 80
 
 
 def test_bad_slide_and_bad_model_raise_their_errors(workdir, tmp_path):
@@ -146,9 +147,10 @@ def test_priority_box_is_computed_first(workdir):
     _, events = _run(workdir, saliency=False, priority_l0_box=(768, 512, 1024, 768))
     first = next(e for e in events if isinstance(e, MapPatch))
     # The first patch is the block nearest the bottom-right corner asked for.
-    assert first.l0_box[2] >= 900 and first.l0_box[3] >= 700
+    assert first.l0_box.x1 >= 900 and first.l0_box.y1 >= 700
     _, plain = _run(workdir, saliency=False)
-    assert next(e for e in plain if isinstance(e, MapPatch)).l0_box[:2] == (0.0, 0.0)
+    first_plain = next(e for e in plain if isinstance(e, MapPatch)).l0_box
+    assert (first_plain.x0, first_plain.y0) == (0.0, 0.0)
 
 
 def test_cancel_during_saliency_keeps_prediction_and_finished_saliency(workdir):
@@ -182,12 +184,66 @@ def test_low_memory_gives_freed_heap_back_after_every_block_and_changes_no_value
 
 
 def test_inference_streams_the_trunk_with_its_batchnorm_folded(workdir, monkeypatch):
-    import engine.models.fold as fold
+    import engine.infer as infer
 
     folded = []
-    real = fold.fold_batchnorm
-    monkeypatch.setattr(fold, "fold_batchnorm", lambda trunk: folded.append((trunk, real(trunk))) or folded[-1][1])
+    real = infer.fold_batchnorm
+    monkeypatch.setattr(infer, "fold_batchnorm", lambda trunk: folded.append((trunk, real(trunk))) or folded[-1][1])
     _run(workdir, device="cpu", saliency=False)
     (trunk, result), = folded
     has_bn = lambda m: any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # noqa: E731
     assert has_bn(trunk) and not has_bn(result)
+
+
+def test_patches_carry_boxes_that_tile_their_map(workdir):
+    """Patch and map boxes are Boxes on level 0; the prediction map ends at the region, the
+    saliency map at its last whole cell; every patch lies inside its map."""
+    _, events = _run(workdir, l0_region=(0, 0, 1000, 700), saliency_cell=16)
+    for layer in ("prediction", "saliency"):
+        patches = [e for e in events if isinstance(e, MapPatch) and e.layer == layer]
+        map_box = patches[0].map_l0_box
+        assert isinstance(map_box, Box) and all(isinstance(p.l0_box, Box) for p in patches)
+        for p in patches:
+            assert p.l0_box.intersect(map_box) == p.l0_box and p.map_l0_box == map_box
+    prediction = next(e for e in events if isinstance(e, MapPatch) and e.layer == "prediction")
+    saliency = next(e for e in events if isinstance(e, MapPatch) and e.layer == "saliency")
+    # Level 0 is read (the model's MPP): 1000 x 700 pixels; the trunk's cells are 16 pixels
+    # (smallnet's stride), and so are the saliency cells asked for.
+    (h, w) = prediction.map_shape
+    assert prediction.map_l0_box == Box(0, 0, min(16 * w, 1000), min(16 * h, 700))
+    assert saliency.map_shape == (44, 63) and saliency.map_l0_box == Box(0, 0, 63 * 16, 44 * 16)
+
+
+def test_run_saliency_turns_saliency_on(workdir):
+    events = []
+    spec = InferenceSpec(slide_path=str(workdir / "green.svs"), model_path=str(workdir / "model"),
+                         l0_region=(0, 0, 512, 512), saliency=False)
+    run_saliency(spec, events.append)
+    assert any(isinstance(e, MapPatch) and e.layer == "saliency" for e in events)
+
+
+def test_a_saliency_class_the_model_lacks_is_a_spec_error_naming_the_class_count(workdir):
+    with pytest.raises(SpecError, match=f"has {len(CLASSES)} classes"):
+        _run(workdir, saliency_class=len(CLASSES))
+    _run(workdir, saliency_class=len(CLASSES), saliency=False)  # no saliency: the class is not used
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("device", "tpu", "unknown device 'tpu'"),
+    ("device", "cuda:x", "unknown device"),
+    ("tile_size", 0, "tile_size"),
+    ("saliency_cell", 0, "saliency_cell"),
+    ("saliency_class", -1, "saliency_class"),
+    ("l0_region", (0, 0, 10), "l0_region must be a box"),
+])
+def test_an_impossible_spec_is_refused_when_it_is_made(field, value, needle):
+    with pytest.raises(SpecError, match=needle):
+        InferenceSpec("s.svs", "m", **{field: value})
+    with pytest.raises(ValueError):  # SpecError stays a ValueError for older callers
+        InferenceSpec("s.svs", "m", **{field: value})
+
+
+def test_spec_boxes_given_as_numbers_are_stored_as_boxes():
+    spec = InferenceSpec("s.svs", "m", l0_region=[0, 0, 10, 20], priority_l0_box=(1.5, 2, 3, 4), device="cuda:1")
+    assert spec.l0_region == Box(0, 0, 10, 20) and spec.priority_l0_box == Box(1.5, 2, 3, 4)
+    assert InferenceSpec("s.svs", "m", l0_region=spec.l0_region).l0_region is spec.l0_region

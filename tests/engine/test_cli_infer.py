@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from model_fixtures import save_green_detector, write_test_slide
 
 from engine import cli
-from model_fixtures import save_green_detector, write_test_slide
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +54,10 @@ def test_torchrun_environment_shards_slides(files, tmp_path, monkeypatch):
                      "--out", str(tmp_path)])
     assert code == cli.EXIT_OK
     assert not (tmp_path / "a").exists() and (tmp_path / "b" / "maps.npz").exists()
+
+
+def test_an_unknown_device_is_a_usage_error_naming_the_choices(files, tmp_path, capsys):
+    code = cli.main(["infer", str(files / "a.svs"), "--model", str(files / "model"), "--out", str(tmp_path),
+                     "--device", "tpu"])
+    assert code == cli.EXIT_USAGE
+    assert "unknown device 'tpu'; use auto, cpu, cuda or cuda:N" in capsys.readouterr().err

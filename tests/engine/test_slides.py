@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -9,8 +10,9 @@ import pytest
 from conftest import BLOCK, SYNTH_L0_SIZE, block_colour
 
 from engine.errors import RegionError, SlideError, SlideOpenError, SlideReadError
-from engine.slides import ArraySlide, open_slide, to_rgb
+from engine.geometry import Box
 from engine.io.svs import default_downsamples, write_svs
+from engine.slides import SLIDE_SUFFIXES, ArraySlide, level_region, open_slide, to_rgb
 
 
 def _close(a, b, tol=14):
@@ -146,9 +148,9 @@ def test_corrupt_tile_reopens_once_then_reports_and_good_regions_stay_readable(c
 
 
 def test_a_file_that_keeps_failing_is_given_up_on(corrupt_tile_slide, monkeypatch):
-    import engine.slides.source
+    import engine.slides.openslide_source
 
-    monkeypatch.setattr(engine.slides.source, "MAX_REOPENS", 2)
+    monkeypatch.setattr(engine.slides.openslide_source, "MAX_REOPENS", 2)
     with open_slide(corrupt_tile_slide) as slide:
         for _ in range(2):
             with pytest.raises(SlideReadError, match="corrupt there"):
@@ -224,3 +226,25 @@ def test_real_slide_opens_and_reads(real_slide_path):
         assert {"label", "macro", "thumbnail"} <= set(slide.associated_image_names)
         tissue = to_rgb(slide.read_region(1000, 1000, 0, 64, 64))
         assert tissue.std() > 5  # real texture, not a blank fill
+
+
+def test_the_slide_suffixes_include_every_format_open_slide_routes():
+    from engine.slides.opening import PLAIN_IMAGE_SUFFIXES, TIFF_SUFFIXES
+
+    assert len(set(SLIDE_SUFFIXES)) == len(SLIDE_SUFFIXES) and all(s == s.lower() for s in SLIDE_SUFFIXES)
+    assert PLAIN_IMAGE_SUFFIXES | TIFF_SUFFIXES <= set(SLIDE_SUFFIXES)
+    assert {".svs", ".ndpi", ".mrxs", ".scn", ".dcm"} <= set(SLIDE_SUFFIXES)
+
+
+def test_a_level_region_covers_its_level0_box_and_stays_inside_the_level():
+    slide = ArraySlide(np.zeros((1001, 803, 3), np.uint8), build_levels=True, min_size=64)
+    ds = slide.level_downsamples[2]  # about 4, not exactly: level sizes are rounded
+    lv_w, lv_h = slide.level_dimensions[2]
+    region = level_region(slide, 2, (13, 7, 700, 1001))
+    assert region.lv_box == Box(math.floor(13 / ds), math.floor(7 / ds), math.ceil(700 / ds), min(lv_h, math.ceil(1001 / ds)))
+    assert region.lv_box.x1 < lv_w and region.l0_box.x0 <= 13 and region.l0_box.y0 <= 7 and region.l0_box.x1 >= 700
+    assert level_region(slide, 0, Box(-50, -50, 10, 20)).lv_box == Box(0, 0, 10, 20)  # clipped to the level
+    with pytest.raises(RegionError, match=r"the region \(900, 0, 950, 10\) \(level 0\) lies outside"):
+        level_region(slide, 0, (900, 0, 950, 10))
+    with pytest.raises(RegionError, match="level 7 does not exist"):
+        level_region(slide, 7, (0, 0, 10, 10))

@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from streaming_helpers import compare, rel_err
 from torch import nn
 
 from engine.errors import Cancelled, NotStreamableError, TileSizeError
 from engine.models import create_model
-from engine.streaming import CallableSource, InputGradientSink, StreamingModule
-from streaming_helpers import compare, rel_err
+from engine.streaming import (
+    CallableSource,
+    InputGradientSink,
+    StreamHooks,
+    StreamingModule,
+)
 
 
 @pytest.fixture
@@ -148,21 +153,38 @@ def test_memory_budget_chooses_larger_tiles_for_larger_budgets(small_trunk):
 
 def test_should_stop_cancels_between_tiles(small_trunk):
     calls = []
-    stream = StreamingModule(small_trunk, 64, should_stop=lambda: len(calls) >= 3,
-                             progress=lambda phase, done, total: calls.append((phase, done, total)))
+    hooks = StreamHooks(should_stop=lambda: len(calls) >= 3,
+                        progress=lambda phase, done, total: calls.append((phase, done, total)))
+    stream = StreamingModule(small_trunk, 64)
     with pytest.raises(Cancelled):
-        stream(torch.zeros(1, 3, 300, 300, dtype=torch.float64))
+        stream(torch.zeros(1, 3, 300, 300, dtype=torch.float64), hooks=hooks)
     assert len(calls) == 3 and calls[-1][2] > 3
+    stream(torch.zeros(1, 3, 300, 300, dtype=torch.float64))  # the hooks were that call's only
+    assert len(calls) == 3
 
 
 def test_progress_reports_forward_and_backward(small_trunk):
     calls = []
-    stream = StreamingModule(small_trunk, 64, progress=lambda *a: calls.append(a))
+    stream = StreamingModule(small_trunk, 64)
     x = torch.randn(1, 3, 150, 150, dtype=torch.float64, requires_grad=True)
-    stream(x).sum().backward()
+    stream(x, hooks=StreamHooks(progress=lambda *a: calls.append(a))).sum().backward()
     total = stream.tile_plan((150, 150)).n_blocks
     assert [c for c in calls if c[0] == "forward"][-1] == ("forward", total, total)
     assert [c for c in calls if c[0] == "backward"][-1] == ("backward", total, total)
+
+
+def test_cancelling_in_the_backward_pass_of_a_call_uses_that_calls_hooks(small_trunk):
+    """The hooks given to the forward call also serve its backward pass (run by autograd later)."""
+    stop = []
+    calls = []
+    hooks = StreamHooks(should_stop=lambda: bool(stop), progress=lambda *a: calls.append(a))
+    stream = StreamingModule(small_trunk, 64)
+    x = torch.randn(1, 3, 150, 150, dtype=torch.float64, requires_grad=True)
+    y = stream(x, hooks=hooks)
+    stop.append(True)
+    with pytest.raises(Cancelled):
+        y.sum().backward()
+    assert not any(c[0] == "backward" for c in calls)
 
 
 def test_max_pool_head_skips_blocks_without_gradient_and_stays_exact(small_trunk):
@@ -193,7 +215,7 @@ def test_bfloat16_autocast_on_cpu_matches_conventional_autocast():
     trunk = create_model("smallnet", width=8).eval().trunk()
     x = torch.randn(1, 3, 160, 144, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y_ref = trunk(x)
+        y_ref = trunk(x.contiguous(memory_format=torch.channels_last))  # the streamed tiles' layout
     y_ref.float().square().sum().backward()
     g_ref = x.grad.clone()
     w_ref = trunk.stage1[0].weight.grad.clone()
@@ -220,9 +242,9 @@ def test_gradients_are_not_all_zero(small_trunk):
 def test_forward_priority_reorders_blocks_without_changing_the_result(small_trunk):
     x = torch.randn(1, 3, 300, 260, dtype=torch.float64)
     seen = []
-    stream = StreamingModule(small_trunk, 64, on_block=lambda rows, cols, y: seen.append((rows, cols)))
-    stream.forward_priority = (1e9, 1e9)  # bottom-right first
-    y = stream(x)
+    stream = StreamingModule(small_trunk, 64)
+    hooks = StreamHooks(on_block=lambda rows, cols, y: seen.append((rows, cols)), priority=(1e9, 1e9))  # bottom-right first
+    y = stream(x, hooks=hooks)
     assert seen[0][0][1] == y.shape[2] and seen[0][1][1] == y.shape[3]
     assert len(seen) == stream.tile_plan((300, 260)).n_blocks
     assert rel_err(y, small_trunk(x)) < 1e-12

@@ -1,4 +1,8 @@
-"""Exactness of StreamingModule against conventional execution (float64: 1e-10, float32: 1e-4)."""
+"""Exactness of StreamingModule against conventional execution (float64: 1e-10, float32: 1e-4).
+
+Float32 comparisons run the conventional pass in the streamed tiles' memory layout (see
+streaming_helpers.compare), in both layouts.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,11 @@ import random
 
 import pytest
 import torch
+from streaming_helpers import compare
 from torch import nn
 
 from engine.models import create_model
 from engine.streaming import StreamingModule
-from streaming_helpers import compare
 
 F64 = 1e-10
 
@@ -120,18 +124,21 @@ def test_resnet_trunks_match_in_float64(name, split):
     compare(trunk, x, rf + 24, tol=F64)
 
 
-def test_resnet_trunk_float32_within_1e4():
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_resnet_trunk_float32_within_1e4(channels_last):
     torch.manual_seed(0)
     trunk = create_model("resnet18", split="layer2").eval().trunk()
     x = torch.randn(2, 3, 257, 301)
-    compare(trunk, x, 224, tol=1e-4)
+    stream = compare(trunk, x, 224, tol=1e-4, channels_last=channels_last)
+    assert stream.channels_last is channels_last
 
 
-def test_smallnet_float32_batch_and_odd_sizes():
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_smallnet_float32_batch_and_odd_sizes(channels_last):
     torch.manual_seed(0)
     trunk = create_model("smallnet", width=8).eval().trunk()
     for hw in [(45, 45), (46, 200), (333, 129)]:
-        compare(trunk, torch.randn(3, 3, *hw), 64, tol=1e-4)
+        compare(trunk, torch.randn(3, 3, *hw), 64, tol=1e-4, channels_last=channels_last)
 
 
 def test_only_parameters_that_require_grad_get_one(branchy):
@@ -151,7 +158,7 @@ def test_input_without_grad_gets_none_and_params_still_exact(branchy):
     got = [p.grad.clone() for p in branchy.parameters()]
     branchy.zero_grad(set_to_none=True)
     branchy(x).square().sum().backward()
-    for a, p in zip(got, branchy.parameters()):
+    for a, p in zip(got, branchy.parameters(), strict=True):
         assert torch.allclose(a, p.grad, rtol=0, atol=1e-10 * p.grad.abs().max().item())
     assert x.grad is None
 

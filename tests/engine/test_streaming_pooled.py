@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from streaming_helpers import rel_err
 
 from engine.models import create_model
-from engine.streaming import InputGradientSink, StreamingModule
+from engine.streaming import InputGradientSink, StreamHooks, StreamingModule
 from engine.streaming.pooled import GlobalPoolReducer
-from streaming_helpers import rel_err
 
 
 def _conventional(model, x, pool):
@@ -26,8 +26,8 @@ def _conventional(model, x, pool):
 def _streamed(model, x, tile, batch_n):
     trunk, head = model.trunk(), model.head()
     reducer = GlobalPoolReducer(head.pool)
-    stream = StreamingModule(trunk, tile, on_block=reducer.add)
-    stream.forward_blocks(x)
+    stream = StreamingModule(trunk, tile)
+    stream.forward_blocks(x, hooks=StreamHooks(on_block=reducer.add))
     logits = head.fc(reducer.pooled().to(x.dtype))
     # d(sum_n logit[n, 1]) / d(pooled) is the fc's row 1 for every image.
     grad_pooled = model.fc.weight[1].detach().expand(batch_n, -1)
@@ -52,7 +52,7 @@ def test_block_by_block_pooling_equals_pooling_the_stitched_map(pool, hw, tile, 
     logits, gx, params = _streamed(model, x, tile, batch_n)
     assert rel_err(logits, ref_logits) < 1e-10
     assert rel_err(gx, ref_gx) < 1e-10
-    for got, ref in zip(params, ref_params):
+    for got, ref in zip(params, ref_params, strict=True):
         assert rel_err(got, ref) < 1e-10
 
 
@@ -80,7 +80,8 @@ def test_forward_blocks_keeps_no_output_map(monkeypatch):
     original = torch.Tensor.new_empty
     monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
     blocks = []
-    StreamingModule(trunk, 64, on_block=lambda r, c, v: blocks.append(v.shape)).forward_blocks(torch.randn(1, 3, 200, 200))
+    hooks = StreamHooks(on_block=lambda r, c, v: blocks.append(v.shape))
+    StreamingModule(trunk, 64).forward_blocks(torch.randn(1, 3, 200, 200), hooks=hooks)
     assert len(blocks) > 4 and calls == []
 
 
@@ -132,15 +133,34 @@ def test_freed_heap_is_released_every_few_blocks_on_cpu(monkeypatch):
     stream = StreamingModule(trunk, 64)
     x = torch.randn(1, 3, 200, 200)
     blocks = stream.tile_plan((200, 200)).n_blocks
-    stream.release_every = 1
-    stream.pooled(x, "avg").sum().backward()  # avg: every block has gradient
+    stream.pooled(x, "avg", hooks=StreamHooks(release_every=1)).sum().backward()  # avg: every block has gradient
     assert len(calls) == 2 * blocks
-    stream.release_every = 4
-    stream.pooled(x, "avg").sum().backward()
+    stream.pooled(x, "avg", hooks=StreamHooks(release_every=4)).sum().backward()
     assert len(calls) == 2 * blocks + (2 * blocks) // 4
-    stream.release_every = 0
-    stream.pooled(x, "avg").sum().backward()
+    stream.pooled(x, "avg", hooks=StreamHooks(release_every=0)).sum().backward()
     assert len(calls) == 2 * blocks + (2 * blocks) // 4
+    stream.pooled(x, "avg").sum().backward()  # no hooks: never
+    assert len(calls) == 2 * blocks + (2 * blocks) // 4
+
+
+def test_hooks_come_with_each_call_and_none_stay_behind(monkeypatch):
+    """release_every and should_stop are per call: a later call without hooks is not affected."""
+    import engine.streaming.module as module
+    from engine.errors import Cancelled
+
+    calls = []
+    monkeypatch.setattr(module, "release_free_heap", lambda: calls.append(1))
+    torch.manual_seed(0)
+    stream = StreamingModule(create_model("smallnet", width=4).eval().trunk(), 64)
+    x = torch.randn(1, 3, 200, 200)
+    blocks = stream.tile_plan((200, 200)).n_blocks
+    stream.pooled(x, "avg", hooks=StreamHooks(release_every=1)).sum().backward()
+    assert len(calls) == 2 * blocks
+    stream.pooled(x, "avg").sum().backward()
+    assert len(calls) == 2 * blocks
+    with pytest.raises(Cancelled):
+        stream.pooled(x, "avg", hooks=StreamHooks(should_stop=lambda: True))
+    stream.pooled(x, "avg")  # the cancel did not stay on the module
 
 
 def test_a_channel_flat_over_the_map_is_exact_without_storing_its_cells():
@@ -179,5 +199,5 @@ def test_a_channel_flat_over_the_map_is_exact_without_storing_its_cells():
     stored = sum(len(w) for w in reducer._where)
     assert stored <= 2 * 4 * pooled.TIE_CAP, stored  # not the 2 x 45 x 35 cells of channel 0
     assert rel_err(got_x.grad, ref_x.grad) < 1e-10
-    for got, want in zip(trunk.parameters(), ref):
+    for got, want in zip(trunk.parameters(), ref, strict=True):
         assert rel_err(got.grad, want) < 1e-10
