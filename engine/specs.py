@@ -13,7 +13,7 @@ from engine.devices import DEVICES, check_device_name
 from engine.errors import SpecError
 from engine.geometry import Box
 
-__all__ = ["DEVICES", "POOLS", "InferenceSpec", "TrainingSpec"]
+__all__ = ["DEVICES", "POOLS", "EvaluationSpec", "InferenceSpec", "TrainingSpec"]
 
 #: The global pools a classifier head may end in (a spec's ``pool``, a model card's): max or mean.
 POOLS = ("max", "avg")
@@ -248,6 +248,7 @@ class EvaluationSpec:
     PATIENT_AGGREGATES = ("max", "mean")
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         if self.patient_aggregate not in self.PATIENT_AGGREGATES:
             raise SpecError(f"patient_aggregate '{self.patient_aggregate}' is not one of "
                             f"{', '.join(self.PATIENT_AGGREGATES)}")

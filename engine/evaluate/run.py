@@ -73,7 +73,7 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
     dtype = torch.float64 if spec.dtype == "float64" else torch.float32
     net = Classifier(model.to(device, dtype), streaming=True, tile_size=spec.tile_size or card.tile_size).eval()
     if not ctx.active:
-        net.runner.should_stop = lambda: cancel.cancelled
+        net.set_should_stop(lambda: cancel.cancelled)
     size = spec.input_size if spec.input_size is not None else card.provenance.get("input_size")
     inputs = InputSpec(level=spec.level if spec.level is not None or spec.mpp is not None else card.input_level,
                        mpp=spec.mpp if spec.level is not None or spec.mpp is not None else card.input_mpp,

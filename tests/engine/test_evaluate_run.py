@@ -179,3 +179,24 @@ def test_labels_of_other_classes_than_the_models_are_refused(cohort, tmp_path):
     with pytest.raises(LabelsError, match=r"other.csv:3: label 'tumour' is not one of the classes other, green"):
         evaluate(EvaluationSpec(model=str(model), labels=str(root / "other.csv"), out_dir=str(tmp_path), device="cpu"),
                  lambda e: None)
+
+
+def test_the_engine_cli_runs_evaluate_and_inference_refuses_a_regression_model(cohort, tmp_path, capsys):
+    from engine.api import run_inference
+    from engine.cli import main
+    from engine.errors import SpecError
+    from engine.io.checkpoints import ModelCard, save_checkpoint
+    from engine.models import create_model
+    from engine.specs import InferenceSpec
+
+    root, model = cohort
+    rc = main(["evaluate", "--model", str(model), "--labels", str(root / "test.csv"), "--out", str(tmp_path / "ev"),
+               "--device", "cpu", "--bootstrap", "20"])
+    assert rc == 0 and "macro AUC" in capsys.readouterr().out and (tmp_path / "ev" / "metrics.json").exists()
+
+    net = create_model("smallnet", width=4, num_classes=1, split="stage4", pool="avg")
+    card = ModelCard(architecture="smallnet", classes=("ki67",), split="stage4", pool="avg", model_kwargs={"width": 4},
+                     tile_size=128, task="regression", targets=("ki67",), target_mean=(0.0,), target_std=(1.0,))
+    reg = save_checkpoint(tmp_path / "reg", net, card).parent
+    with pytest.raises(SpecError, match="is a regression model .*python -m engine evaluate"):
+        run_inference(InferenceSpec(slide_path=str(root / "s0.svs"), model_path=str(reg), device="cpu"), lambda e: None)

@@ -114,3 +114,17 @@ def test_the_training_commands_task_options_become_spec_fields():
                       "monitor": "spearman"}
     TrainingSpec(labels="x", out_dir="y", **fields)  # valid as given
     assert task_fields(p.parse_args(["--task", "multilabel", "--monitor", "loss"]))["monitor"] == "loss"
+
+
+def test_the_train_command_runs_folds_of_a_regression(tasks_csv, tmp_path, capsys):
+    from engine.cli import main
+    from engine.io.checkpoints import read_model_card
+
+    rc = main(["train", "--labels", str(tasks_csv), "--out", str(tmp_path / "cv"), "--model", "smallnet",
+               "--model-arg", "width=4", "--input-size", "64", "--tile", "64", "--epochs", "1", "--device", "cpu",
+               "--task", "regression", "--targets", "green", "--loss", "huber", "--folds", "2", "--no-augment"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "spearman=" in out and "summary" in out
+    card = read_model_card(tmp_path / "cv" / "fold-1" / "last")
+    assert card.task == "regression" and card.targets == ("green",)
+    assert json.loads((tmp_path / "cv" / "fold-0" / "spec.json").read_text())["monitor"] == "spearman"
