@@ -12,9 +12,9 @@ import dataclasses
 from engine.events import CancelToken, EventCallback, Finished
 from engine.io.maps import MapLayer
 from engine.io.runs import Curves, RunSummary
-from engine.specs import InferenceSpec, TrainingSpec
+from engine.specs import EvaluationSpec, InferenceSpec, TrainingSpec
 
-__all__ = ["MapLayer", "check_model", "demo_cache_dir", "demo_model_dir", "ensure_demo_slides", "list_models",
+__all__ = ["MapLayer", "check_model", "demo_cache_dir", "demo_model_dir", "ensure_demo_slides", "evaluate", "list_models",
            "read_labels", "read_maps", "read_model_card", "run_inference", "run_saliency", "run_training",
            "showcase_slide", "write_maps"]
 
@@ -52,10 +52,21 @@ def run_training(spec: TrainingSpec, on_event: EventCallback, cancel: CancelToke
     sharded across ranks, only rank 0 writes and emits). Raises
     :class:`~engine.errors.LabelsError`, :class:`~engine.errors.SlideError`,
     :class:`~engine.errors.CheckpointError` or :class:`~engine.errors.TrainingError`.
+    With ``spec.folds`` > 1, one run per cross-validation fold (``out_dir/fold-<k>``) and a
+    summary, ``out_dir/folds.json`` (:mod:`engine.train.folds`).
     """
-    from engine.train.loop import Trainer
+    from engine.train.folds import train
 
-    return Trainer(spec, on_event, cancel or CancelToken()).run()
+    return train(spec, on_event, cancel or CancelToken())
+
+
+def evaluate(spec: EvaluationSpec, on_event: EventCallback, cancel: CancelToken | None = None):
+    """A model on every slide of a labels CSV: ``predictions.csv``, ``metrics.json`` (with 95%
+    bootstrap intervals, per patient too) and ``plot.svg`` in ``spec.out_dir``; returns an
+    :class:`engine.evaluate.run.EvaluationResult` (metrics, table, failed slides)."""
+    from engine.evaluate.run import evaluate as _evaluate
+
+    return _evaluate(spec, on_event, cancel or CancelToken())
 
 
 # -- models, labels and results
@@ -84,11 +95,12 @@ def list_models() -> list[str]:
     return _list()
 
 
-def read_labels(path, classes=None):
-    """A labels CSV or class-folder tree as an ``engine.train.data.LabelSet`` (torch-free)."""
-    from engine.train.data import read_labels as _read
+def read_labels(path, classes=None, *, task="classification", targets=None):
+    """A labels CSV or class-folder tree as an ``engine.io.labels.LabelSet`` (torch-free); its
+    ``warnings`` say what was merged (labels differing only in case or spaces)."""
+    from engine.io.labels import read_labels as _read
 
-    return _read(path, classes)
+    return _read(path, classes, task=task, targets=targets)
 
 
 def read_maps(path):

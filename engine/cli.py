@@ -4,6 +4,7 @@ Exit codes: 0 done; 2 bad arguments (also: a training folder holding another run
 that would change it); 3 at least one slide could not be read (the others were
 done); 4 the model could not be loaded; 5 cancelled (Ctrl-C, or SIGTERM for ``train``); 6 results
 could not be written; 7 training stopped on repeated non-finite losses or gradients.
+``evaluate`` (a model on a labelled cohort) is :mod:`engine.evaluate.cli`.
 Under ``torchrun --nproc_per_node=N`` the slides are sharded across ranks (rank r takes every
 N-th slide from r), each rank on its own GPU when there are GPUs (:func:`engine.devices.resolve_device`).
 """
@@ -25,15 +26,18 @@ from engine.errors import (
     StreamSlideError,
     TrainingError,
 )
+from engine.evaluate import cli as evaluate_cli
 from engine.events import (
     CancelToken,
     CheckpointSaved,
     Finished,
+    JobWarning,
     Metrics,
     Progress,
     StepSkipped,
 )
 from engine.specs import POOLS, InferenceSpec, TrainingSpec
+from engine.train.cli import add_task_arguments, task_fields
 
 EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE, EXIT_DIVERGED = 0, 2, 3, 4, 5, 6, 7
 LOW_MEMORY_HELP = ("give freed memory back to the OS after every tile (CPU): peak memory stays flat with "
@@ -161,6 +165,8 @@ class TrainingReport:
             self._line(f"saved {event.kind} checkpoint (step {event.step}) -> {event.path}")
         elif isinstance(event, StepSkipped):
             self._line(f"skipped step {event.step}: {event.reason}")
+        elif isinstance(event, JobWarning):
+            self._line(f"warning: {event.message}")
 
     def _line(self, text: str) -> None:
         sys.stderr.write("\n")
@@ -192,7 +198,8 @@ def _class_weights(text: str):
 def _add_train_parser(sub) -> None:
     d = TrainingSpec(labels="", out_dir="")  # the defaults live in the spec, shown here
     p = sub.add_parser("train", help="fine-tune a classifier on slide-level labels (trunk streamed)")
-    p.add_argument("--labels", required=True, help="CSV slide,label[,split] (paths relative to it) or a folder per class")
+    p.add_argument("--labels", required=True, help="CSV slide,<targets>[,split][,patient] (paths relative to it) "
+                                                    "or a folder per class")
     p.add_argument("--out", required=True, help="run folder: last/, best/, metrics.jsonl, spec.json")
     p.add_argument("--model", default=d.model, help=f"architecture (default {d.model})")
     p.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
@@ -226,7 +233,7 @@ def _add_train_parser(sub) -> None:
                    "it may change only the epochs, the learning rate and how the run is run")
     p.add_argument("--overwrite", action="store_true", help="replace the run that OUT holds (its files are removed first)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="also save last every N steps")
-    p.add_argument("--monitor", default=d.monitor, choices=("auc", "accuracy", "loss"))
+    add_task_arguments(p)  # --task, --targets, --loss, --folds, --monitor
     p.add_argument("--max-nonfinite", type=int, default=d.max_nonfinite)
     p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
 
@@ -241,8 +248,8 @@ def _train(args) -> int:
         weight_decay=args.weight_decay, momentum=args.momentum, schedule=args.schedule,
         warmup_steps=args.warmup, accumulate=args.accumulate, class_weights=args.class_weights,
         device=args.device, dtype=args.dtype, mixed_precision=not args.no_amp,
-        seed=args.seed, resume=args.resume, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, monitor=args.monitor,
-        max_nonfinite=args.max_nonfinite, low_memory=args.low_memory)
+        seed=args.seed, resume=args.resume, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
+        max_nonfinite=args.max_nonfinite, low_memory=args.low_memory, **task_fields(args))
     token = CancelToken()
 
     def on_signal(signum, frame):
@@ -305,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--saliency-class", type=int, help="class index for saliency (default: predicted)")
         p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
     _add_train_parser(sub)
+    evaluate_cli.add_parser(sub)
     try:
         args = ap.parse_args(argv)
     except SystemExit as exc:
@@ -315,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "evaluate":
+            return evaluate_cli.main(args)
         return _run_slides(args, saliency=args.command == "saliency")
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)

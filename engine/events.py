@@ -108,7 +108,16 @@ class StepSkipped:
     reason: str
 
 
-Event = Union[Progress, MapPatch, Prediction, Finished, Metrics, CheckpointSaved, StepSkipped]
+@dataclass(frozen=True)
+class JobWarning:
+    """Something the user should hear about that did not stop the job: labels that were merged,
+    a slide that failed and was skipped. ``subject`` names what it is about (a file, a slide)."""
+
+    message: str
+    subject: str = ""
+
+
+Event = Union[Progress, MapPatch, Prediction, Finished, Metrics, CheckpointSaved, StepSkipped, JobWarning]
 EventCallback = Callable[[Event], None]
 
 

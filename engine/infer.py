@@ -50,6 +50,12 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
     cancel = cancel or CancelToken()
     device = resolve_device(spec.device, local_rank())  # under torchrun (the CLI), the rank's GPU
     model, card = load_checkpoint(spec.model_path, device=str(device))
+    if card.task != "classification":
+        # Maps and Prediction events hold class probabilities; a softmax over regression outputs
+        # or independent labels would look like an answer and be none.
+        raise SpecError(f"{spec.model_path} is a {card.task} model ({', '.join(card.classes)}); prediction maps are "
+                        "made for classifiers only so far: evaluate it on a labelled cohort with "
+                        "'python -m engine evaluate' (engine.api.evaluate)")
     classes = tuple(card.classes)
     if spec.saliency and spec.saliency_class is not None and spec.saliency_class >= len(classes):
         raise SpecError(f"saliency_class {spec.saliency_class} does not exist; the model has {len(classes)} "

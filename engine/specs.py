@@ -13,7 +13,7 @@ from engine.devices import DEVICES, check_device_name
 from engine.errors import SpecError
 from engine.geometry import Box
 
-__all__ = ["DEVICES", "POOLS", "InferenceSpec", "TrainingSpec"]
+__all__ = ["DEVICES", "POOLS", "EvaluationSpec", "InferenceSpec", "TrainingSpec"]
 
 #: The global pools a classifier head may end in (a spec's ``pool``, a model card's): max or mean.
 POOLS = ("max", "avg")
@@ -105,6 +105,13 @@ class TrainingSpec:
     run: see ``engine.train.checkpointer.RESUME_MAY_CHANGE``); a folder holding another run is
     refused unless ``resume`` or ``overwrite`` (its run files are removed first); ``checkpoint_every`` also saves ``last`` every N optimiser steps (0: at epoch
     ends only); ``max_nonfinite`` consecutive skipped steps stop the run.
+    Task: ``task`` "classification" (one label column of class names, cross-entropy),
+    "multilabel" (several 0/1 columns, sigmoid + binary cross-entropy) or "regression" (numeric
+    columns standardised from the training split; ``loss`` "mse" or "huber"); ``targets`` names the
+    target columns (None: every column but slide, split and patient). ``monitor`` also takes
+    "macro_auc" (classification, multilabel) and "spearman", "pearson", "mae", "r2" (regression).
+    ``folds`` > 1 runs that many cross-validation folds (patients never straddle train and test),
+    one run folder ``out_dir/fold-<k>`` each, and a summary across them.
     """
 
     labels: str
@@ -148,20 +155,31 @@ class TrainingSpec:
     max_nonfinite: int = 3
     prefetch: int = 2
     calibrate_norms: int = 4
+    task: str = "classification"
+    targets: tuple[str, ...] | None = None
+    loss: str = "mse"
+    folds: int = 1
 
     # The choices of the fields that name one (not dataclass fields: no annotation). The CLI's
     # argument choices and the trainer read them from here.
     OPTIMIZERS = ("sgd", "adamw")
     SCHEDULES = ("cosine", "constant")
-    MONITORS = ("auc", "accuracy", "loss")
-    MONITORS_LOWER_IS_BETTER = ("loss",)
+    MONITORS = ("auc", "accuracy", "loss", "spearman", "pearson", "mae", "r2", "macro_auc")
+    MONITORS_LOWER_IS_BETTER = ("loss", "mae")
     DTYPES = ("float32", "float64")
+    TASKS = ("classification", "multilabel", "regression")
+    LOSSES = ("mse", "huber")
+    #: The monitors each task's validation reports.
+    TASK_MONITORS = {"classification": ("auc", "accuracy", "loss", "macro_auc"),
+                     "multilabel": ("auc", "accuracy", "loss", "macro_auc"),
+                     "regression": ("loss", "spearman", "pearson", "mae", "r2")}
 
     def __post_init__(self) -> None:
         """Refuse a spec that cannot run, naming the field (:class:`~engine.errors.SpecError`).
         Only the values themselves are checked; files (labels, weights) are opened by the run."""
         for name, choices in (("optimizer", self.OPTIMIZERS), ("schedule", self.SCHEDULES),
-                              ("monitor", self.MONITORS), ("dtype", self.DTYPES)):
+                              ("monitor", self.MONITORS), ("dtype", self.DTYPES), ("task", self.TASKS),
+                              ("loss", self.LOSSES)):
             if getattr(self, name) not in choices:
                 raise SpecError(f"{name} '{getattr(self, name)}' is not one of {', '.join(choices)}")
         for name in ("epochs", "accumulate", "tile_size", "max_nonfinite"):
@@ -174,7 +192,83 @@ class TrainingSpec:
         if isinstance(self.class_weights, str) and self.class_weights != "balanced":
             raise SpecError(f"class_weights must be None, 'balanced' or one number per class, "
                             f"got '{self.class_weights}'")
+        if self.monitor not in self.TASK_MONITORS[self.task]:
+            raise SpecError(f"monitor '{self.monitor}' does not apply to {self.task}; "
+                            f"use one of {', '.join(self.TASK_MONITORS[self.task])}")
+        if self.targets is not None:
+            if isinstance(self.targets, str):
+                object.__setattr__(self, "targets", tuple(t.strip() for t in self.targets.split(",") if t.strip()))
+            else:
+                object.__setattr__(self, "targets", tuple(self.targets))
+            if not self.targets or not all(isinstance(t, str) and t.strip() for t in self.targets):
+                raise SpecError(f"targets must name at least one column, got {self.targets!r}")
+            if self.task == "classification" and len(self.targets) != 1:
+                raise SpecError(f"classification trains one label column, targets names {len(self.targets)}: "
+                                f"{', '.join(self.targets)}; use task 'multilabel' or 'regression'")
+        if self.task == "regression" and self.class_weights is not None:
+            raise SpecError("class_weights apply to classification and multilabel, not regression")
+        if self.task != "classification" and self.classes is not None:
+            raise SpecError(f"classes apply to classification; for {self.task} name the columns with targets")
+        if self.folds < 1:
+            raise SpecError(f"folds must be at least 1, got {self.folds}")
+        if self.folds > 1 and self.resume:
+            raise SpecError("resume continues one run; resume a fold by training into its fold-<k> folder")
 
     def as_json(self) -> dict:
         """The spec as JSON values (tuples as lists), as a run folder's ``spec.json`` keeps it."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """What to evaluate: a trained model on every slide of a labels CSV (a held-out cohort).
+
+    The labels are read with the model's task and targets (from its card; ``targets`` overrides the
+    column names). Each slide is read at the card's MPP or level (``level``/``mpp`` override), cropped to its tissue
+    box (``tissue_crop``) and padded or cropped to ``input_size`` (None: its own size), then
+    streamed with ``tile_size`` (default: the card's). ``out_dir`` receives ``predictions.csv``,
+    ``metrics.json`` and ``plot.svg``. ``threshold``: a binary classifier's class-1 probability at
+    which accuracy and the confusion matrix count a positive (None: arg-max). With a ``patient``
+    column, slides are also aggregated per patient by ``patient_aggregate`` ("max" or "mean").
+    Intervals: ``bootstrap`` seeded resamples (``seed``), 95%.
+    """
+
+    model: str
+    labels: str
+    out_dir: str
+    device: str = "auto"
+    targets: tuple[str, ...] | None = None
+    level: int | None = None
+    mpp: float | None = None
+    input_size: int | None = None
+    tissue_crop: bool = True
+    tile_size: int | None = None
+    dtype: str = "float32"
+    threshold: float | None = None
+    patient_aggregate: str = "mean"
+    bootstrap: int = 2000
+    seed: int = 0
+    prefetch: int = 2
+
+    PATIENT_AGGREGATES = ("max", "mean")
+
+    def __post_init__(self) -> None:
+        check_device_name(self.device)
+        if self.patient_aggregate not in self.PATIENT_AGGREGATES:
+            raise SpecError(f"patient_aggregate '{self.patient_aggregate}' is not one of "
+                            f"{', '.join(self.PATIENT_AGGREGATES)}")
+        if self.dtype not in TrainingSpec.DTYPES:
+            raise SpecError(f"dtype '{self.dtype}' is not one of {', '.join(TrainingSpec.DTYPES)}")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise SpecError(f"threshold must be between 0 and 1 (a class-1 probability), got {self.threshold}")
+        if self.bootstrap < 0:
+            raise SpecError(f"bootstrap must be 0 (no intervals) or more resamples, got {self.bootstrap}")
+        if self.tile_size is not None and self.tile_size < 1:
+            raise SpecError(f"tile_size must be at least 1, got {self.tile_size}")
+        if isinstance(self.targets, str):
+            object.__setattr__(self, "targets", tuple(t.strip() for t in self.targets.split(",") if t.strip()))
+        elif self.targets is not None:
+            object.__setattr__(self, "targets", tuple(self.targets))
+
+    def as_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}

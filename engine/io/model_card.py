@@ -19,6 +19,9 @@ from engine.errors import CheckpointError
 from engine.specs import POOLS
 
 CARD_FORMAT_VERSION = 1
+TASKS = ("classification", "multilabel", "regression")  # mirrors engine.io.labels.TASKS
+#: Fields a classification card leaves out, so its model.json is what it was before tasks existed.
+_TASK_FIELDS = ("task", "targets", "target_mean", "target_std")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BUILDER_ARGS = ("num_classes", "split", "pool")  # set from the card's own fields, never from model_kwargs
 #: The largest streaming tile a card may ask for: a 65536² RGB float tile is already 48 GiB.
@@ -35,6 +38,10 @@ class ModelCard:
     ``input_mpp`` is in µm per level-0-equivalent pixel and is preferred over ``input_level``
     (levels differ between scanners). ``normalization_mean``/``std`` apply to RGB in [0, 1].
     ``tile_size`` is the streaming tile edge in input pixels.
+    ``task``: "classification" (``classes`` are the class names, softmax), "multilabel"
+    (``classes`` are the labels, one sigmoid each) or "regression" (``classes`` are the targets;
+    the network's outputs are standardised, output * ``target_std`` + ``target_mean`` is in the
+    targets' units). ``targets``: the labels CSV column(s) the model was trained on.
     """
 
     architecture: str
@@ -49,6 +56,10 @@ class ModelCard:
     tile_size: int = 1024
     provenance: dict = field(default_factory=dict)
     sha256: str = ""
+    task: str = "classification"
+    targets: tuple[str, ...] = ()
+    target_mean: tuple[float, ...] | None = None
+    target_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         _validate_card(self, "<ModelCard>")
@@ -56,9 +67,21 @@ class ModelCard:
     def to_json(self) -> dict:
         d = {"format_version": CARD_FORMAT_VERSION}
         d.update({f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)})
-        for key in ("classes", "normalization_mean", "normalization_std"):
-            d[key] = list(d[key])
+        for key in ("classes", "normalization_mean", "normalization_std", "targets", "target_mean", "target_std"):
+            d[key] = None if d[key] is None else list(d[key])
+        if self.task == "classification" and not self.targets:
+            for key in _TASK_FIELDS:
+                del d[key]
         return d
+
+    def to_units(self, outputs):
+        """A regression network's standardised outputs (..., targets) in the targets' units
+        (numpy or torch); other tasks' outputs unchanged."""
+        if self.task != "regression":
+            return outputs
+        import numpy as np
+
+        return outputs * np.asarray(self.target_std) + np.asarray(self.target_mean)
 
     @classmethod
     def from_json(cls, d: dict, *, source: str = "<dict>") -> ModelCard:
@@ -148,6 +171,23 @@ def _validate_card(card: ModelCard, source: str) -> None:
         raise bad("normalization_std", "must be positive")
     if not is_int(card.tile_size) or not 0 < card.tile_size <= MAX_TILE_SIZE:
         raise bad("tile_size", f"must be a positive integer of at most {MAX_TILE_SIZE} pixels")
+    if card.task not in TASKS:
+        raise bad("task", f"must be one of {', '.join(TASKS)}")
+    if not isinstance(card.targets, (list, tuple)) or not all(isinstance(t, str) and t for t in card.targets):
+        raise bad("targets", "must be a list of column names")
+    put("targets", tuple(card.targets))
+    for name in ("target_mean", "target_std"):
+        value = getattr(card, name)
+        if card.task != "regression":
+            if value is not None:
+                raise bad(name, "applies to regression cards only; must be null")
+            continue
+        if (not isinstance(value, (list, tuple)) or len(value) != len(card.classes)
+                or not all(is_number(v) for v in value)):
+            raise bad(name, f"must be one finite number per target ({len(card.classes)})")
+        put(name, tuple(float(v) for v in value))
+    if card.task == "regression" and any(s <= 0 for s in card.target_std):
+        raise bad("target_std", "must be positive")
     if not isinstance(card.sha256, str) or (card.sha256 and not _SHA256.fullmatch(card.sha256)):
         raise bad("sha256", "must be 64 lowercase hex digits, or empty before saving")
 

@@ -76,9 +76,10 @@ class Classifier(nn.Module):
         return self.head(fmap)
 
 
-def build_model(spec: TrainingSpec, classes: tuple[str, ...]) -> tuple[SplitNet, ModelCard]:
-    """The spec's model, initialised from ``spec.seed`` (then from ``spec.pretrained`` when set),
-    and the card that will describe it in every checkpoint."""
+def build_model(spec: TrainingSpec, classes: tuple[str, ...], card_fields: dict | None = None) -> tuple[SplitNet, ModelCard]:
+    """The spec's model (one output per class, label or target), initialised from ``spec.seed``
+    (then from ``spec.pretrained`` when set), and the card that will describe it in every
+    checkpoint; ``card_fields`` adds the task's fields (:meth:`engine.train.tasks.Task.card_fields`)."""
     torch.manual_seed(spec.seed)
     kwargs = dict(spec.model_kwargs)
     if spec.split is not None:
@@ -91,7 +92,9 @@ def build_model(spec: TrainingSpec, classes: tuple[str, ...]) -> tuple[SplitNet,
         model_kwargs={k: v for k, v in spec.model_kwargs.items() if k not in ("split", "pool", "num_classes")},
         input_mpp=spec.mpp, input_level=spec.level, normalization_mean=tuple(spec.normalization_mean),
         normalization_std=tuple(spec.normalization_std), tile_size=spec.tile_size,
-        provenance={"made_by": "engine.train", "labels": str(spec.labels), "pretrained": spec.pretrained})
+        provenance={"made_by": "engine.train", "labels": str(spec.labels), "pretrained": spec.pretrained,
+                    "input_size": spec.input_size, "tissue_crop": spec.tissue_crop},
+        **(card_fields or {}))
     return model, card
 
 

@@ -37,16 +37,27 @@ _READ_BAND_BYTES = 64 * 1024 * 1024  # read big regions in row bands: OpenSlide 
 
 def split_records(labels: LabelSet, val_fraction: float, seed: int) -> tuple[list[SlideRecord], list[SlideRecord]]:
     """(train, val). A record's own split wins ("test" rows are left out); the rest are split per
-    class with a seeded shuffle, so the same labels and seed give the same split every time."""
+    class with a seeded shuffle, so the same labels and seed give the same split every time.
+    With a patient column the shuffle deals whole patients (a slide without one is its own), so
+    a patient's slides never straddle training and validation; a patient goes with the class of
+    its first slide."""
     train = [r for r in labels.records if r.split == "train"]
     val = [r for r in labels.records if r.split == "val"]
     rng = np.random.default_rng([seed, 7])
-    for c in range(len(labels.classes)):
-        free = [r for r in labels.records if r.split is None and r.label == c]
-        order = rng.permutation(len(free))
-        n_val = int(round(val_fraction * len(free)))
-        val += [free[i] for i in order[:n_val]]
-        train += [free[i] for i in order[n_val:]]
+    free = [r for r in labels.records if r.split is None]
+    if labels.has_patients:
+        groups: dict[str, list[SlideRecord]] = {}
+        for r in free:
+            groups.setdefault(r.patient if r.patient is not None else f"slide:{r.path}", []).append(r)
+        units = list(groups.values())
+    else:
+        units = [[r] for r in free]
+    for c in range(len(labels.classes) if labels.task == "classification" else 1):
+        of_class = [u for u in units if labels.task != "classification" or u[0].label == c]
+        order = rng.permutation(len(of_class))
+        n_val = int(round(val_fraction * len(of_class)))
+        val += [r for i in order[:n_val] for r in of_class[i]]
+        train += [r for i in order[n_val:] for r in of_class[i]]
     if not train:
         raise LabelsError("no training slides: every slide is in the val or test split")
     return train, val

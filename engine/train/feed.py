@@ -16,13 +16,15 @@ from engine.specs import TrainingSpec
 from engine.train.data import Augmentation, InputSpec, draw_augmentation, read_slide_input
 from engine.train.distributed import DistContext
 
-#: One slide ready for the network: uint8 (H, W, 3) pixels, its augmentation, its label.
-Item = tuple[np.ndarray, Augmentation, int]
+#: One slide ready for the network: uint8 (H, W, 3) pixels, its augmentation, its target (the
+#: class index, or the tuple of target values: :mod:`engine.train.tasks`).
+Item = tuple[np.ndarray, Augmentation, object]
 
 
 class SlideFeed:
-    def __init__(self, spec: TrainingSpec, train_set: Sequence[SlideRecord], ctx: DistContext):
-        self.spec, self.train_set, self.ctx = spec, list(train_set), ctx
+    def __init__(self, spec: TrainingSpec, train_set: Sequence[SlideRecord], ctx: DistContext,
+                 target: Callable[[SlideRecord], object] = lambda r: r.label):
+        self.spec, self.train_set, self.ctx, self.target = spec, list(train_set), ctx, target
         self.input = InputSpec(level=spec.level, mpp=spec.mpp, size=spec.input_size, tissue_crop=spec.tissue_crop)
 
     def epoch_groups(self, epoch: int) -> list[np.ndarray]:
@@ -43,7 +45,7 @@ class SlideFeed:
         """``record`` read as an input; with ``rng`` randomly placed and augmented, else centred."""
         rgb = read_slide_input(record.path, self.input, rng)
         aug = draw_augmentation(rng, self.spec.colour_jitter) if rng is not None else Augmentation()
-        return rgb, aug, record.label
+        return rgb, aug, self.target(record)
 
     def train_jobs(self, epoch: int, groups: list[np.ndarray], first_step: int) -> Iterator[Callable[[], Item]]:
         """Loading jobs for this rank's slides of ``groups[first_step:]``, in order (for a Prefetcher)."""

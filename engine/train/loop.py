@@ -17,8 +17,8 @@ import time
 import torch
 
 from engine.devices import resolve_device
-from engine.errors import Cancelled, RunFolderError, SlideError, TrainingError
-from engine.events import CancelToken, Event, EventCallback, Finished, Metrics, Progress, StepSkipped
+from engine.errors import Cancelled, RunFolderError, SlideError, SpecError, TrainingError
+from engine.events import CancelToken, Event, EventCallback, Finished, JobWarning, Metrics, Progress, StepSkipped
 from engine.io.labels import read_labels
 from engine.io.runs import BEST, LAST, RunFolder
 from engine.specs import TrainingSpec
@@ -28,8 +28,9 @@ from engine.train.classifier import Classifier, build_model, calibrate_norms
 from engine.train.data import Prefetcher, split_records
 from engine.train.feed import SlideFeed
 from engine.train.metrics_log import MetricsLogger
-from engine.train.optim import build_optimizer, build_scheduler, class_weights
+from engine.train.optim import build_optimizer, build_scheduler
 from engine.train.step import FP16_OVERFLOW, SlideForward, TrainStep
+from engine.train.tasks import build_task
 from engine.train.validator import Validator, improves
 
 
@@ -41,6 +42,9 @@ class Trainer:
     """One training run; :func:`engine.api.run_training` builds it and calls :meth:`run`."""
 
     def __init__(self, spec: TrainingSpec, on_event: EventCallback, cancel: CancelToken):
+        if spec.folds > 1:
+            raise SpecError(f"folds={spec.folds} is a cross-validation of several runs: "
+                            "run it with engine.train.folds.run_folds")
         self.spec, self.cancel = spec, cancel
         device = resolve_device(spec.device)
         self.ctx = distributed.init_from_env(device)
@@ -60,12 +64,15 @@ class Trainer:
         # first collective of run() comes before the first write).
         self.found = self.run_folder.run_files(), self.run_folder.read_spec()
 
-        labels = read_labels(spec.labels, spec.classes)
+        labels = read_labels(spec.labels, spec.classes, task=spec.task, targets=spec.targets)
+        for warning in labels.warnings:
+            self.emit(JobWarning(warning, str(spec.labels)))
         self.classes = labels.classes
         train_set, val_set = split_records(labels, spec.val_fraction, spec.seed)
-        self.feed = SlideFeed(spec, train_set, ctx)
+        self.task = build_task(spec, labels, train_set)
+        self.feed = SlideFeed(spec, train_set, ctx, self.task.target)
 
-        self.model, card = build_model(spec, self.classes)
+        self.model, card = build_model(spec, self.classes, self.task.card_fields())
         self.model.to(self.device, self.dtype)
         self.classifier = Classifier(self.model, streaming=spec.streaming, tile_size=spec.tile_size,
                                      channels_last=precision.use_channels_last(spec, self.device),
@@ -74,16 +81,14 @@ class Trainer:
 
         amp_dtype = precision.autocast_dtype(spec, self.device, self.dtype)
         scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
-        weights = class_weights(spec, labels.counts(train_set))
-        weights_t = torch.tensor(weights, dtype=self.dtype, device=self.device) if weights else None
         optimizer = build_optimizer(spec, self.model)
         self.counters = Counters(steps_per_epoch=len(self.feed.epoch_groups(0)))
         scheduler = build_scheduler(spec, optimizer, spec.epochs * self.counters.steps_per_epoch)
 
         forward = SlideForward(spec, self.dtype, self.device, amp_dtype)
-        self.step = TrainStep(forward, self.model, optimizer, scheduler, scaler, weights_t, ctx, self.device)
+        self.step = TrainStep(forward, self.model, optimizer, scheduler, scaler, self.task, ctx, self.device)
         self.scheduler = scheduler
-        self.validate = Validator(val_set, self.feed, forward, ctx, self.emit, self.cancel, spec.prefetch)
+        self.validate = Validator(val_set, self.feed, forward, self.task, ctx, self.emit, self.cancel, spec.prefetch)
         self.metrics = MetricsLogger(self.run_folder, ctx, self.emit)
         self.checkpoints = Checkpointer(self.run_folder, self.model, card, optimizer=optimizer, scheduler=scheduler,
                                         scaler=scaler, ctx=ctx, emit=self.emit)

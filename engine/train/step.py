@@ -1,6 +1,6 @@
 """One slide's forward pass, and one optimiser step over a group of slides.
 
-A step runs trunk (streamed) -> head -> weighted cross-entropy -> backward for each slide of
+A step runs trunk (streamed) -> head -> the task's loss -> backward for each slide of
 this rank's share, gradients adding up, and is taken unless the loss or a gradient is not finite
 on any rank (then it is skipped and the reason returned). Ranks decide together, so they stay in step.
 """
@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from engine.specs import TrainingSpec
 from engine.train import distributed, precision
@@ -22,6 +21,7 @@ from engine.train.data import Augmentation, input_source
 from engine.train.distributed import DistContext
 from engine.train.feed import Item
 from engine.train.optim import step_scheduler
+from engine.train.tasks import Task
 
 #: The reason of a skipped step that does not count towards stopping the run: fp16's loss
 #: scale starts high and halves on each overflow.
@@ -48,10 +48,9 @@ class TrainStep:
     """Forward and backward every slide of this rank's share of a step; step unless non-finite."""
 
     def __init__(self, forward: SlideForward, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                 scaler: torch.amp.GradScaler, class_weights: torch.Tensor | None, ctx: DistContext,
-                 device: torch.device):
+                 scaler: torch.amp.GradScaler, task: Task, ctx: DistContext, device: torch.device):
         self.forward, self.model, self.optimizer, self.scheduler = forward, model, optimizer, scheduler
-        self.scaler, self.class_weights, self.ctx, self.device = scaler, class_weights, ctx, device
+        self.scaler, self.task, self.ctx, self.device = scaler, task, ctx, device
 
     def __call__(self, net: nn.Module, items: Sequence[Item]) -> tuple[float, str | None]:
         """(mean loss over all ranks, the reason the step was skipped or None)."""
@@ -62,9 +61,7 @@ class TrainStep:
             sync = net.no_sync() if self.ctx.active and not last else nullcontext()
             with sync:
                 logits = self.forward(net, rgb, aug)
-                target = torch.tensor([label], device=logits.device)
-                # reduction="sum" on one slide is w[y] * CE: a weighted mean over one sample would cancel w.
-                loss = F.cross_entropy(logits, target, weight=self.class_weights, reduction="sum") / len(items)
+                loss = self.task.loss(logits, label) / len(items)
                 self.scaler.scale(loss).backward()
             total += float(loss.detach())
         self.scaler.unscale_(self.optimizer)

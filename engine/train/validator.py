@@ -8,18 +8,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from engine.errors import Cancelled
 from engine.events import CancelToken, Event, Progress
 from engine.io.labels import SlideRecord
-from engine.metrics import classification_metrics
 from engine.specs import TrainingSpec
 from engine.train import distributed
 from engine.train.data import Prefetcher
 from engine.train.distributed import DistContext
 from engine.train.feed import SlideFeed
 from engine.train.step import SlideForward
+from engine.train.tasks import Task
 
 
 def improves(monitor: str, value: float, best: float | None) -> bool:
@@ -31,11 +30,12 @@ def improves(monitor: str, value: float, best: float | None) -> bool:
 
 
 class Validator:
-    """Loss, accuracy and AUC over the validation slides, each rank scoring its share."""
+    """The task's metrics (loss, and AUC or correlations, ...) over the validation slides, each
+    rank scoring its share; the loss is unweighted."""
 
-    def __init__(self, records: Sequence[SlideRecord], feed: SlideFeed, forward: SlideForward, ctx: DistContext,
-                 emit: Callable[[Event], None], cancel: CancelToken, prefetch: int):
-        self.records, self.feed, self.forward, self.ctx = list(records), feed, forward, ctx
+    def __init__(self, records: Sequence[SlideRecord], feed: SlideFeed, forward: SlideForward, task: Task,
+                 ctx: DistContext, emit: Callable[[Event], None], cancel: CancelToken, prefetch: int):
+        self.records, self.feed, self.forward, self.task, self.ctx = list(records), feed, forward, task, ctx
         self.emit, self.cancel, self.prefetch = emit, cancel, prefetch
 
     def __call__(self, classifier: torch.nn.Module) -> dict[str, float] | None:
@@ -53,11 +53,11 @@ class Validator:
                 if self.cancel.cancelled and not self.ctx.active:
                     raise Cancelled("validation cancelled")
                 logits = self.forward(classifier, rgb, aug)
-                loss = F.cross_entropy(logits, torch.tensor([label], device=logits.device))
-                rows.append((torch.softmax(logits, 1)[0].tolist(), label, float(loss)))
+                loss = self.task.loss(logits, label, weighted=False)
+                rows.append((self.task.outputs(logits), label, float(loss)))
                 elapsed = time.perf_counter() - t0
                 self.emit(Progress("val", k + 1, len(mine), elapsed, elapsed / (k + 1) * (len(mine) - k - 1)))
         classifier.train()
         rows = distributed.gather_lists(rows, self.ctx)
-        return classification_metrics(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
-                                      np.array([r[2] for r in rows]))
+        return self.task.metrics(np.array([r[0] for r in rows]), [r[1] for r in rows],
+                                 np.array([r[2] for r in rows]))

@@ -100,7 +100,7 @@ def test_roc_auc_matches_counting_pairs():
     assert roc_auc(scores, positive) == pytest.approx(np.mean(pairs))
     probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.2, 0.2, 0.6], [0.6, 0.3, 0.1]])
     m = classification_metrics(probs, np.array([0, 1, 2, 0]), np.array([0.1, 0.2, 0.3, 0.4]))
-    assert m == pytest.approx({"loss": 0.25, "accuracy": 1.0, "auc": 1.0})
+    assert m == pytest.approx({"loss": 0.25, "accuracy": 1.0, "balanced_accuracy": 1.0, "auc": 1.0, "macro_auc": 1.0})
 
 
 def test_a_crash_between_the_renames_leaves_the_old_checkpoint_recoverable(tmp_path):
