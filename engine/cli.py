@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from engine.annotations import cli as annotations_cli
 from engine.devices import DEVICE_HELP
 from engine.errors import (
     CheckpointError,
@@ -31,6 +32,7 @@ from engine.events import (
     Progress,
     StepSkipped,
 )
+from engine.io import heatmap_cli
 from engine.specs import POOLS, InferenceSpec, TrainingSpec
 
 EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE, EXIT_DIVERGED = 0, 2, 3, 4, 5, 6, 7
@@ -265,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--saliency-class", type=int, help="class index for saliency (default: predicted)")
         p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
     _add_train_parser(sub)
+    annotations_cli.add_parser(sub)
+    annotations_cli.add_score_parser(sub)
+    heatmap_cli.add_parser(sub)
     try:
         args = ap.parse_args(argv)
     except SystemExit as exc:
@@ -272,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from engine.demo import check as demo_check
         return demo_check.main()
+    if hasattr(args, "annotations_main"):  # annotations, score-maps: torch-free
+        return args.annotations_main(args)
+    if hasattr(args, "export_main"):
+        return args.export_main(args)
     try:
         if args.command == "train":
             return _train(args)
