@@ -81,7 +81,8 @@ def _run_slides(args, saliency: bool) -> int:
             spec = InferenceSpec(slide_path=path, model_path=args.model, level=args.level, mpp=args.mpp,
                                  tile_size=args.tile, device=args.device, saliency=saliency,
                                  saliency_class=args.saliency_class, saliency_cell=args.cell,
-                                 out_dir=str(out_dir), low_memory=args.low_memory)
+                                 out_dir=str(out_dir), low_memory=args.low_memory, regions=args.regions,
+                                 include_classes=args.include, exclude_classes=args.exclude)
             try:
                 result = _run_one(spec, ProgressBar(Path(path).name), token)
             except SlideError as exc:
@@ -153,6 +154,10 @@ def _model_arg(text: str) -> tuple[str, object]:
         except ValueError:
             pass
     return key, value
+
+
+def _class_list(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _class_weights(text: str):
@@ -266,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"saliency map cell, input pixels (default {InferenceSpec.saliency_cell})")
         p.add_argument("--saliency-class", type=int, help="class index for saliency (default: predicted)")
         p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
+        p.add_argument("--regions", help="annotation file (GeoJSON / ASAP XML): compute only inside its areas")
+        p.add_argument("--include", type=_class_list, default=(), metavar="CLASS[,..]",
+                       help="only these classes of --regions (default: every area)")
+        p.add_argument("--exclude", type=_class_list, default=(), metavar="CLASS[,..]",
+                       help="leave out the areas of these classes of --regions")
     _add_train_parser(sub)
     annotations_cli.add_parser(sub)
     annotations_cli.add_score_parser(sub)
