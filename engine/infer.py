@@ -25,6 +25,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from engine.annotations.regions import RunArea
 from engine.devices import local_rank, resolve_device
 from engine.errors import Cancelled, SpecError
 from engine.events import (
@@ -35,7 +36,6 @@ from engine.events import (
     Prediction,
     Progress,
 )
-from engine.annotations.regions import RunArea
 from engine.geometry import LevelRegion, MapGeometry
 from engine.io.checkpoints import load_checkpoint
 from engine.io.maps import MapLayer, write_maps

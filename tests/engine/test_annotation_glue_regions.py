@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import shapely
 import torch
-from model_fixtures import GREEN_BOXES, green_detector, save_green_detector, write_test_slide
+from model_fixtures import green_detector, save_green_detector, write_test_slide
 
 from engine.annotations import Annotation, AnnotationSet, rasterize, save_annotations
 from engine.api import run_inference
