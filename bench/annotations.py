@@ -11,7 +11,6 @@ thousands of vertices, like CAMELYON16's larger files), a QuPath-style detection
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,10 +18,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from engine.annotations import (  # noqa: E402  (after the path set-up, so this checkout is measured)
+from engine.annotations import (
     Annotation,
     AnnotationSet,
     detections_from_map,

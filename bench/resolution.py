@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MAP_L0_CELL = 32  # level-0 pixels per saliency cell at every resolution (16 µm)
 SLIDE_PX = 2048  # engine.demo.data.RESOLUTION_SLIDE_PX (not imported here: children import torch lazily)
@@ -90,7 +89,7 @@ def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str) 
 def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: str) -> dict:
     from engine.api import run_inference
     from engine.demo.data import LEVEL_DOWNSAMPLES
-    from engine.demo.synthetic import _Scene
+    from engine.demo.synthetic import Scene
     from engine.events import MapPatch
     from engine.io import atomic
     from engine.metrics import roc_auc, saliency_localisation
@@ -115,7 +114,7 @@ def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: st
         scores.append(finished.prediction.probabilities[1])
         labels.append(positive)
         if positive:
-            scene = _Scene(slide.recipe)
+            scene = Scene(slide.recipe)
             lesion = scene.lesion_mask(MAP_L0_CELL)
             centres = (np.arange(sal.shape[0]) + 0.5) * MAP_L0_CELL
             tissue = scene._tissue_at(centres[:, None], centres[None, :])
@@ -185,7 +184,7 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
     from PIL import Image, ImageDraw
 
     from engine.colormaps import colorize_rgb
-    from engine.demo.synthetic import _Scene
+    from engine.demo.synthetic import Scene
     from engine.io import atomic
     from engine.slides import open_slide, to_rgb
 
@@ -205,7 +204,7 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
             w, h = s.level_dimensions[level]
             thumb = Image.fromarray(to_rgb(s.read_region(0, 0, level, w, h), s.background_rgb)).resize((cell, cell))
         d = ImageDraw.Draw(thumb)
-        for les in _Scene(slide.recipe).lesions:
+        for les in Scene(slide.recipe).lesions:
             k = cell / SLIDE_PX
             d.ellipse([(les.l0_x - les.l0_radius) * k - 3, (les.l0_y - les.l0_radius) * k - 3,
                        (les.l0_x + les.l0_radius) * k + 3, (les.l0_y + les.l0_radius) * k + 3], outline=(0, 160, 0), width=2)

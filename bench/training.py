@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MODELS = {"resnet34-layer2": ("resnet34", "layer2", {}), "smallnet": ("smallnet", "stage4", {"width": 16})}
 

@@ -11,6 +11,7 @@ import dataclasses
 
 from engine.events import CancelToken, EventCallback, Finished
 from engine.io.maps import MapLayer
+from engine.io.runs import Curves, RunSummary
 from engine.specs import InferenceSpec, TrainingSpec
 
 __all__ = ["MapLayer", "check_model", "demo_cache_dir", "demo_model_dir", "ensure_demo_slides", "list_models",
@@ -143,3 +144,51 @@ def showcase_slide():
     from engine.demo.data import showcase_slide as _showcase
 
     return _showcase()
+
+
+# -- run folders, labels and checkpoint files (torch-free; the viewer calls these on workers)
+
+def list_runs(folder):
+    """Every training run directly inside ``folder`` (``engine.io.runs.RunSummary``), newest first."""
+    from engine.io.runs import list_runs as _list
+
+    return _list(folder)
+
+
+def read_run_curves(run_dir):
+    """A run's curves (``engine.io.runs.Curves``: train and val rows of ``metrics.jsonl``)."""
+    from engine.io.runs import RunFolder
+
+    return RunFolder(run_dir).read_metrics()
+
+
+def write_labels_csv(path, rows):
+    """Write a labels CSV (``slide,label[,split]``, slides relative to the file) atomically."""
+    from engine.io.labels import write_labels_csv as _write
+
+    return _write(path, rows)
+
+
+def checkpoint_weights(path):
+    """The ``model.safetensors`` of a checkpoint given as its folder, card or weights file."""
+    from engine.io.checkpoints import weights_path
+
+    return weights_path(path)
+
+
+def warm_up() -> None:
+    """Import what the first job needs (torch, the streaming engine, the trainer), without
+    running anything: the viewer calls it on a worker at start so a job's first event is not
+    late by the imports, and so no import happens on the UI thread later."""
+    import engine.infer  # noqa: F401
+    import engine.train.loop  # noqa: F401  (torch.distributed, the optimisers, the data reader)
+
+    # torch.optim's constructors import torch._dynamo (and sympy) on first use: ~120,000
+    # objects and about a second, which would otherwise land in a viewer's first collections.
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # noqa: BLE001 (e.g. a Python dynamo does not support): only the head start is lost
+        pass
+
+
+__all__ += ["Curves", "RunSummary", "checkpoint_weights", "list_runs", "read_run_curves", "warm_up", "write_labels_csv"]

@@ -116,6 +116,14 @@ def lv_to_l0_origin(lv_x: float, lv_y: float, downsample: float) -> tuple[int, i
     return round(lv_x * downsample), round(lv_y * downsample)
 
 
+def lv_to_l0_read_origin(lv_x: float, lv_y: float, downsample: float, l0_size: tuple[int, int]) -> tuple[int, int]:
+    """:func:`lv_to_l0_origin` kept inside a slide of ``l0_size`` (width, height): a level's last
+    pixel can map past level 0's last one when the downsample is not an integer. Tile reads,
+    virtual-level reads and exports all start their reads here, so they agree on the rounding."""
+    l0_x, l0_y = lv_to_l0_origin(lv_x, lv_y, downsample)
+    return min(l0_x, l0_size[0] - 1), min(l0_y, l0_size[1] - 1)
+
+
 def l0_to_lv_origin(l0_x: float, l0_y: float, downsample: float) -> tuple[int, int]:
     """The level pixel a read at integer level-0 position ``(l0_x, l0_y)`` starts at: the nearest."""
     return round(l0_x / downsample), round(l0_y / downsample)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.geometry import Box
+from engine.geometry import Box, lv_centres_to_l0
 from engine.io import atomic
 
 GLASS = np.array([242, 240, 244], np.float32)
@@ -59,7 +59,7 @@ class Lesion:
     l0_radius: float
 
 
-class _Scene:
+class Scene:
     """The slide's geometry: tissue field, nuclei and lesion cells, computed once from the seed."""
 
     def __init__(self, recipe: SlideRecipe):
@@ -122,8 +122,8 @@ class _Scene:
     def render(self, downsample: float, lv_box: Box) -> np.ndarray:
         """RGB uint8 of a level box (engine.io.svs's renderer contract)."""
         x0, y0, x1, y1 = int(lv_box.x0), int(lv_box.y0), int(lv_box.x1), int(lv_box.y1)
-        ly = (np.arange(y0, y1, dtype=np.float32) + 0.5) * downsample
-        lx = (np.arange(x0, x1, dtype=np.float32) + 0.5) * downsample
+        ly = lv_centres_to_l0(y0, y1, downsample, np.float32)
+        lx = lv_centres_to_l0(x0, x1, downsample, np.float32)
         tissue = self._tissue_at(ly[:, None], lx[None, :])
         fibres = 0.5 + 0.5 * np.sin(lx[None, :] * 0.05 + 3 * np.sin(ly[:, None] * 0.013))
         rgb = np.where(tissue[..., None], STROMA - 18 * fibres[..., None], GLASS)
@@ -185,7 +185,7 @@ def write_synthetic_slide(path: str | os.PathLike, recipe: SlideRecipe, *, mask_
     from engine.io.svs import write_svs
 
     path = Path(path)
-    scene = _Scene(recipe)
+    scene = Scene(recipe)
     w, h = recipe.size
     if w * h <= IN_MEMORY_MAX_PIXELS:
         # Coarser levels as a scanner would see them: box averages of the level-0 pixels (the

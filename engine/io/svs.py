@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from engine.geometry import Box, TileGrid
+from engine.geometry import Box, TileGrid, lv_to_l0
 from engine.io import atomic
 
 #: ``render(downsample, lv_box) -> (h, w, 3) uint8``: the pixels of ``lv_box`` (in the plane
@@ -131,7 +131,7 @@ def array_renderer(rgb: np.ndarray) -> RegionRenderer:
     l0_h, l0_w = rgb.shape[:2]
 
     def render(downsample: float, lv_box: Box) -> np.ndarray:
-        l0_box = lv_box.scale(downsample)
+        l0_box = lv_to_l0(lv_box, downsample)
         x0, y0 = int(l0_box.x0), int(l0_box.y0)
         x1, y1 = min(l0_w, math.ceil(l0_box.x1)), min(l0_h, math.ceil(l0_box.y1))
         patch = rgb[y0:y1, x0:x1]

@@ -4,10 +4,10 @@ writes what the reader reads."""
 from __future__ import annotations
 
 import pytest
+from train_fixtures import write_training_set
 
 from engine.errors import LabelsError
 from engine.io.labels import read_labels, write_labels_csv
-from train_fixtures import write_training_set
 
 
 @pytest.fixture(scope="module")

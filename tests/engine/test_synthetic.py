@@ -47,11 +47,11 @@ def test_vesicular_lesions_vanish_when_averaged_to_a_few_microns_per_pixel(tmp_p
     nucleus, after the SVS's JPEG too), but at 4 µm/px (the 8x level, a box average) the same mean colour and the same
     spread as the tissue around them."""
     from engine.demo.data import resolution_recipe
-    from engine.demo.synthetic import _Scene
+    from engine.demo.synthetic import Scene
 
     recipe = dataclasses.replace(resolution_recipe(11, True), size=(1024, 1024), lesions=1, lesion_radius_um=130.0)
     write_synthetic_slide(tmp_path / "v.svs", recipe, downsamples=(1, 2, 4, 8))
-    scene = _Scene(recipe)
+    scene = Scene(recipe)
     (lesion,) = scene.lesions
     with open_slide(tmp_path / "v.svs") as s:
         levels = {s.level_downsamples[i]: to_rgb(s.read_region(0, 0, i, *s.level_dimensions[i])).astype(float)

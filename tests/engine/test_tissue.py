@@ -8,8 +8,16 @@ import pytest
 from engine.errors import SpecError
 from engine.geometry import Box, MapGeometry
 from engine.slides import open_slide
-from engine.slides.tissue import (TissueParams, coverage_on_grid, detect_tissue, detect_tissue_rgb, fill_holes,
-                                  label_components, otsu_threshold, remove_small)
+from engine.slides.tissue import (
+    TissueParams,
+    coverage_on_grid,
+    detect_tissue,
+    detect_tissue_rgb,
+    fill_holes,
+    label_components,
+    otsu_threshold,
+    remove_small,
+)
 
 
 def _slide_like(h=200, w=300):

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from train_fixtures import write_training_set
 
 from engine import cli
 from engine.io.labels import read_labels
@@ -16,7 +17,6 @@ from engine.metrics import classification_metrics, roc_auc
 from engine.models import create_model
 from engine.slides import open_slide
 from engine.train.data import Augmentation, InputSpec, Prefetcher, input_source, read_slide_input, split_records
-from train_fixtures import write_training_set
 
 
 @pytest.fixture(scope="module")

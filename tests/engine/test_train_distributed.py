@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from train_fixtures import write_training_set
 
 from engine.api import run_training
 from engine.io.checkpoints import load_checkpoint
 from engine.specs import TrainingSpec
-from train_fixtures import write_training_set
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_fixtures import write_training_set
 
 from engine import cli
 from engine.io.checkpoints import load_checkpoint
 from engine.io.training_state import find_checkpoint, load_training_state
 from engine.models import create_model
-from train_fixtures import write_training_set
 
 ROOT = Path(__file__).resolve().parents[2]
 

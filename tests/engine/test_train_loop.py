@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from train_fixtures import write_training_set
 
 from engine.api import run_training
 from engine.errors import TrainingError
@@ -17,7 +18,6 @@ from engine.io.runs import RunFolder
 from engine.io.training_state import find_checkpoint
 from engine.models.split import ClassifierHead
 from engine.specs import TrainingSpec
-from train_fixtures import write_training_set
 
 
 @pytest.fixture(scope="module")

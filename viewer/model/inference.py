@@ -11,7 +11,6 @@ from viewer.model.notify import Fields, Notifier
 from viewer.model.viewport import Viewport
 from viewer.model.workspace import RecentFiles
 
-DEVICES = ("auto", "cpu", "cuda")
 #: Run scopes: the whole slide (its tissue box), the view on screen, or a drawn rectangle.
 SCOPES = ("slide", "view", "region")
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from engine.specs import TrainingSpec
-from viewer.model.inference import DEVICES, ModelChoice
+from engine import api
+from engine.specs import DEVICES, TrainingSpec
+from viewer.model.inference import ModelChoice
 from viewer.model.labels import LabelTable
 from viewer.model.notify import Fields
 
@@ -35,9 +36,9 @@ def new_run_name() -> str:
 
 
 def checkpoint_weights(model_path: str) -> str:
-    """The weights file of a checkpoint given as its folder, ``model.json`` or ``model.safetensors``."""
-    path = Path(model_path)
-    return str(path / "model.safetensors" if path.is_dir() else path.with_suffix(".safetensors"))
+    """The weights file of a checkpoint given as its folder, ``model.json`` or ``model.safetensors``
+    (the checkpoint layout is the engine's: :func:`engine.api.checkpoint_weights`)."""
+    return str(api.checkpoint_weights(model_path))
 
 
 def labels_summary(source: str, rows: dict[str, str], classes: tuple[str, ...] | list[str]) -> str:

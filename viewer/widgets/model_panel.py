@@ -24,7 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from viewer.model.inference import DEVICES, InferenceSettings, ModelChoice
+from engine.specs import DEVICES
+from viewer.model.inference import InferenceSettings, ModelChoice
 
 MODEL_FILTER = "StreamSlide models (*.json *.safetensors);;All files (*)"
 

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from viewer.model.inference import DEVICES
+from engine.specs import DEVICES
 from viewer.model.training_form import BASES, INPUT_UNITS, LABEL_SOURCES, RESUMABLE_STATES, TrainingForm
 
 #: What the combo boxes show for the form's choices, in the form's order.

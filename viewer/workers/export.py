@@ -10,9 +10,8 @@ from PIL import Image
 from PySide6.QtGui import QImage
 
 from engine.errors import RegionError
-from engine.geometry import Box, l0_to_lv
+from engine.geometry import Box, l0_to_lv, lv_to_l0_read_origin
 from engine.slides import SlideSource, to_rgb
-from viewer.model.planes import l0_read_origin
 from viewer.workers.images import array_to_qimage
 from viewer.workers.sources import SharedSource
 
@@ -43,7 +42,7 @@ def render_l0_box(source: SlideSource, l0_box: Box, out_w: int, out_h: int) -> Q
         for lv_y in range(int(lv_out.y0), int(lv_out.y1), CHUNK):
             for lv_x in range(int(lv_out.x0), int(lv_out.x1), CHUNK):
                 w, h = min(CHUNK, int(lv_out.x1) - lv_x), min(CHUNK, int(lv_out.y1) - lv_y)
-                l0_x, l0_y = l0_read_origin(lv_x, lv_y, level_ds, source.dimensions)
+                l0_x, l0_y = lv_to_l0_read_origin(lv_x, lv_y, level_ds, source.dimensions)
                 pixels = to_rgb(source.read_region(l0_x, l0_y, level, w, h), source.background_rgb)
                 cx, cy = lv_x - math.floor(lv_box.x0), lv_y - math.floor(lv_box.y0)
                 part = canvas[max(cy, 0) : cy + h, max(cx, 0) : cx + w]

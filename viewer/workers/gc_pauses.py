@@ -63,22 +63,11 @@ def import_engine() -> None:
 
 
 def _import_engine_modules() -> None:
-    """The modules ``engine.api``'s jobs import lazily, imported now (on a worker) so that
-    :func:`freeze_long_lived` freezes their objects. ``engine.api`` offers no call that imports
-    them without running a job, so the list names engine-internal modules: the one place the
-    viewer does. It only imports them (nothing is called), on a worker thread, and must follow
-    what ``run_inference`` / ``run_training`` import; a missing one costs pauses, not errors."""
-    import engine.api  # noqa: F401
-    import engine.io.checkpoints  # noqa: F401
-    import engine.slides.region  # noqa: F401
-    import engine.streaming  # noqa: F401
-    import engine.train.loop  # noqa: F401  (torch.distributed, the optimisers, the data reader)
-    # torch.optim's constructors import torch._dynamo (and sympy) on first use: ~120,000
-    # objects and about a second, which would otherwise land in the first run's collections.
-    try:
-        import torch._dynamo  # noqa: F401
-    except Exception:  # noqa: BLE001 (e.g. a Python dynamo does not support): only a pause is lost
-        pass
+    """What ``engine.api``'s jobs import lazily, imported now (on a worker) so that
+    :func:`freeze_long_lived` freezes their objects (``engine.api.warm_up`` runs nothing)."""
+    from engine.api import warm_up
+
+    warm_up()
 
 
 class UiThreadCollector(QObject):

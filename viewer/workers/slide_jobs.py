@@ -10,14 +10,10 @@ from pathlib import Path
 from PySide6.QtGui import QImage
 
 from engine.errors import SlideError
-from engine.slides import SlideSource, open_slide
+from engine.slides import SLIDE_SUFFIXES, SlideSource, open_slide
 from viewer.workers.images import array_to_qimage
 from viewer.workers.sources import SharedSource
 
-#: What the browser lists (OpenSlide's formats plus plain images).
-SLIDE_SUFFIXES = frozenset(
-    {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".svslide", ".dcm", ".png", ".jpg", ".jpeg", ".bmp"}
-)
 #: The browser's thumbnail edge (the probe reads twice that, for sharp icons on HiDPI screens).
 THUMB_PX = 64
 

@@ -25,9 +25,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from engine.errors import SlideError
-from engine.geometry import Box, TileGrid
+from engine.geometry import Box, TileGrid, lv_to_l0_read_origin
 from engine.slides import SlideSource, to_rgb
-from viewer.model.planes import l0_read_origin
 from viewer.model.pyramid import DisplayLevel
 from viewer.workers.priority import lower_thread_priority
 from viewer.workers.sources import SharedSource
@@ -95,7 +94,7 @@ def read_virtual_region(source: SlideSource, level: DisplayLevel, lv_box: Box) -
     parts = []
     for src_y in range(src_y0, src_y1, rows_per_chunk):
         rows = min(rows_per_chunk, src_y1 - src_y)
-        l0_x, l0_y = l0_read_origin(src_x0, src_y, src_ds, source.dimensions)
+        l0_x, l0_y = lv_to_l0_read_origin(src_x0, src_y, src_ds, source.dimensions)
         region = source.read_region(l0_x, l0_y, level.source_level, src_x1 - src_x0, rows)
         parts.append(area_average(to_rgb(region, source.background_rgb), f))
     return np.ascontiguousarray(np.concatenate(parts)) if len(parts) > 1 else parts[0]
@@ -106,7 +105,7 @@ def read_tile(source: SlideSource, level: DisplayLevel, col: int, row: int, tile
     lv_box = level_grid(level, tile).tile_box(col, row)
     if level.is_virtual:
         return region_to_qimage(read_virtual_region(source, level, lv_box), source.background_rgb)
-    l0_x, l0_y = l0_read_origin(lv_box.x0, lv_box.y0, level.downsample, source.dimensions)
+    l0_x, l0_y = lv_to_l0_read_origin(lv_box.x0, lv_box.y0, level.downsample, source.dimensions)
     region = source.read_region(l0_x, l0_y, level.source_level, int(lv_box.width), int(lv_box.height))
     return region_to_qimage(region, source.background_rgb)
 

@@ -7,27 +7,16 @@ CSV goes through the engine's parser, which checks every row and that every slid
 
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 
 from engine.api import list_models, read_labels
+from engine.api import write_labels_csv as write_labels_csv_file
 
 
 def write_labels_csv(path: str | Path, rows: list[tuple[str, str]]) -> str:
-    """Worker job: write ``slide,label`` rows (slide paths made relative to the CSV) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(("slide", "label"))
-        for slide, label in rows:
-            writer.writerow((os.path.relpath(slide, path.parent), label))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return str(path)
+    """Worker job: write ``slide,label`` rows (slide paths made relative to the CSV) atomically,
+    in the engine's format (:func:`engine.api.write_labels_csv`)."""
+    return str(write_labels_csv_file(path, rows))
 
 
 def read_labels_rows(path: str) -> tuple[str, dict[str, str], tuple[str, ...]]:
