@@ -30,8 +30,11 @@ def test_map_geometry_converts_level0_points_to_cells_and_back():
 
 @pytest.fixture
 def job(tmp_path):
-    """A 64 x 128 px slide (MPP 0.5) and a maps.npz of it: 8 x 16 cells of 8 px, two hot blocks."""
-    slide = write_svs_array(tmp_path / "s.svs", np.full((64, 128, 3), 200, np.uint8), mpp=0.5, downsamples=(1,))
+    """A 64 x 128 px slide (MPP 0.5, tissue on its left half) and a maps.npz of it: 8 x 16 cells
+    of 8 px, two hot blocks."""
+    rgb = np.full((64, 128, 3), 235, np.uint8)
+    rgb[:, :64] = (150, 90, 170)  # purple "tissue" on the left half: the map's columns 0..7
+    slide = write_svs_array(tmp_path / "s.svs", rgb, mpp=0.5, downsamples=(1,))
     sal = np.zeros((8, 16), np.float32)
     sal[1:3, 1:4] = 1.0   # 3 x 2 cells
     sal[4:7, 8:12] = 0.5  # 4 x 3 cells, with a hole
@@ -85,10 +88,13 @@ def test_score_maps_through_the_engine_cli(job, capsys):
     assert main(["score-maps", "--cohort", str(tmp / "cohort.csv"), "--class", "Tumor"]) == 0
     table = capsys.readouterr().out
     assert "s.svs" in table and "mean of 1" in table and "0.5217" in table  # 6 / 11.5
-    # --tissue: a uniform grey slide has no tissue at all, so nothing is left to score.
+    # --tissue: only the left half's 64 cells count; the outline's 6 hot cells are all on tissue,
+    # the 11 cells of 0.5 are not.
     assert main(["score-maps", "--maps", str(tmp / "run"), "--annotations", str(tmp / "t.geojson"), "--tissue",
                  "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["over"] == "tissue"
+    on_tissue = json.loads(capsys.readouterr().out)
+    assert on_tissue["over"] == "tissue" and on_tissue["cells"] == 64 and on_tissue["cells_inside"] == 6
+    assert on_tissue["mass_inside"] == pytest.approx(1.0) and on_tissue["even_share"] == pytest.approx(6 / 64)
     assert main(["score-maps", "--maps", str(tmp / "run")]) == 2
 
 
