@@ -16,7 +16,7 @@ from engine.specs import EvaluationSpec, InferenceSpec, TrainingSpec
 
 __all__ = ["MapLayer", "check_model", "demo_cache_dir", "demo_model_dir", "ensure_demo_slides", "evaluate", "list_models",
            "read_labels", "read_maps", "read_model_card", "run_inference", "run_saliency", "run_training",
-           "showcase_slide", "write_maps"]
+           "score_maps", "showcase_slide", "write_maps"]
 
 
 # -- jobs (they import torch)
@@ -116,6 +116,15 @@ def write_maps(out_dir, layers, **kwargs):
     from engine.io.maps import write_maps as _write
 
     return _write(out_dir, layers, **kwargs)
+
+
+def score_maps(maps, annotations, class_name=None, **kwargs):
+    """How much of a map (``layer``, default "saliency") falls inside the ``class_name`` outlines
+    of an annotation file or set: ``mass_inside``, ``even_share``, ``pixel_auc`` and the cell
+    counts (torch-free); see :func:`engine.annotations.score.score_maps`."""
+    from engine.annotations.score import score_maps as _score
+
+    return _score(maps, annotations, class_name, **kwargs)
 
 
 # -- the demo

@@ -17,6 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
+from engine.annotations import cli as annotations_cli
 from engine.devices import DEVICE_HELP
 from engine.errors import (
     CheckpointError,
@@ -36,6 +37,7 @@ from engine.events import (
     Progress,
     StepSkipped,
 )
+from engine.io import heatmap_cli
 from engine.specs import POOLS, InferenceSpec, TrainingSpec
 from engine.train.cli import add_task_arguments, task_fields
 
@@ -98,7 +100,8 @@ def _run_slides(args, saliency: bool) -> int:
             spec = InferenceSpec(slide_path=path, model_path=args.model, level=args.level, mpp=args.mpp,
                                  tile_size=args.tile, device=args.device, saliency=saliency,
                                  saliency_class=args.saliency_class, saliency_cell=args.cell,
-                                 out_dir=str(out_dir), low_memory=args.low_memory)
+                                 out_dir=str(out_dir), low_memory=args.low_memory, regions=args.regions,
+                                 include_classes=args.include, exclude_classes=args.exclude)
             try:
                 result = _run_one(spec, ProgressBar(Path(path).name), token)
             except SlideError as exc:
@@ -184,6 +187,10 @@ def _model_arg(text: str) -> tuple[str, object]:
         except ValueError:
             pass
     return key, value
+
+
+def _class_list(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _class_weights(text: str):
@@ -311,8 +318,16 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"saliency map cell, input pixels (default {InferenceSpec.saliency_cell})")
         p.add_argument("--saliency-class", type=int, help="class index for saliency (default: predicted)")
         p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
+        p.add_argument("--regions", help="annotation file (GeoJSON / ASAP XML): compute only inside its areas")
+        p.add_argument("--include", type=_class_list, default=(), metavar="CLASS[,..]",
+                       help="only these classes of --regions (default: every area)")
+        p.add_argument("--exclude", type=_class_list, default=(), metavar="CLASS[,..]",
+                       help="leave out the areas of these classes of --regions")
     _add_train_parser(sub)
     evaluate_cli.add_parser(sub)
+    annotations_cli.add_parser(sub)
+    annotations_cli.add_score_parser(sub)
+    heatmap_cli.add_parser(sub)
     try:
         args = ap.parse_args(argv)
     except SystemExit as exc:
@@ -320,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from engine.demo import check as demo_check
         return demo_check.main()
+    if hasattr(args, "annotations_main"):  # annotations, score-maps: torch-free
+        return args.annotations_main(args)
+    if hasattr(args, "export_main"):
+        return args.export_main(args)
     try:
         if args.command == "train":
             return _train(args)

@@ -261,3 +261,16 @@ class MapGeometry:
             return None
         cw, ch = self.l0_cell
         return min(int((l0_y - self.l0_box.y0) / ch), self.shape[0] - 1), min(int((l0_x - self.l0_box.x0) / cw), self.shape[1] - 1)
+
+    def l0_to_map_xy(self, l0_xy) -> np.ndarray:
+        """Level-0 points (n, 2) of (x, y) as (column, row) map-cell coordinates from the map's
+        corner, unrounded (cell (r, c) spans [c, c + 1) x [r, r + 1)); float64."""
+        h, w = self.shape
+        scale = np.array([w / self.l0_box.width, h / self.l0_box.height])
+        return (np.asarray(l0_xy, dtype=np.float64) - np.array([self.l0_box.x0, self.l0_box.y0])) * scale
+
+    def map_to_l0_xy(self, map_xy) -> np.ndarray:
+        """(column, row) map-cell coordinates (n, 2) as level-0 (x, y) points, exact (the inverse
+        of :meth:`l0_to_map_xy`); float64."""
+        cw, ch = self.l0_cell
+        return np.asarray(map_xy, dtype=np.float64) * np.array([cw, ch]) + np.array([self.l0_box.x0, self.l0_box.y0])

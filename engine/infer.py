@@ -6,6 +6,14 @@ as blocks finish when the head has no spatial stages left (it is then pool + lin
 trunk's map is pooled block by block instead of being held, so memory stays flat with the
 slide's size); otherwise it comes from the head's cells once the whole map is known. The
 saliency map is the streamed input gradient of one class logit, emitted region by region.
+
+Inside annotated regions (``spec.regions``) the job reads the regions' bounding box and keeps
+the trunk's output cells whose centre lies inside the regions' area: blocks without a kept cell
+are skipped (never read or run), the slide-level pool takes the kept cells only (cells of a
+partly-inside block that lie outside are masked out of it, and NaN in the prediction map), and the
+saliency is the input gradient of that pool, NaN on saliency cells outside the area. Cells near the
+bounding box's edge see the streaming's zero padding as in any region run. Regions need a head
+that is pool + linear (the pool is taken block by block).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.annotations.regions import RunArea
 from engine.devices import local_rank, resolve_device
 from engine.errors import Cancelled, CheckpointError, SpecError, TileSizeError
 from engine.events import (
@@ -65,19 +74,31 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
     # Nothing is trained here, so the trunk's frozen BatchNorms fold into its convolutions (one
     # pass over each activation fewer; the input gradient is the same function's).
     trunk = fold_batchnorm(model.trunk())
+    head = HeadEvaluator(model.head())
+    area = None
+    if spec.regions is not None:
+        if not head.live_cells:
+            raise SpecError("runs inside regions need a model whose head is a global pool and a linear layer")
+        area = RunArea.of(spec.regions, spec.include_classes, spec.exclude_classes)
     with open_slide(spec.slide_path) as slide:
         level = choose_level(slide, level=spec.level, mpp=spec.mpp or card.input_mpp, fallback_level=card.input_level)
-        region = level_region(slide, level, spec.l0_region or tissue_box(slide))
+        l0_box = spec.l0_region or tissue_box(slide)
+        if area is not None:
+            l0_box = area.l0_bounds if spec.l0_region is None else area.l0_bounds.intersect(spec.l0_region)
+        region = level_region(slide, level, l0_box)
         source = SlideRegionSource(slide, region, card.normalization_mean, card.normalization_std)
         stream = _stream(trunk, spec, card)
         warnings = input_warnings(slide, region, stream.geometry[0].receptive_field, stream.geometry[1].receptive_field)
-        job = InferenceRun(spec, stream, HeadEvaluator(model.head()), region, classes, on_event, cancel, device)
+        job = InferenceRun(spec, stream, head, region, classes, on_event, cancel, device, area=area)
         cancelled = job.run(source)
         outputs = {}
         if spec.out_dir:
             extra = {"model": str(spec.model_path), "slide_resolved": str(Path(spec.slide_path).resolve()),
                      "level": level, "region_l0": list(region.l0_box.as_tuple()), "cancelled": cancelled,
                      "warnings": list(warnings)}
+            if area is not None:
+                extra["regions"] = {"source": spec.regions if isinstance(spec.regions, str) else "annotations given",
+                                    "include": list(spec.include_classes), "exclude": list(spec.exclude_classes)}
             outputs = write_maps(spec.out_dir, job.layers(), slide_path=spec.slide_path, classes=classes,
                                  prediction=job.prediction, slide_mpp=slide.mpp[0] if slide.mpp else None, extra=extra)
     done = Finished(cancelled, outputs, job.prediction, warnings)
@@ -174,16 +195,23 @@ class SaliencyMap:
     """The saliency layer: per ``cell`` x ``cell`` input pixels, the magnitude of the mean input
     gradient in its strongest channel (where the class score is sensitive)."""
 
-    def __init__(self, region: LevelRegion, cell: int, classes: tuple[str, ...], emit: EventCallback):
+    def __init__(self, region: LevelRegion, cell: int, classes: tuple[str, ...], emit: EventCallback,
+                 area: RunArea | None = None):
         map_hw = (-(-region.lv_h // cell), -(-region.lv_w // cell))
         # Cells start NaN: not computed yet (transparent), never 0, which would read as "no gradient".
         self.map = MapAccumulator("saliency", region, (cell, cell), map_hw, channels=(), fill=math.nan, clip=False,
                                   classes=classes, emit=emit)
         self.sink = InputGradientSink(self.add, reduce=cell)
+        self.keep = None  # with regions: the saliency cells inside their area
+        if area is not None:
+            self.keep = area.cells_inside(MapGeometry(self.map.map_l0_box, map_hw))
 
     def add(self, reg) -> None:
         r0, r1, c0, c1 = reg.cells
-        self.map.put(reg.values[0].abs().amax(dim=0).float().cpu().numpy(), (r0, r1), (c0, c1))
+        values = reg.values[0].abs().amax(dim=0).float().cpu().numpy()
+        if self.keep is not None:
+            values[~self.keep[r0:r1, c0:c1]] = math.nan
+        self.map.put(values, (r0, r1), (c0, c1))
 
 
 class HeadEvaluator:
@@ -218,11 +246,19 @@ class InferenceRun:
     stays in :attr:`prediction` and :meth:`layers` either way."""
 
     def __init__(self, spec: InferenceSpec, stream: StreamingModule, head: HeadEvaluator, region: LevelRegion,
-                 classes: tuple[str, ...], emit: EventCallback, cancel: CancelToken, device: torch.device):
+                 classes: tuple[str, ...], emit: EventCallback, cancel: CancelToken, device: torch.device,
+                 area: RunArea | None = None):
         self.spec, self.stream, self.head, self.region = spec, stream, head, region
-        self.classes, self.emit, self.device = classes, emit, device
+        self.classes, self.emit, self.device, self.area = classes, emit, device, area
         self.out_hw = stream.output_size((region.lv_h, region.lv_w))
         self.cell = stream.stride  # level pixels per trunk output cell (rows, cols)
+        self.keep: np.ndarray | None = None  # with regions: the trunk's output cells inside their area
+        if area is not None:
+            grid = MapGeometry(region.cells_to_l0((0, self.out_hw[0]), (0, self.out_hw[1]), self.cell), self.out_hw)
+            self.keep = area.cells_inside(grid)
+            if not self.keep.any():
+                raise SpecError("the regions hold no whole output cell of the model (each is "
+                                f"{self.cell[1] * region.downsample:g} x {self.cell[0] * region.downsample:g} level-0 px)")
         self.reducer = GlobalPoolReducer(head.head.pool) if head.live_cells else None
         self.prediction: Prediction | None = None
         self.prediction_map: MapAccumulator | None = None  # made by the first prediction patch
@@ -232,7 +268,8 @@ class InferenceRun:
             priority = region.l0_to_cells(*spec.priority_l0_box.center, self.cell)
         self.hooks = StreamHooks(progress=ProgressClock(emit), should_stop=lambda: cancel.cancelled,
                                  on_block=self._on_block if head.live_cells else None, priority=priority,
-                                 release_every=1 if spec.low_memory else 0)
+                                 release_every=1 if spec.low_memory else 0,
+                                 skip_block=self._outside if self.keep is not None else None)
 
     def layers(self) -> dict[str, MapLayer]:
         maps = [self.saliency.map] if self.saliency is not None else []
@@ -243,7 +280,8 @@ class InferenceRun:
     def run(self, source: SlideRegionSource) -> bool:
         try:
             if self.spec.saliency:
-                self.saliency = SaliencyMap(self.region, int(self.spec.saliency_cell), self.classes, self.emit)
+                self.saliency = SaliencyMap(self.region, int(self.spec.saliency_cell), self.classes, self.emit,
+                                            self.area)
             logits, fmap = self._forward(source)
             probs = torch.softmax(logits.float(), dim=1)[0]
             if fmap is not None:
@@ -270,16 +308,33 @@ class InferenceRun:
     def _saliency_backward(self, source, logits: torch.Tensor, target: int) -> None:
         if self.head.live_cells:
             grad_pooled = self.head.pooled_logit_grad(target)
+            grad_for_block = self.reducer.grad_for_block(grad_pooled)
+            if self.keep is not None:
+                grad_for_block = _kept_only(grad_for_block, self.keep)
             with _autocast(self.device):
                 # The reducer turns the pooled features' gradient into the map's, block by block.
-                self.stream.backward_from(source, self.reducer.grad_for_block(grad_pooled),
-                                          input_grad_sink=self.saliency.sink, hooks=self.hooks)
+                self.stream.backward_from(source, grad_for_block, input_grad_sink=self.saliency.sink, hooks=self.hooks)
         else:
             logits[0, target].backward()
 
     def _on_block(self, rows: tuple[int, int], cols: tuple[int, int], fmap_block: torch.Tensor) -> None:
-        self.reducer.add(rows, cols, fmap_block)
-        self._prediction_patch(self.head.cell_probabilities(fmap_block), rows, cols, self.out_hw, self.cell)
+        if self.keep is None:
+            self.reducer.add(rows, cols, fmap_block)
+            self._prediction_patch(self.head.cell_probabilities(fmap_block), rows, cols, self.out_hw, self.cell)
+            return
+        keep = self.keep[rows[0]:rows[1], cols[0]:cols[1]]
+        kept = torch.from_numpy(keep).to(fmap_block.device)
+        # Cells outside the area must not reach the pool: below any maximum, or 0 and uncounted in a mean.
+        fill = -math.inf if self.reducer.pool == "max" else 0.0
+        self.reducer.add(rows, cols, torch.where(kept, fmap_block, torch.full_like(fmap_block, fill)))
+        if self.reducer.pool == "avg":
+            self.reducer.cells -= int(keep.size - keep.sum())
+        probs = self.head.cell_probabilities(fmap_block)
+        probs[:, ~keep] = math.nan
+        self._prediction_patch(probs, rows, cols, self.out_hw, self.cell)
+
+    def _outside(self, rows: tuple[int, int], cols: tuple[int, int]) -> bool:
+        return not self.keep[rows[0]:rows[1], cols[0]:cols[1]].any()
 
     def _cells_prediction(self, fmap: torch.Tensor) -> None:
         """The prediction map of a head with spatial stages: one patch, at the head's cells, each a
@@ -295,6 +350,22 @@ class InferenceRun:
             self.prediction_map = MapAccumulator("prediction", self.region, cell_hw, map_hw, channels=(len(self.classes),),
                                                  fill=math.nan, clip=True, classes=self.classes, emit=self.emit)
         self.prediction_map.put(values, rows, cols)
+
+
+def _kept_only(grad_for_block, keep: np.ndarray):
+    """A block-gradient callable zero on the output cells outside ``keep`` (which the pool left
+    out): a block with no kept cell then gets None, so the backward pass skips it."""
+    kept = torch.from_numpy(keep)
+
+    def grad(rows, cols, values=None):
+        g = grad_for_block(rows, cols) if values is None else grad_for_block(rows, cols, values=values)
+        if g is None:
+            return None
+        mask = kept[rows[0]:rows[1], cols[0]:cols[1]].to(g.device)
+        return torch.where(mask, g, torch.zeros((), dtype=g.dtype, device=g.device))
+
+    grad.needs_values = getattr(grad_for_block, "needs_values", False)
+    return grad
 
 
 def _autocast(device: torch.device):

@@ -34,6 +34,12 @@ class InferenceSpec:
     the OS after every tile (CPU): peak memory then stays flat with the slide's size, at about
     20% more time (see StreamHooks.release_every).
 
+    With ``regions``, the job covers the union of the areas of the ``include_classes``
+    annotations (none named: all) less those of the ``exclude_classes``, exactly: the bounding box
+    of that area (within ``l0_region`` when given) is read, blocks whose output cells all lie
+    outside it are skipped, and map cells whose centre lies outside it are NaN and left out of
+    the slide-level pool (see :mod:`engine.infer`).
+
     Boxes may be given as ``(x0, y0, x1, y1)``; they are stored as :class:`~engine.geometry.Box`.
     A spec that cannot run raises :class:`~engine.errors.SpecError` when it is made.
     """
@@ -52,11 +58,21 @@ class InferenceSpec:
     #: Level-0 box to compute first (e.g. the view on screen); the rest of the region follows.
     priority_l0_box: Box | None = None
     low_memory: bool = False
+    #: Run inside annotated regions: an annotation file (GeoJSON / ASAP XML) or an
+    #: ``engine.annotations.AnnotationSet``; see the class notes.
+    regions: object = None
+    include_classes: tuple[str, ...] = ()
+    exclude_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("l0_region", "priority_l0_box"):
             object.__setattr__(self, name, _optional_box(name, getattr(self, name)))
         check_device_name(self.device)
+        for name in ("include_classes", "exclude_classes"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if self.regions is None and (self.include_classes or self.exclude_classes):
+            raise SpecError("include_classes and exclude_classes name classes of the regions; give regions too")
         if self.tile_size is not None and self.tile_size < 1:
             raise SpecError(f"tile_size must be a positive number of input pixels (or None: the model's), "
                             f"got {self.tile_size}")

@@ -1,9 +1,12 @@
-"""``python -m engine annotations convert IN OUT`` and ``... annotations stats FILE [--slide SLIDE]``.
+"""``python -m engine annotations convert IN OUT``, ``... annotations stats FILE [--slide SLIDE]``,
+``... annotations from-map --maps maps.npz --threshold T --out FILE`` and
+``python -m engine score-maps --maps maps.npz --annotations FILE [--class NAME]`` (or ``--cohort CSV``).
 
-``add_parser(subparsers)`` adds the ``annotations`` command to the engine's parser; each
-subcommand stores its function in ``args.annotations_main`` (``main(args)`` calls it). Exit
-codes follow the engine CLI's: 0 done; 2 the annotation file is malformed or the conversion would
-lose shapes (``--allow-loss``); 3 the slide could not be read; 6 the output could not be written.
+``add_parser(subparsers)`` adds the ``annotations`` command to the engine's parser and
+``add_score_parser(subparsers)`` the ``score-maps`` command; each stores its function in
+``args.annotations_main`` (``main(args)`` calls it). Exit codes follow the engine CLI's: 0 done;
+2 the annotation or maps file is malformed, or the conversion would lose shapes (``--allow-loss``);
+3 the slide could not be read; 6 the output could not be written.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ import argparse
 import json
 import sys
 
+from engine.annotations.contours import detections_from_map, polygons_from_map
 from engine.annotations.errors import AnnotationError
 from engine.annotations.files import FORMATS, load_annotations, save_annotations
+from engine.annotations.model import AnnotationSet
+from engine.annotations.score import map_plane, score_cohort, score_maps
 from engine.annotations.stats import stats
 from engine.errors import ResultsError, SlideError
+from engine.io.maps import read_maps
 from engine.slides import open_slide
 
 EXIT_OK, EXIT_BAD_FILE, EXIT_SLIDE, EXIT_WRITE = 0, 2, 3, 6
@@ -39,6 +46,37 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--mpp", type=float, help="microns per level-0 pixel (instead of reading --slide)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(annotations_main=main_stats)
+    m = sub.add_parser("from-map", help="threshold a map into polygon annotations (or one detection per cell)")
+    m.add_argument("--maps", required=True, help="maps.npz a job wrote (or its folder)")
+    m.add_argument("--layer", default="saliency", help="map layer (default saliency; prediction, ...)")
+    m.add_argument("--channel", help="class name or index of a layer with classes (default: the last class)")
+    m.add_argument("--threshold", type=float, required=True,
+                   help="cells at or above it form the regions (with --detections: cells above it)")
+    m.add_argument("--class", dest="class_name", help="class of the annotations written")
+    m.add_argument("--out", required=True, help="annotation file to write (.geojson, .json or .xml)")
+    m.add_argument("--detections", action="store_true",
+                   help="one square detection per cell carrying its value (QuPath measurement maps)")
+    m.add_argument("--simplify", type=float, help="simplification tolerance, level-0 px (default 3/4 cell; 0: exact)")
+    m.add_argument("--min-area", type=float, default=0.0, help="leave out regions under this area, level-0 px²")
+    m.add_argument("--mpp", type=float, help="microns per level-0 pixel, for areas in µm²")
+    m.set_defaults(annotations_main=main_from_map)
+    return p
+
+
+def add_score_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("score-maps", help="how much of a map falls inside annotated outlines")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--maps", help="maps.npz a job wrote (or its folder)")
+    what.add_argument("--cohort", help="CSV with slide,maps,annotations columns (paths relative to it)")
+    p.add_argument("--annotations", help="annotation file (with --maps)")
+    p.add_argument("--class", dest="class_name", help="annotation class to score against (default: every area)")
+    p.add_argument("--layer", default="saliency", help="map layer (default saliency; prediction, ...)")
+    p.add_argument("--channel", help="class name or index of a layer with classes (default: the last class)")
+    p.add_argument("--tissue", action="store_true",
+                   help="score tissue cells only (tissue found on the slide the maps name, or --slide)")
+    p.add_argument("--slide", help="slide for --tissue (default: the one the maps file names)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(annotations_main=main_score)
     return p
 
 
@@ -93,4 +131,68 @@ def main_stats(args: argparse.Namespace, out=None, err=None) -> int:
         return EXIT_BAD_FILE
     _warn(loaded.warnings, err)
     out.write(json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n" if args.json else result.table() + "\n")
+    return EXIT_OK
+
+
+def main_from_map(args: argparse.Namespace, out=None, err=None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        values, grid = map_plane(*read_maps(args.maps), args.layer, args.channel)
+    except (AnnotationError, ResultsError) as exc:  # ResultsError: not a maps file
+        err.write(f"error: {exc}\n")
+        return EXIT_BAD_FILE
+    try:
+        if args.detections:
+            found = detections_from_map(values, grid, args.threshold, class_name=args.class_name,
+                                        measurement=args.layer)
+        else:
+            found = polygons_from_map(values, grid, args.threshold, class_name=args.class_name,
+                                      min_area_l0=args.min_area, simplify_l0=args.simplify, mpp=args.mpp,
+                                      score_name=args.layer)
+        lost = save_annotations(AnnotationSet(found), args.out)
+    except AnnotationError as exc:
+        err.write(f"error: {exc}\n")
+        return EXIT_BAD_FILE
+    except ResultsError as exc:
+        err.write(f"error: {exc}\n")
+        return EXIT_WRITE
+    _warn(lost, err)
+    kind = "detection(s)" if args.detections else "region(s)"
+    out.write(f"wrote {len(found)} {kind} of {args.layer} >= {args.threshold} to {args.out}\n")
+    return EXIT_OK
+
+
+def _score_table(rows: list[dict]) -> str:
+    lines = [f"{'slide':<24} {'mass inside':>11} {'even share':>10} {'pixel AUC':>9} {'cells':>8} {'inside':>8}"]
+    for r in rows:
+        lines.append(f"{str(r['slide']):<24} {r['mass_inside']:>11.4f} {r['even_share']:>10.4f} {r['pixel_auc']:>9.4f} "
+                     f"{r['cells']:>8} {r['cells_inside']:>8}")
+    return "\n".join(lines)
+
+
+def main_score(args: argparse.Namespace, out=None, err=None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    kw = {"layer": args.layer, "channel": args.channel, "tissue": args.tissue}
+    try:
+        if args.cohort:
+            result = score_cohort(args.cohort, args.class_name, **kw)
+            rows = result["slides"] + [{"slide": f"mean of {result['n']}", **result["mean"], "cells": "", "cells_inside": ""}]
+        else:
+            if not args.annotations:
+                err.write("error: --maps needs --annotations\n")
+                return EXIT_BAD_FILE
+            result = score_maps(args.maps, args.annotations, args.class_name, slide=args.slide, **kw)
+            rows = [{"slide": args.maps, **result}]
+    except (AnnotationError, ResultsError) as exc:
+        err.write(f"error: {exc}\n")
+        return EXIT_BAD_FILE
+    except SlideError as exc:
+        err.write(f"error: --tissue needs the slide: {exc}\n")
+        return EXIT_SLIDE
+    if args.json:
+        out.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    else:
+        out.write(_score_table(rows) + "\n")
+        out.write(f"(scores over {rows[0].get('over', 'computed cells')}; an even map scores mass inside = even share, "
+                  "AUC 0.5)\n")
     return EXIT_OK

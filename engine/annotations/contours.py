@@ -62,13 +62,11 @@ def polygons_from_map(values, grid: MapGeometry, threshold: float, *, class_name
         raise AnnotationError(f"simplify_l0 must be a finite number >= 0, got {simplify_l0!r}")
     with np.errstate(invalid="ignore"):
         mask = v >= threshold  # NaN cells are never in a region
-    origin = np.array([grid.l0_box.x0, grid.l0_box.y0])
-    scale = np.array([cw, ch])
     out = []
     for cells in shapely.get_parts(region_cells(mask)):
         if cells.is_empty or cells.area * cw * ch < min_area_l0:
             continue
-        l0 = shapely.transform(shapely.simplify(cells, 0), lambda xy: xy * scale + origin)
+        l0 = shapely.transform(shapely.simplify(cells, 0), grid.map_to_l0_xy)
         c0, r0, c1, r1 = (int(round(b)) for b in cells.bounds)
         own_grid = MapGeometry(grid.cells_to_l0(c0, r0, c1, r1), (r1 - r0, c1 - c0))
         scores = v[r0:r1, c0:c1][rasterize(l0, own_grid)]  # cell centres are half a cell from any edge
@@ -93,9 +91,8 @@ def detections_from_map(values, grid: MapGeometry, floor: float, *, class_name: 
     if len(rows) > MAX_DETECTIONS:
         raise AnnotationError(f"{len(rows)} cells are above {floor}; more than {MAX_DETECTIONS} detections "
                               "would make a file no viewer opens quickly (raise the floor)")
-    cw, ch = grid.l0_cell
-    x0 = grid.l0_box.x0 + cols * cw
-    y0 = grid.l0_box.y0 + rows * ch
-    return Annotation.rectangles(np.column_stack([x0, y0, x0 + cw, y0 + ch]), class_name=class_name,
+    corners = np.column_stack([grid.map_to_l0_xy(np.column_stack([cols, rows])),
+                               grid.map_to_l0_xy(np.column_stack([cols + 1, rows + 1]))])
+    return Annotation.rectangles(corners, class_name=class_name,
                                  object_type="detection",
                                  measurements=[{measurement: value} for value in v[rows, cols].tolist()])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from engine.annotations.asap import asap_xml_bytes, read_asap_xml
 from engine.annotations.errors import AnnotationError
 from engine.annotations.geojson import geojson_bytes, read_geojson
 from engine.annotations.model import AnnotationSet
-from engine.errors import ResultsError
+from engine.io.atomic import write_bytes
 
 GEOJSON, ASAP = "geojson", "asap"
 FORMATS = (GEOJSON, ASAP)
@@ -70,8 +69,8 @@ def save_annotations(annotations: AnnotationSet, path: str | os.PathLike, *, for
     Raises :class:`AnnotationError` when the format cannot hold a shape (and not ``allow_loss``),
     :class:`engine.errors.ResultsError` when the file cannot be written.
 
-    ``.gz`` paths are gzipped. The file is written whole under a temporary name, fsynced and
-    moved into place, so an error or a crash leaves any earlier file untouched.
+    ``.gz`` paths are gzipped. The file goes through :mod:`engine.io.atomic` (whole under a
+    temporary name, fsynced, moved into place), so an error or a crash leaves any earlier file untouched.
     """
     p = Path(path)
     fmt = format or format_of(p)
@@ -83,7 +82,7 @@ def save_annotations(annotations: AnnotationSet, path: str | os.PathLike, *, for
         raise AnnotationError(f"{p}: unknown annotation format {fmt!r} (one of {', '.join(FORMATS)})")
     if p.suffix.lower() == ".gz":
         data = gzip.compress(data, mtime=0)
-    _write_atomic(p, data)
+    write_bytes(p, data)
     return tuple(warnings)
 
 
@@ -107,28 +106,3 @@ def _read_capped(p: Path, max_bytes: int) -> bytes:
         raise AnnotationError(f"{p}: unpacks to over {limit}")
     return data
 
-
-def _write_atomic(p: Path, data: bytes) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    except OSError as exc:
-        raise ResultsError(f"{p}: cannot write the annotations: {exc.strerror or exc}") from None
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; annotation files are for sharing
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ResultsError(f"{p}: cannot write the annotations: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself survive a power cut
-        dir_fd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

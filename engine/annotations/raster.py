@@ -66,15 +66,12 @@ def _in_cell_plane(geometry: BaseGeometry, grid: MapGeometry) -> BaseGeometry:
     gx0, gy0, gx1, gy1 = geometry.bounds
     if gx0 < box.x0 or gy0 < box.y0 or gx1 > box.x1 or gy1 > box.y1:
         geometry = shapely.intersection(geometry, shapely.box(box.x0, box.y0, box.x1, box.y1))
-    h, w = grid.shape
-    scale = np.array([w / box.width, h / box.height])
-    origin = np.array([box.x0, box.y0])
     polygons = [p for p in shapely.get_parts(geometry) if p.geom_type == "Polygon" and not p.is_empty]
     if not polygons:
         return shapely.Polygon()
     # Exteriors one way and holes the other, so the signed coverage of every covered cell is +1.
     polygons = [orient(p, sign=1.0) for p in polygons]
-    return shapely.transform(shapely.MultiPolygon(polygons), lambda xy: (xy - origin) * scale)
+    return shapely.transform(shapely.MultiPolygon(polygons), grid.l0_to_map_xy)
 
 
 def _edges(geometry: BaseGeometry) -> np.ndarray:

@@ -16,6 +16,8 @@ import torch
 ProgressFn = Callable[[str, int, int], None]  # (phase "forward"/"backward", blocks done, total)
 #: ``fn(rows, cols, values)``: a forward block's owned output cells (output-plane intervals).
 BlockFn = Callable[[tuple[int, int], tuple[int, int], torch.Tensor], None]
+#: ``fn(rows, cols) -> bool``: whether to leave out the forward block owning these output cells.
+SkipFn = Callable[[tuple[int, int], tuple[int, int]], bool]
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class StreamHooks:
     order, which the input-gradient sink relies on). ``release_every``: give freed heap pages
     back to the OS every that many blocks, forward and backward counted together (CPU, glibc;
     0: never): keeps peak memory flat over many blocks (see :mod:`engine.streaming.heap`).
+    ``skip_block(rows, cols)``: True leaves a forward block (its owned output cells, output-plane
+    intervals) uncomputed: it is not read, run, pooled or sent to ``on_block`` (a stitched map
+    holds NaN there). The backward pass does not consult it: a block gradient of None skips a block there.
     """
 
     progress: ProgressFn | None = None
@@ -37,3 +42,4 @@ class StreamHooks:
     on_block: BlockFn | None = None
     priority: tuple[float, float] | None = None
     release_every: int = 0
+    skip_block: SkipFn | None = None

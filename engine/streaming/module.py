@@ -261,15 +261,19 @@ class StreamingModule(nn.Module):
         each block's owned cells to ``reducer`` and to the ``on_block`` hook."""
         plan = self.tile_plan(source.shape[2:])
         out: torch.Tensor | None = None
-        on_block = run.hooks.on_block
+        on_block, skip = run.hooks.on_block, run.hooks.skip_block
         with torch.no_grad():
             for done, (i, j) in enumerate(plan.block_order(run.hooks.priority), start=1):
                 rb, rp, cb, cp = plan.rows[i], plan.row_plans[i], plan.cols[j], plan.col_plans[j]
                 run.check_stop()
+                rows, cols = (rb.own_start, rb.end), (cb.own_start, cb.end)
+                if skip is not None and skip(rows, cols):
+                    run.block_done("forward", done, plan.n_blocks)
+                    continue
                 y = run_block(self.graph, self._read(source, rp.cone, cp.cone), rp, cp)
                 if out is None and keep_output:
-                    out = y.new_empty((y.shape[0], y.shape[1], *plan.out_hw))
-                rows, cols = (rb.own_start, rb.end), (cb.own_start, cb.end)
+                    shape = (y.shape[0], y.shape[1], *plan.out_hw)
+                    out = y.new_empty(shape) if skip is None else y.new_full(shape, float("nan"))
                 owned = y[:, :, rb.own_start - rb.start:, cb.own_start - cb.start:]
                 if keep_output:
                     out[:, :, rows[0]:rows[1], cols[0]:cols[1]] = owned

@@ -52,7 +52,7 @@ def test_convert_refuses_loss_unless_asked_and_reports_bad_files(tmp_path, parse
     code, _, err = _run(parser, "convert", str(tmp_path / "bad.geojson"), str(tmp_path / "c.xml"))
     assert code == EXIT_BAD_FILE and "bad.geojson: not valid JSON" in err
     code, _, err = _run(parser, "convert", source, str(tmp_path / "missing" / "d.geojson"))
-    assert code == EXIT_WRITE and "cannot write" in err
+    assert code == EXIT_WRITE and "could not write" in err and "its folder does not exist" in err
     code, _, _ = _run(parser, "convert", source, str(tmp_path / "e.out"), "--to", "geojson")
     assert code == EXIT_OK and load_annotations(tmp_path / "e.out").format == "geojson"
 
