@@ -1,0 +1,95 @@
+"""Annotation work done off the UI thread: reading and writing files, the simplified outlines
+the painter draws at low zoom, and maps turned into polygons.
+
+Each function is a job for :class:`~viewer.workers.background.BackgroundRunner`: it takes plain
+values and returns plain values (``QPainterPath`` is a value type, safe to build on a worker).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import shapely
+from PySide6.QtCore import QPointF, Qt
+from PySide6.QtGui import QPainterPath, QPolygonF
+
+from engine.annotations import Annotation, AnnotationSet, load_annotations, polygons_from_map, save_annotations
+from engine.annotations.files import LoadResult
+from engine.geometry import MapGeometry
+
+#: Douglas-Peucker tolerances (level-0 px) each outline is kept at; the painter picks the
+#: coarsest within half a screen pixel, so what is drawn is never visibly off the outline.
+L0_TOLERANCES = (0.0, 2.0, 8.0, 32.0, 128.0, 512.0)
+#: Outlines with fewer vertices than this are drawn exactly at every zoom (simplifying them saves nothing).
+SIMPLIFY_FROM_VERTICES = 64
+SIDECAR_SUFFIX = ".annotations.geojson"
+
+
+def sidecar_path(slide_key: str, fallback_folder: str | None) -> Path:
+    """Where a slide's annotations autosave: beside the slide, or in ``fallback_folder`` when
+    the slide's folder cannot be written (a read-only share, a mounted archive)."""
+    slide = Path(slide_key)
+    beside = slide.with_name(slide.name + SIDECAR_SUFFIX)
+    if os.access(slide.parent, os.W_OK) or fallback_folder is None:
+        return beside
+    return Path(fallback_folder) / beside.name
+
+
+def load_job(path: str) -> LoadResult:
+    return load_annotations(path)
+
+
+def load_if_exists_job(path: str) -> LoadResult | None:
+    return load_annotations(path) if Path(path).exists() else None
+
+
+def save_job(annotations: AnnotationSet, path: str, version: int) -> tuple[str, int, tuple[str, ...]]:
+    """Write (atomically, through the engine's writer); returns the path, the document version
+    written, and what the format could not hold."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    warnings = save_annotations(annotations, path, allow_loss=True)
+    return path, version, warnings
+
+
+def _ring_polygon(coords: np.ndarray) -> QPolygonF:
+    return QPolygonF([QPointF(float(x), float(y)) for x, y in coords])
+
+
+def painter_path(geometry) -> QPainterPath:
+    """A level-0 ``QPainterPath`` of a shapely geometry (rings closed, holes odd-even filled)."""
+    path = QPainterPath()
+    path.setFillRule(Qt.FillRule.OddEvenFill)
+    for part in shapely.get_parts(geometry):
+        kind = part.geom_type
+        if kind == "Polygon":
+            for ring in (part.exterior, *part.interiors):
+                path.addPolygon(_ring_polygon(np.asarray(ring.coords)))
+                path.closeSubpath()
+        elif kind in ("LineString", "MultiLineString"):
+            for line in shapely.get_parts(part):
+                path.addPolygon(_ring_polygon(np.asarray(line.coords)))
+        # Points are drawn as screen-sized markers by the painter, not as paths.
+    return path
+
+
+def outline_paths(geometry) -> dict[float, QPainterPath]:
+    """The outline at each of :data:`L0_TOLERANCES` (only the exact one for small outlines)."""
+    exact = painter_path(geometry)
+    if shapely.get_num_coordinates(geometry) < SIMPLIFY_FROM_VERTICES:
+        return {0.0: exact}
+    paths = {0.0: exact}
+    for tolerance in L0_TOLERANCES[1:]:
+        simple = shapely.simplify(geometry, tolerance, preserve_topology=True)
+        paths[tolerance] = painter_path(simple)
+    return paths
+
+
+def outlines_job(annotations: list[Annotation]) -> list[tuple[Annotation, dict[float, QPainterPath]]]:
+    return [(a, outline_paths(a.geometry)) for a in annotations]
+
+
+def contours_job(values: np.ndarray, grid: MapGeometry, threshold: float, class_name: str | None,
+                 mpp, score_name: str) -> list[Annotation]:
+    return polygons_from_map(values, grid, threshold, class_name=class_name, mpp=mpp, score_name=score_name)
