@@ -133,6 +133,10 @@ class ToolDelegate(QObject):
 
     def mouse_double_click(self, event: QMouseEvent, view: ViewTransform) -> bool:
         if self.tool == POLYGON and self.document is not None:
+            # The double-click's own press may or may not have come first (platforms differ).
+            p = view.to_l0(event.position().x(), event.position().y())
+            if not self._points or _screen_distance(view, p, self._points[-1]) > 1:
+                self._points.append(p)
             self._finish_polygon()
             return True
         return False
