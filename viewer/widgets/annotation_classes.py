@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QColorDialog,
-    QHBoxLayout,
+    QGridLayout,
     QInputDialog,
     QListWidget,
     QListWidgetItem,
@@ -42,9 +42,9 @@ class AnnotationClassList(QWidget):
         self.add_button, self.rename_button = QPushButton("Add…"), QPushButton("Rename…")
         self.color_button, self.assign_button = QPushButton("Colour…"), QPushButton("Set selected")
         self.assign_button.setToolTip("Give the selected annotations this class")
-        buttons = QHBoxLayout()
-        for b in (self.add_button, self.rename_button, self.color_button, self.assign_button):
-            buttons.addWidget(b)
+        buttons = QGridLayout()  # two by two: the dock stays as narrow as the others beside the view
+        for i, b in enumerate((self.add_button, self.rename_button, self.color_button, self.assign_button)):
+            buttons.addWidget(b, i // 2, i % 2)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.list, 1)

@@ -73,7 +73,6 @@ class OverlayPanel(QWidget):
         threshold_row = QHBoxLayout()
         threshold_row.addWidget(self.use_threshold)
         threshold_row.addWidget(self.threshold, 1)
-        threshold_row.addWidget(self.to_annotations_button)
         form = QFormLayout()
         form.addRow("Colormap", self.colormap)
         form.addRow("Opacity", self.opacity)
@@ -87,6 +86,7 @@ class OverlayPanel(QWidget):
         layout.addWidget(self.layer_list)
         layout.addWidget(self.controls)
         layout.addWidget(self.colorbar)
+        layout.addWidget(self.to_annotations_button)
         layout.addStretch(1)
 
         self.layer_list.currentItemChanged.connect(self._on_current)
