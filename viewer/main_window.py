@@ -84,7 +84,8 @@ class MainWindow(QMainWindow):
         self.view.add_overlay(self.overlay_painter)
         # Annotations: their own worker, so simplifying a large file never delays a slide opening.
         self.annotation_runner = BackgroundRunner(workers=1, parent=self)
-        self.annotation_painter = AnnotationPainter(self.view.update_l0_box, self.annotation_runner.submit)
+        self.annotation_painter = AnnotationPainter(self.view.update_l0_box, self.annotation_runner.submit,
+                                                    lambda: self.view.moving)
         self.view.add_overlay(self.annotation_painter)
         # Widgets.
         self.overview = OverviewWidget()
@@ -196,6 +197,12 @@ class MainWindow(QMainWindow):
         self.to_annotations_action = self._action("To &annotations…", self.choose_to_annotations)
         self.to_annotations_action.setToolTip("The shown layer's cells above its threshold become annotations")
         overlays_menu.addAction(self.to_annotations_action)
+        self.show_annotations_action = self._action("&Show annotations", self.annotation_painter.set_visible)
+        self.fill_annotations_action = self._action("&Fill annotations", lambda on: self.annotation_painter.set_fill(0.2 * on))
+        for action, on in ((self.show_annotations_action, True), (self.fill_annotations_action, False)):
+            action.setCheckable(True)
+            action.setChecked(on)
+        overlays_menu.addActions([self.show_annotations_action, self.fill_annotations_action])
 
         view_menu = self.menuBar().addMenu("&View")
         self.fit_action = self._action("&Fit (0)", self.view.fit)

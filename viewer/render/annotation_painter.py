@@ -4,8 +4,10 @@ an optional translucent fill, the selection with its vertex handles, and a label
 Outlines are ``QPainterPath``s in the level-0 plane, drawn through the painter's transform with
 a cosmetic pen, so zooming and panning build nothing. Large outlines come from a worker at
 several simplification tolerances (:mod:`viewer.workers.annotation_jobs`); each paint picks the
-coarsest within half a screen pixel, so a 10,000-vertex outline costs a few hundred segments
+coarsest within a screen pixel, so a 10,000-vertex outline costs a few hundred segments
 when the slide is zoomed out. Until an outline's paths arrive its bounding box is drawn dashed.
+Fills are off by default (as in QuPath); while the view moves, lines are drawn without
+antialiasing and fills are left out, the costly parts of a frame over a large outline.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from viewer.model.viewport import ViewTransform
 from viewer.workers.annotation_jobs import L0_TOLERANCES, SIMPLIFY_FROM_VERTICES, outline_paths, outlines_job
 
 Submit = Callable[..., object]
-#: Screen px a drawn outline may stray from the true one.
-SCREEN_TOLERANCE = 0.5
+#: Screen px a drawn outline may stray from the true one (the line itself is 1.6 px wide).
+SCREEN_TOLERANCE = 1.0
 HANDLE_PX = 7
 POINT_PX = 5
 
@@ -40,10 +42,11 @@ def pick_tolerance(scale: float) -> float:
 class AnnotationPainter:
     """The view's annotation layer (``SlideView.add_overlay``) for one document at a time."""
 
-    def __init__(self, repaint: Callable[[Box | None], None], submit: Submit) -> None:
-        self._repaint, self._submit = repaint, submit
+    def __init__(self, repaint: Callable[[Box | None], None], submit: Submit,
+                 moving: Callable[[], bool] = lambda: False) -> None:
+        self._repaint, self._submit, self._moving = repaint, submit, moving
         self.document: AnnotationDocument | None = None
-        self.fill_opacity = 0.15  # 0: outlines only
+        self.fill_opacity = 0.0  # 0: outlines only
         self.visible = True
         self.hover_index: int | None = None
         self._paths: dict[int, tuple[Annotation, dict[float, QPainterPath]]] = {}
@@ -73,6 +76,14 @@ class AnnotationPainter:
         self._repaint(None if l0_box is None else l0_box.expand(HANDLE_PX * 1e3))  # handles are screen-sized
 
     def _on_selection(self) -> None:
+        self._repaint(None)
+
+    def set_fill(self, opacity: float) -> None:
+        self.fill_opacity = opacity
+        self._repaint(None)
+
+    def set_visible(self, visible: bool) -> None:
+        self.visible = visible
         self._repaint(None)
 
     def set_hover(self, index: int | None) -> None:
@@ -134,8 +145,10 @@ class AnnotationPainter:
         tolerance = pick_tolerance(view.scale)
         to_screen = QTransform(view.scale, 0, 0, view.scale, -view.l0_x0 * view.scale, -view.l0_y0 * view.scale)
         selected = set(doc.selection)
+        moving = self._moving()
+        fill_opacity = 0.0 if moving else self.fill_opacity
         painter.save()
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, not moving)
         for index in indices.tolist():
             a = doc[index]
             colour = QColor(*doc.color_of(a))
@@ -157,8 +170,8 @@ class AnnotationPainter:
                 path = paths.get(max(t for t in paths if t <= tolerance))
                 painter.setPen(pen)
                 fill = QColor(colour)
-                fill.setAlphaF(self.fill_opacity)
-                closed = a.has_area and self.fill_opacity > 0
+                fill.setAlphaF(fill_opacity)
+                closed = a.has_area and fill_opacity > 0
                 painter.setBrush(QBrush(fill) if closed else Qt.BrushStyle.NoBrush)
                 painter.drawPath(path)
             painter.resetTransform()

@@ -19,9 +19,9 @@ from engine.annotations import Annotation, AnnotationSet, load_annotations, poly
 from engine.annotations.files import LoadResult
 from engine.geometry import MapGeometry
 
-#: Douglas-Peucker tolerances (level-0 px) each outline is kept at; the painter picks the
-#: coarsest within half a screen pixel, so what is drawn is never visibly off the outline.
-L0_TOLERANCES = (0.0, 2.0, 8.0, 32.0, 128.0, 512.0)
+#: Douglas-Peucker tolerances (level-0 px) each outline is kept at, doubling, so the painter's
+#: pick (the coarsest within a screen pixel) is never more than twice as fine as it could be.
+L0_TOLERANCES = (0.0,) + tuple(float(2**k) for k in range(12))
 #: Outlines with fewer vertices than this are drawn exactly at every zoom (simplifying them saves nothing).
 SIMPLIFY_FROM_VERTICES = 64
 SIDECAR_SUFFIX = ".annotations.geojson"
