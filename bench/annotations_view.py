@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -68,8 +69,7 @@ def darkness_map(slide_path: Path) -> tuple[np.ndarray, MapGeometry]:
 def screenshot(slide: Path, out: Path) -> None:
     """The main window with a map, annotations turned from it, and hand-drawn ones."""
     tmp = Path(tempfile.mkdtemp())
-    work_slide = tmp / slide.name
-    os.symlink(slide.resolve(), work_slide)
+    work_slide = Path(shutil.copy(slide, tmp / slide.name))  # its sidecar autosaves into tmp, not beside the original
     values, grid = darkness_map(slide)
     settings = QSettings(str(tmp / "shot.ini"), QSettings.Format.IniFormat)
     window = main_window.MainWindow(settings=settings, cache_bytes=256 * 2**20, popups=False)
@@ -90,9 +90,9 @@ def screenshot(slide: Path, out: Path) -> None:
     window.annotations.to_annotations(stack, "Hot spot")
     run_until(lambda: any(a.class_name == "Hot spot" for a in doc.annotations), 30)
     w, h = window.workspace.current.shared.source.dimensions
-    doc.add([Annotation.polygon([(0.12 * w, 0.55 * h), (0.42 * w, 0.5 * h), (0.47 * w, 0.72 * h), (0.2 * w, 0.8 * h)],
+    doc.add([Annotation.polygon([(0.42 * w, 0.36 * h), (0.6 * w, 0.3 * h), (0.66 * w, 0.52 * h), (0.5 * w, 0.62 * h), (0.4 * w, 0.5 * h)],
                                 class_name="Tumor", name="Expert outline")], classes={"Tumor": (230, 30, 30)})
-    doc.add([Annotation.ellipse(Box(0.6 * w, 0.08 * h, 0.85 * w, 0.22 * h), class_name="Stroma", name="Stroma")],
+    doc.add([Annotation.ellipse(Box(0.3 * w, 0.3 * h, 0.42 * w, 0.4 * h), class_name="Stroma", name="Stroma")],
             classes={"Stroma": (40, 200, 60)})
     doc.select((len(doc) - 2,))  # the polygon shows its vertex handles
     window.annotation_painter.set_hover(len(doc) - 1)
@@ -127,8 +127,8 @@ def main() -> None:
     ann_path = tmp / "camelyon-like.geojson"
     save_annotations(annotations, ann_path)
     n_vertices = sum(len(a.geometry.exterior.coords) - 1 for a in annotations)
-    work_slide = tmp / slide.name
-    os.symlink(slide, work_slide)  # its sidecar autosaves into tmp, not beside the cached slide
+    # A copy (a symlink would resolve back): its sidecar autosaves into tmp, not beside the cached slide.
+    work_slide = Path(shutil.copy(slide, tmp / slide.name))
     settings = QSettings(str(tmp / "bench.ini"), QSettings.Format.IniFormat)
     window = main_window.MainWindow(settings=settings, cache_bytes=512 * 2**20, popups=False)
     window.resize(1920, 1080)

@@ -179,7 +179,8 @@ class AnnotationsController(QObject):
             self._report(f"Set a threshold on {layer.key} first (Overlays ▸ Hide below).")
             return False
         self.runner.submit(contours_job, layer.values.copy(), layer.geometry, threshold, class_name, self.mpp(),
-                           str(layer.key), on_done=lambda found, doc=doc: self._on_contours(doc, found),
+                           str(layer.key), on_done=lambda found, doc=doc, key=layer.key, t=threshold:
+                           self._on_contours(doc, [a.replace(name=f"{key} ≥ {t:g} #{i}") for i, a in enumerate(found, 1)]),
                            on_error=lambda m: self._report(f"The map could not be turned into annotations.\n\n{m}"))
         return True
 

@@ -202,7 +202,7 @@ class AnnotationPainter:
                 painter.drawRect(QRectF(sx - half, sy - half, HANDLE_PX, HANDLE_PX))
 
     def _paint_label(self, painter: QPainter, a: Annotation, view: ViewTransform, doc: AnnotationDocument) -> None:
-        text = " · ".join(t for t in (a.name, a.class_name) if t) or a.kind
+        text = " · ".join(dict.fromkeys(t for t in (a.name, a.class_name) if t)) or a.kind
         b = a.l0_box
         sx, sy = view.to_screen(b.x0, b.y0)
         font = QFont(painter.font())
