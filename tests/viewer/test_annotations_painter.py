@@ -28,8 +28,19 @@ def test_a_10000_vertex_outline_is_a_few_hundred_segments_zoomed_out_and_stays_o
     assert paths[0.0].elementCount() == 10_001
     fit = pick_tolerance(1000 / 40_000)  # a 40k slide fitted to 1000 px
     assert paths[fit].elementCount() < 600
-    simple = shapely.simplify(polygon, fit, preserve_topology=True)
+    simple = shapely.simplify(polygon, fit, preserve_topology=False)
     assert polygon.hausdorff_distance(simple) <= fit + 1e-6  # within a screen pixel of the true outline
+
+
+def test_an_outline_smaller_than_a_tolerance_keeps_its_finer_path():
+    t = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    circle = shapely.Polygon(np.column_stack([30 * np.cos(t), 30 * np.sin(t)]))
+    paths = outline_paths(circle)
+    collapsed = [x for x in L0_TOLERANCES if shapely.simplify(circle, x, preserve_topology=False).is_empty]
+    assert collapsed  # a 60-px circle vanishes at the coarse tolerances...
+    finest_kept = max(x for x in L0_TOLERANCES if x < collapsed[0])
+    assert all(paths[x] is paths[finest_kept] for x in collapsed)  # ...and is drawn as it was last
+    assert not paths[finest_kept].isEmpty()
 
 
 def test_small_outlines_keep_only_the_exact_path_and_holes_are_subpaths():

