@@ -270,6 +270,7 @@ def test_overlay_to_annotations_on_a_synthetic_map(qtbot, window, slide, monkeyp
     with qtbot.waitSignal(window.annotations.loaded, timeout=10_000):
         window.overlay_panel.to_annotations_button.click()
     assert len(doc) == 2 and {a.class_name for a in doc.annotations} == {"Hot"}
+    assert sorted(a.name for a in doc.annotations) == ["saliency ≥ 0.5 #1", "saliency ≥ 0.5 #2"]
     areas = sorted(a.area_l0 for a in doc.annotations)
     assert areas == pytest.approx([50 * 100 * 100, 76 * 100 * 100])
     assert sum(len(a.geometry.interiors) for a in doc.annotations) == 1
@@ -304,3 +305,21 @@ def test_large_outline_is_simplified_on_a_worker_and_painted(qtbot, window, slid
     x, y = window.view.viewport.transform().to_screen(3000, 1500)  # the circle's right-most point
     colour = image.pixelColor(round(x) - 1, round(y)).getRgb()[:3]
     assert colour[1] > 150 and colour[0] < 120
+
+
+def test_hovering_an_annotation_labels_it(qtbot, window, slide):
+    doc = _open(qtbot, window, slide)
+    t = window.view.viewport.transform()
+    doc.add([Annotation.rectangle(Box(*t.to_l0(100, 200), *t.to_l0(250, 350)), class_name="Tumor", name="lesion")])
+    _tool(window, "select")
+    qtbot.mouseMove(window.view, QPoint(175, 270))
+    qtbot.waitUntil(lambda: window.annotation_painter.hover_index == 0)
+    with_label = window.view.render_image()
+    qtbot.mouseMove(window.view, QPoint(400, 600))
+    qtbot.waitUntil(lambda: window.annotation_painter.hover_index is None)
+    without = window.view.render_image()
+    assert window.view.width() > 400  # every position above is on the view
+    # The label sits just above the box's top-left corner.
+    band = [(x, y) for x in range(100, 160, 3) for y in range(180, 198, 2)]
+    assert any(with_label.pixelColor(x, y) != without.pixelColor(x, y) for x, y in band)
+

@@ -24,6 +24,7 @@ from viewer.workers.annotation_jobs import (
     load_if_exists_job,
     load_job,
     save_job,
+    shutdown_helper,
     sidecar_path,
 )
 from viewer.workers.background import BackgroundRunner
@@ -198,4 +199,5 @@ class AnnotationsController(QObject):
                     save_job(doc.to_set(), str(self.path_for(key)), doc.version)
                 except (StreamSlideError, OSError) as exc:
                     self._report(f"The annotations of {Path(key).name} could not be saved.\n\n{exc}")
+        shutdown_helper()
 

@@ -7,7 +7,10 @@ values and returns plain values (``QPainterPath`` is a value type, safe to build
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +40,55 @@ def sidecar_path(slide_key: str, fallback_folder: str | None) -> Path:
     return Path(fallback_folder) / beside.name
 
 
+#: Files and documents past these sizes are parsed and written in a helper process: json.loads
+#: of a 3 MB file is one ~90 ms C call that holds the GIL, which would stall the UI thread.
+IN_PROCESS_MAX_BYTES = 512 * 2**10
+IN_PROCESS_MAX_VERTICES = 20_000
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _helper() -> ProcessPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            # spawn, not fork: a forked copy of a process running Qt threads can deadlock.
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return _pool
+
+
+def shutdown_helper() -> None:
+    """Stop the helper process (the app's shutdown; a later job starts a new one)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def load_job(path: str) -> LoadResult:
-    return load_annotations(path)
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    if size <= IN_PROCESS_MAX_BYTES:
+        return load_annotations(path)
+    return _helper().submit(load_annotations, path).result()
 
 
 def load_if_exists_job(path: str) -> LoadResult | None:
-    return load_annotations(path) if Path(path).exists() else None
+    return load_job(path) if Path(path).exists() else None
+
+
+def _save(annotations: AnnotationSet, path: str) -> tuple[str, ...]:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_annotations(annotations, path, allow_loss=True)
 
 
 def save_job(annotations: AnnotationSet, path: str, version: int) -> tuple[str, int, tuple[str, ...]]:
     """Write (atomically, through the engine's writer); returns the path, the document version
     written, and what the format could not hold."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    warnings = save_annotations(annotations, path, allow_loss=True)
-    return path, version, warnings
+    vertices = int(shapely.get_num_coordinates([a.geometry for a in annotations]).sum()) if len(annotations) else 0
+    if vertices <= IN_PROCESS_MAX_VERTICES:
+        return path, version, _save(annotations, path)
+    return path, version, _helper().submit(_save, annotations, path).result()
 
 
 def _ring_polygon(coords: np.ndarray) -> QPolygonF:
