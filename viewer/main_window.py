@@ -414,7 +414,8 @@ class MainWindow(QMainWindow):
             self.annotations.export_file(path)
 
     def choose_to_annotations(self) -> None:
-        names = [c for c in (self.annotations.document.classes if self.annotations.document else {})] or ["Region"]
+        doc = self.annotations.document
+        names = (list(doc.classes) if doc is not None else []) or ["Region"]
         name, ok = QInputDialog.getItem(self, "To annotations", "Class of the new annotations:", names, 0, True)
         if ok and name.strip():
             self.annotations.to_annotations(self.overlay_panel.stack, name.strip())

@@ -29,6 +29,7 @@ Submit = Callable[..., object]
 #: Screen px a drawn outline may stray from the true one (the line itself is 1.6 px wide).
 SCREEN_TOLERANCE = 1.0
 HANDLE_PX = 7
+LABEL_MARGIN_PX = 40
 POINT_PX = 5
 
 
@@ -54,6 +55,7 @@ class AnnotationPainter:
         self._bounds = np.zeros((0, 4))
         self._bounds_version = -1
         self.paths_ready = 0  # batches arrived (tests wait on it)
+        self._last_scale = 1.0
 
     # -- binding ---------------------------------------------------------------------------
     def set_document(self, document: AnnotationDocument | None) -> None:
@@ -73,7 +75,8 @@ class AnnotationPainter:
 
     def _on_changed(self, l0_box: Box | None) -> None:
         self._request_paths()
-        self._repaint(None if l0_box is None else l0_box.expand(HANDLE_PX * 1e3))  # handles are screen-sized
+        # Handles and the label reach past the box by a few screen px: widen it at the last zoom drawn.
+        self._repaint(None if l0_box is None else l0_box.expand(LABEL_MARGIN_PX / self._last_scale))
 
     def _on_selection(self) -> None:
         self._repaint(None)
@@ -138,6 +141,7 @@ class AnnotationPainter:
         doc = self.document
         if doc is None or not self.visible or len(doc) == 0:
             return
+        self._last_scale = view.scale
         margin = HANDLE_PX / view.scale
         indices = self._visible_indices(l0_visible_box.expand(margin))
         if len(indices) == 0:

@@ -70,14 +70,11 @@ class AnnotationList(QWidget):
         doc = self.document
         filling, self._filling = self._filling, True
         self.table.clearSelection()
-        for index in doc.selection if doc is not None else ():
-            if index < self.table.rowCount():
-                self.table.selectRow(index) if len(doc.selection) == 1 else self._add_row(index)
+        for row in doc.selection if doc is not None else ():
+            if row < self.table.rowCount():
+                for col in range(self.table.columnCount()):
+                    self.table.item(row, col).setSelected(True)
         self._filling = filling
-
-    def _add_row(self, row: int) -> None:
-        for col in range(self.table.columnCount()):
-            self.table.item(row, col).setSelected(True)
 
     def _on_rows(self) -> None:
         if self._filling or self.document is None:
