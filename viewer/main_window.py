@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from viewer.controllers.annotations import AnnotationsController, is_annotation_file
 from viewer.controllers.fine_tuning import FineTuning
 from viewer.controllers.live_maps import LiveMaps
 from viewer.controllers.slides import MESSAGE_MS, SlidesController
@@ -28,10 +29,14 @@ from viewer.model.labels import LabelTable
 from viewer.model.training_form import TrainingForm
 from viewer.model.viewport import MAGNIFICATION_PRESETS, available_presets, describe_position, describe_zoom
 from viewer.model.workspace import OpenSlide, RecentFiles, Workspace
+from viewer.render.annotation_painter import AnnotationPainter
 from viewer.render.overlay import OverlayPainter
 from viewer.render.slide_view import SlideView
 from viewer.render.tile_cache import TileCache, default_cache_bytes
 from viewer.widgets import training_dock
+from viewer.widgets.annotation_classes import AnnotationClassList
+from viewer.widgets.annotation_list import AnnotationList
+from viewer.widgets.annotation_tools import AnnotationToolbar, ToolDelegate
 from viewer.widgets.associated_images import AssociatedImagesPanel
 from viewer.widgets.browser_labels import BrowserLabeller
 from viewer.widgets.job_panel import JobPanel
@@ -47,6 +52,7 @@ from viewer.workers.tiles import TileLoader
 from viewer.workers.training import TrainRunner, engine_train_runner
 
 FILE_FILTER = "Slides and images (*.svs *.tif *.tiff *.ndpi *.vms *.vmu *.scn *.mrxs *.bif *.svslide *.dcm *.png *.jpg *.jpeg *.bmp);;All files (*)"
+ANNOTATION_FILTER = "Annotations (*.geojson *.json *.xml);;QuPath GeoJSON (*.geojson *.json);;ASAP XML (*.xml)"
 EXPORT_CHOICES = {"Screen resolution": 1, "2x screen resolution": 2, "4x screen resolution": 4}
 LEFT, RIGHT, BOTTOM = Qt.DockWidgetArea.LeftDockWidgetArea, Qt.DockWidgetArea.RightDockWidgetArea, Qt.DockWidgetArea.BottomDockWidgetArea
 
@@ -76,6 +82,11 @@ class MainWindow(QMainWindow):
         self.view = SlideView(self.loader, self.cache)
         self.overlay_painter = OverlayPainter(self.view.update_l0_box)
         self.view.add_overlay(self.overlay_painter)
+        # Annotations: their own worker, so simplifying a large file never delays a slide opening.
+        self.annotation_runner = BackgroundRunner(workers=1, parent=self)
+        self.annotation_painter = AnnotationPainter(self.view.update_l0_box, self.annotation_runner.submit,
+                                                    lambda: self.view.moving)
+        self.view.add_overlay(self.annotation_painter)
         # Widgets.
         self.overview = OverviewWidget()
         self.browser = SlideBrowser(self.runner)
@@ -86,6 +97,12 @@ class MainWindow(QMainWindow):
         self.overlay_panel = OverlayPanel()
         self.training_view = training_dock.TrainingDock(self.training_form)
         self.labeller = BrowserLabeller(self.browser, self.labels, parent=self)
+        self.annotation_classes = AnnotationClassList()
+        self.annotation_list = AnnotationList()
+        self.annotation_tools = ToolDelegate(self.annotation_painter, self.view.update,
+                                             self.annotation_classes.current_class, parent=self)
+        self.view.add_overlay(self.annotation_tools)
+        self.view.tool_delegate = self.annotation_tools
         self.readout, self.position_label, self.zoom_label = QLabel(), QLabel(), QLabel()
         # The view follows the shown slide first; the controllers after it.
         self.workspace.slide_added.connect(self._on_slide_added)
@@ -96,6 +113,8 @@ class MainWindow(QMainWindow):
         self.live = LiveMaps(self.workspace, self.inference, self.model, self.report_error, runner, parent=self)
         self.training = FineTuning(self.training_form, self.labels, self.live, self.report_error, self.settings,
                                    train_runner, parent=self)
+        self.annotations = AnnotationsController(self.workspace, self.annotation_runner, self.report_error, self.settings,
+                                                 parent=self)
         self._build_docks()
         self._build_actions()
         self._bind()
@@ -120,6 +139,13 @@ class MainWindow(QMainWindow):
         column.addWidget(self.job_panel)
         right = [self._dock("Model", model_column, RIGHT), self._dock("Overlays", self.overlay_panel, RIGHT),
                  self._dock("Properties", self.properties, RIGHT), self._dock("Associated images", self.associated, RIGHT)]
+        annotation_column = QWidget()
+        column = QVBoxLayout(annotation_column)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.annotation_classes, 2)
+        column.addWidget(self.annotation_list, 3)
+        self.annotations_dock = self._dock("Annotations", annotation_column, RIGHT)
+        self.tabifyDockWidget(right[0], self.annotations_dock)
         # Model, Properties and Associated images share one tab group, so the view keeps its width
         # and the docks their height; the overlay controls stay visible beside the slide.
         self.tabifyDockWidget(right[0], right[2])
@@ -152,6 +178,10 @@ class MainWindow(QMainWindow):
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addActions([self.export_action, self.close_action])
         file_menu.addSeparator()
+        self.import_annotations_action = self._action("&Import annotations…", self.choose_import_annotations)
+        self.export_annotations_action = self._action("E&xport annotations…", self.choose_export_annotations)
+        file_menu.addActions([self.import_annotations_action, self.export_annotations_action])
+        file_menu.addSeparator()
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
 
         model_menu = self.menuBar().addMenu("&Model")
@@ -162,6 +192,17 @@ class MainWindow(QMainWindow):
         model_menu.addSeparator()
         self.train_action = self._action("&Train a model…", self.show_training, "Ctrl+T")
         model_menu.addAction(self.train_action)
+
+        overlays_menu = self.menuBar().addMenu("&Overlays")
+        self.to_annotations_action = self._action("To &annotations…", self.choose_to_annotations)
+        self.to_annotations_action.setToolTip("The shown layer's cells above its threshold become annotations")
+        overlays_menu.addAction(self.to_annotations_action)
+        self.show_annotations_action = self._action("&Show annotations", self.annotation_painter.set_visible)
+        self.fill_annotations_action = self._action("&Fill annotations", lambda on: self.annotation_painter.set_fill(0.2 * on))
+        for action, on in ((self.show_annotations_action, True), (self.fill_annotations_action, False)):
+            action.setCheckable(True)
+            action.setChecked(on)
+        overlays_menu.addActions([self.show_annotations_action, self.fill_annotations_action])
 
         view_menu = self.menuBar().addMenu("&View")
         self.fit_action = self._action("&Fit (0)", self.view.fit)
@@ -192,6 +233,8 @@ class MainWindow(QMainWindow):
         toolbar.addWidget(self.slide_combo)
         for dock in self.findChildren(QDockWidget):
             view_menu.addAction(dock.toggleViewAction())
+        self.annotation_toolbar = AnnotationToolbar(self.annotation_tools, self)
+        self.addToolBar(self.annotation_toolbar)
 
     def _bind(self) -> None:
         slides, live, view = self.slides, self.live, self.view
@@ -217,6 +260,12 @@ class MainWindow(QMainWindow):
         live.availability_changed.connect(self._update_actions)
         self.training_view.bind(self.training)
         self.labeller.labels_changed.connect(self.training.on_browser_labels)
+        self.annotations.document_shown.connect(self._on_annotation_document)
+        self.annotations.status_message.connect(self.statusBar().showMessage)
+        self.annotation_list.center_requested.connect(view.center_on)
+        self.annotation_tools.edit_failed.connect(self.report_error)
+        self.annotation_classes.edit_failed.connect(self.report_error)
+        self.overlay_panel.to_annotations_requested.connect(self.choose_to_annotations)
 
     # -- following the models ---------------------------------------------------------------
     def _on_slide_added(self, entry: OpenSlide) -> None:
@@ -244,6 +293,13 @@ class MainWindow(QMainWindow):
         self._update_actions()
         self._on_viewport_changed()
 
+    def _on_annotation_document(self, document) -> None:
+        self.annotation_tools.cancel()
+        self.annotation_painter.set_document(document)
+        self.annotation_classes.set_document(document)
+        self.annotation_list.set_document(document, self.annotations.mpp())
+        self._update_actions()
+
     def _on_inference_setting(self, name: str) -> None:
         if name == "region_mode":
             self.view.set_region_mode(self.inference.region_mode)
@@ -261,6 +317,8 @@ class MainWindow(QMainWindow):
             action.setEnabled(has_slide)
         self.export_maps_action.setEnabled(self.live.can_export_maps)
         self.load_maps_action.setEnabled(self.live.can_load_maps)
+        for action in (self.import_annotations_action, self.export_annotations_action, self.to_annotations_action):
+            action.setEnabled(has_slide)
 
     def _on_viewport_changed(self) -> None:
         vp = self.view.viewport
@@ -345,13 +403,33 @@ class MainWindow(QMainWindow):
         if path:
             self.live.load_maps(path)
 
+    def choose_import_annotations(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import annotations", "", ANNOTATION_FILTER)
+        if path:
+            self.annotations.import_file(path)
+
+    def choose_export_annotations(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export annotations", "annotations.geojson", ANNOTATION_FILTER)
+        if path:
+            self.annotations.export_file(path)
+
+    def choose_to_annotations(self) -> None:
+        doc = self.annotations.document
+        names = (list(doc.classes) if doc is not None else []) or ["Region"]
+        name, ok = QInputDialog.getItem(self, "To annotations", "Class of the new annotations:", names, 0, True)
+        if ok and name.strip():
+            self.annotations.to_annotations(self.overlay_panel.stack, name.strip())
+
     # -- drag and drop ------------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
-        self.open_paths([u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()])
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        for path in filter(is_annotation_file, paths):
+            self.annotations.import_file(path)
+        self.open_paths([p for p in paths if not is_annotation_file(p)])
         event.acceptProposedAction()
 
     # -- shutdown -------------------------------------------------------------------------------
@@ -365,6 +443,8 @@ class MainWindow(QMainWindow):
         self.live.shutdown()
         self.loader.shutdown()
         self.runner.shutdown()
+        self.annotation_runner.shutdown()
+        self.annotations.shutdown()
         self.slides.shutdown()
 
     @property

@@ -52,6 +52,21 @@ class OverlayLayer(Protocol):
     def paint(self, painter: QPainter, l0_visible_box: Box, view: ViewTransform) -> None: ...
 
 
+class ToolDelegate(Protocol):
+    """Where an annotation tool takes the view's mouse and keys: each returns True when it
+    handled the event (the view then neither pans nor draws a region)."""
+
+    def mouse_press(self, event: QMouseEvent, view: ViewTransform) -> bool: ...
+
+    def mouse_move(self, event: QMouseEvent, view: ViewTransform) -> bool: ...
+
+    def mouse_release(self, event: QMouseEvent, view: ViewTransform) -> bool: ...
+
+    def mouse_double_click(self, event: QMouseEvent, view: ViewTransform) -> bool: ...
+
+    def key_press(self, event: QKeyEvent) -> bool: ...
+
+
 class SlideView(QWidget):
     viewport_changed = Signal()
     #: (l0_x, l0_y) under the mouse, or None when it is off the slide.
@@ -73,6 +88,7 @@ class SlideView(QWidget):
         self._pin_level: int | None = None
         self._drag_from: QPointF | None = None
         self.region_mode = False  # the next left-drag draws a rectangle instead of panning
+        self.tool_delegate: ToolDelegate | None = None
         self._band: tuple[QPointF, QPointF] | None = None  # screen corners of the rectangle being drawn
         self._failed_keys: set[TileKey] = set()
         self._reported_ids: set[int] = set()
@@ -319,8 +335,17 @@ class SlideView(QWidget):
             self.zoom_by(math.sqrt(2) ** notches, event.position())
         event.accept()
 
+    def _delegated(self, handler: str, event) -> bool:
+        if self.tool_delegate is None or self._viewport is None or self.region_mode:
+            return False
+        return getattr(self.tool_delegate, handler)(event, self._viewport.transform())
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
+        if not self._delegated("mouse_double_click", event):
+            self.mousePressEvent(event)
+
     def mousePressEvent(self, event: QMouseEvent) -> None:
-        if event.button() != Qt.MouseButton.LeftButton:
+        if event.button() != Qt.MouseButton.LeftButton or self._delegated("mouse_press", event):
             return
         if self.region_mode or event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
             self._band = (event.position(), event.position())
@@ -330,7 +355,9 @@ class SlideView(QWidget):
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
         pos = event.position()
-        if self._band is not None:
+        if self._drag_from is None and self._band is None and self._delegated("mouse_move", event):
+            pass  # the tool is drawing or moving: no pan
+        elif self._band is not None:
             self._band = (self._band[0], pos)
             self.update()
         elif self._drag_from is not None and event.buttons() & Qt.MouseButton.LeftButton:
@@ -344,6 +371,8 @@ class SlideView(QWidget):
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
         if event.button() != Qt.MouseButton.LeftButton:
+            return
+        if self._drag_from is None and self._band is None and self._delegated("mouse_release", event):
             return
         if self._band is not None:
             start, self._band = self._band[0], None
@@ -366,6 +395,8 @@ class SlideView(QWidget):
             self.region_drawn.emit(l0_box)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
+        if self.tool_delegate is not None and self.tool_delegate.key_press(event):
+            return
         key = event.key()
         step_x, step_y = self.width() * KEY_PAN_FRACTION, self.height() * KEY_PAN_FRACTION
         pans = {Qt.Key.Key_Left: (step_x, 0), Qt.Key.Key_Right: (-step_x, 0), Qt.Key.Key_Up: (0, step_y), Qt.Key.Key_Down: (0, -step_y)}

@@ -9,7 +9,7 @@ layer) and the style controls follow every style change, whoever made it.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -42,6 +42,9 @@ def _spin() -> QDoubleSpinBox:
 
 
 class OverlayPanel(QWidget):
+    #: The user asked to turn the selected layer, at its threshold, into annotations.
+    to_annotations_requested = Signal()
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.stack: OverlayStack | None = None
@@ -59,6 +62,9 @@ class OverlayPanel(QWidget):
         self.interpolation = QComboBox()
         self.interpolation.addItems(INTERPOLATIONS)
         self.colorbar = ColorbarWidget()
+        self.to_annotations_button = QPushButton("To annotations…")
+        self.to_annotations_button.setToolTip("Cells at or above the threshold become annotations of a class")
+        self.to_annotations_button.clicked.connect(self.to_annotations_requested)
 
         range_row = QHBoxLayout()
         range_row.addWidget(self.vmin)
@@ -80,6 +86,7 @@ class OverlayPanel(QWidget):
         layout.addWidget(self.layer_list)
         layout.addWidget(self.controls)
         layout.addWidget(self.colorbar)
+        layout.addWidget(self.to_annotations_button)
         layout.addStretch(1)
 
         self.layer_list.currentItemChanged.connect(self._on_current)

@@ -1,0 +1,51 @@
+"""The annotation painter's simplified outlines: the pick per zoom and what each level keeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from viewer.render.annotation_painter import SCREEN_TOLERANCE, pick_tolerance
+from viewer.workers.annotation_jobs import L0_TOLERANCES, outline_paths, painter_path
+
+
+@pytest.mark.parametrize("scale", [8.0, 1.0, 0.3, 0.026, 0.001])
+def test_pick_is_the_coarsest_tolerance_within_a_screen_pixel(scale):
+    t = pick_tolerance(scale)
+    assert t * scale <= SCREEN_TOLERANCE
+    coarser = [x for x in L0_TOLERANCES if x > t]
+    assert not coarser or coarser[0] * scale > SCREEN_TOLERANCE
+
+
+def test_a_10000_vertex_outline_is_a_few_hundred_segments_zoomed_out_and_stays_on_its_outline():
+    t = np.linspace(0, 2 * np.pi, 10_000, endpoint=False)
+    rng = np.random.default_rng(0)
+    r = 6000 * (1 + 0.15 * np.sin(5 * t) + rng.normal(0, 0.001, len(t)))
+    polygon = shapely.Polygon(np.column_stack([r * np.cos(t), r * np.sin(t)]))
+    paths = outline_paths(polygon)
+    assert set(paths) == set(L0_TOLERANCES)
+    assert paths[0.0].elementCount() == 10_001
+    fit = pick_tolerance(1000 / 40_000)  # a 40k slide fitted to 1000 px
+    assert paths[fit].elementCount() < 600
+    simple = shapely.simplify(polygon, fit, preserve_topology=False)
+    assert polygon.hausdorff_distance(simple) <= fit + 1e-6  # within a screen pixel of the true outline
+
+
+def test_an_outline_smaller_than_a_tolerance_keeps_its_finer_path():
+    t = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    circle = shapely.Polygon(np.column_stack([30 * np.cos(t), 30 * np.sin(t)]))
+    paths = outline_paths(circle)
+    collapsed = [x for x in L0_TOLERANCES if shapely.simplify(circle, x, preserve_topology=False).is_empty]
+    assert collapsed  # a 60-px circle vanishes at the coarse tolerances...
+    finest_kept = max(x for x in L0_TOLERANCES if x < collapsed[0])
+    assert all(paths[x] is paths[finest_kept] for x in collapsed)  # ...and is drawn as it was last
+    assert not paths[finest_kept].isEmpty()
+
+
+def test_small_outlines_keep_only_the_exact_path_and_holes_are_subpaths():
+    square = shapely.Polygon([(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (4, 2), (4, 4)]])
+    assert set(outline_paths(square)) == {0.0}
+    path = painter_path(square)
+    assert path.elementCount() == 5 + 4
+    assert not path.contains(path.pointAtPercent(0).__class__(3.5, 2.5))  # inside the hole: odd-even
