@@ -30,6 +30,9 @@ class StreamHooks:
     order, which the input-gradient sink relies on). ``release_every``: give freed heap pages
     back to the OS every that many blocks, forward and backward counted together (CPU, glibc;
     0: never): keeps peak memory flat over many blocks (see :mod:`engine.streaming.heap`).
+    ``graph_budget``: this call's bytes for kept forward graphs (None: the module's
+    ``graph_budget``; 0: keep none); ``on_plan(plan)`` receives a training call's
+    :class:`~engine.streaming.keep.GraphPlan` before its forward pass.
     """
 
     progress: ProgressFn | None = None
@@ -37,3 +40,5 @@ class StreamHooks:
     on_block: BlockFn | None = None
     priority: tuple[float, float] | None = None
     release_every: int = 0
+    graph_budget: int | None = None
+    on_plan: Callable[[object], None] | None = None
