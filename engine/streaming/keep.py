@@ -7,7 +7,8 @@ With a budget of bytes for kept graphs, as many blocks are kept as fit and only 
 recomputed. Which blocks: the backward pass runs in raster order (the input-gradient sink
 relies on it), so the blocks kept are the *first* ones in that order: each is freed before
 any recomputation starts, and the peak is the larger of (all kept graphs + one block's
-backward work) and (one recomputed block), never their sum.
+backward work) and (one recomputed block), never their sum. When the whole image's graph fits,
+the pass runs as one block (no overlap recomputed either): conventional back-propagation.
 
 Bytes are estimates: saved-tensor elements per input pixel, measured once on a probe cone
 (:func:`saved_elements_per_pixel`), times each block's cone area, batch and element size.
@@ -15,14 +16,14 @@ Bytes are estimates: saved-tensor elements per input pixel, measured once on a p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 
 from engine.streaming.executor import run_block
 from engine.streaming.graph import StreamGraph
-from engine.streaming.plan import AxisGeometry, TilePlan, plan_axis
+from engine.streaming.plan import AxisGeometry, TilePlan, plan_axis, plan_tiles
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class GraphPlan:
     order; ``budget`` the bytes given (None: no budget, nothing kept); ``kept_bytes`` their
     estimated saved tensors; ``block_bytes`` the largest block's; ``work_bytes`` one block's
     backward working memory (activation gradients); ``map_bytes`` the stitched output map and
-    its gradient; ``peak_bytes`` the estimated peak besides the map and the input.
+    its gradient; ``peak_bytes`` the estimated peak besides the map and the input;
+    ``tile_plan`` the blocks the pass runs (one block over the whole image when it all fits).
     """
 
     tile: tuple[int, int]
@@ -45,6 +47,7 @@ class GraphPlan:
     work_bytes: int
     map_bytes: int
     peak_bytes: int
+    tile_plan: TilePlan | None = field(default=None, compare=False, repr=False)
 
     @property
     def recomputed(self) -> int:
@@ -52,7 +55,8 @@ class GraphPlan:
 
     def summary(self) -> dict:
         """The plan as JSON values (what a UI or a log shows)."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tile_plan"}
+        d["whole_image"] = self.blocks == 1 and self.tile_plan is not None and self.tile_plan.in_hw == self.tile
         d["kept"] = len(self.kept)
         d["recomputed"] = self.recomputed
         d["estimated_peak_bytes"] = self.peak_bytes + self.map_bytes
@@ -90,21 +94,24 @@ def saved_elements_per_pixel(graph: StreamGraph, trunk: nn.Module, geometry: tup
     return sum(seen.values()) / (probe[0] * probe[1]), channels
 
 
-def plan_graphs(plan: TilePlan, tile: tuple[int, int], *, saved_per_px: float, act_per_px: float,
-                batch: int, element_bytes: int, out_channels: int, budget: int | None) -> GraphPlan:
+def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, saved_per_px: float,
+                act_per_px: float, batch: int, element_bytes: int, out_channels: int,
+                budget: int | None) -> GraphPlan:
     """The blocks to keep within ``budget`` bytes (None: none), first in backward (raster) order.
 
     Cost of keeping the first k blocks: their saved tensors plus one block's backward work;
     of recomputing the rest: one block's saved tensors plus its work. Blocks are kept while
-    the larger of the two stays within the budget.
+    the larger of the two stays within the budget. When the whole image fits, one block.
     """
-    order = plan.block_order()
-    areas = [(plan.row_plans[i].cone[1] - plan.row_plans[i].cone[0])
-             * (plan.col_plans[j].cone[1] - plan.col_plans[j].cone[0]) for i, j in order]
     scale = batch * element_bytes
-    saved = [int(saved_per_px * a * scale) for a in areas]
+    if budget is not None and plan.n_blocks > 1:
+        whole = plan_tiles(graph, plan.out_hw, plan.in_hw)
+        saved, work = _block_costs(whole, saved_per_px, act_per_px, scale)
+        if whole.n_blocks == 1 and saved[0] + work <= budget:
+            plan, tile = whole, plan.in_hw
+    order = plan.block_order()
+    saved, work = _block_costs(plan, saved_per_px, act_per_px, scale)
     block_bytes = max(saved)
-    work = int(act_per_px * max(areas) * scale)
     recompute_peak = block_bytes + work
     kept: list[tuple[int, int]] = []
     kept_bytes = 0
@@ -117,5 +124,12 @@ def plan_graphs(plan: TilePlan, tile: tuple[int, int], *, saved_per_px: float, a
             kept_bytes += b
     peak = max(kept_bytes + work, recompute_peak if len(kept) < len(order) else 0)
     map_bytes = 2 * batch * out_channels * plan.out_hw[0] * plan.out_hw[1] * element_bytes
-    return GraphPlan(tile=tile, blocks=len(order), kept=tuple(kept), budget=budget, kept_bytes=kept_bytes,
-                     block_bytes=block_bytes, work_bytes=work, map_bytes=map_bytes, peak_bytes=peak)
+    return GraphPlan(tile=tuple(tile), blocks=len(order), kept=tuple(kept), budget=budget, kept_bytes=kept_bytes,
+                     block_bytes=block_bytes, work_bytes=work, map_bytes=map_bytes, peak_bytes=peak, tile_plan=plan)
+
+
+def _block_costs(plan: TilePlan, saved_per_px: float, act_per_px: float, scale: int) -> tuple[list[int], int]:
+    """Each block's saved-tensor bytes (backward order) and the largest block's backward work."""
+    areas = [(plan.row_plans[i].cone[1] - plan.row_plans[i].cone[0])
+             * (plan.col_plans[j].cone[1] - plan.col_plans[j].cone[0]) for i, j in plan.block_order()]
+    return [int(saved_per_px * a * scale) for a in areas], int(act_per_px * max(areas) * scale)

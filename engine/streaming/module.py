@@ -57,6 +57,7 @@ class StreamPass:
         # Graph budget: the blocks whose forward graph is kept for backward, and those graphs.
         self.keep: frozenset[tuple[int, int]] = frozenset()
         self.keep_x = False
+        self.tile_plan: TilePlan | None = None  # the graph plan's blocks, when it chose others than the module's
         self.kept: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def check_stop(self) -> None:
@@ -175,7 +176,7 @@ class StreamingModule(nn.Module):
             p = next(iter(self.trunk.parameters()), None)
             element_bytes = p.element_size() if p is not None else 4
         saved_per_px, channels = self._saved_per_px
-        return plan_graphs(self.tile_plan(in_hw), self.tile_size, saved_per_px=saved_per_px,
+        return plan_graphs(self.graph, self.tile_plan(in_hw), self.tile_size, saved_per_px=saved_per_px,
                            act_per_px=self.activation_elements_per_pixel(), batch=batch,
                            element_bytes=element_bytes, out_channels=channels,
                            budget=self.graph_budget if graph_budget is None else graph_budget)
@@ -264,6 +265,7 @@ class StreamingModule(nn.Module):
         plan = self.graph_plan(source.shape[2:], batch=int(source.shape[0]), element_bytes=element_bytes,
                                graph_budget=limit)
         run.keep = frozenset(plan.kept)
+        run.tile_plan = plan.tile_plan
         run.keep_x = anchor.requires_grad or sink is not None
         if run.hooks.on_plan is not None:
             run.hooks.on_plan(plan)
@@ -309,7 +311,7 @@ class StreamingModule(nn.Module):
                     reducer: GlobalPoolReducer | None = None) -> torch.Tensor | None:
         """One forward pass over the blocks, without autograd: the stitched map (``keep_output``),
         each block's owned cells to ``reducer`` and to the ``on_block`` hook."""
-        plan = self.tile_plan(source.shape[2:])
+        plan = run.tile_plan or self.tile_plan(source.shape[2:])
         out: torch.Tensor | None = None
         on_block = run.hooks.on_block
         with torch.no_grad():
@@ -342,7 +344,7 @@ class StreamingModule(nn.Module):
         """One backward pass over the blocks in raster order, each cone recomputed with autograd:
         (the input gradient, or None when it goes to ``sink`` or is not needed; the parameters'
         gradients where ``need_params``)."""
-        plan = self.tile_plan(source.shape[2:])
+        plan = run.tile_plan or self.tile_plan(source.shape[2:])
         wanted = [p for p, need in zip(self.trunk.parameters(), need_params, strict=True) if need]
         grads: list[torch.Tensor | None] = [None] * len(wanted)
         device = self.compute_device(source)
@@ -391,7 +393,7 @@ class StreamingModule(nn.Module):
         if kept is not None and (kept[0].requires_grad or not need_x):
             return kept
         i, j = ij
-        plan = self.tile_plan(source.shape[2:])
+        plan = run.tile_plan or self.tile_plan(source.shape[2:])
         return self._recompute(source, plan.row_plans[i], plan.col_plans[j], need_x)
 
     def _recompute(self, source, rp: AxisPlan, cp: AxisPlan, need_x: bool):
