@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-conventional-above", type=int, default=4096,
                     help="skip conventional/checkpoint rows above this size (they need tens of GB)")
     ap.add_argument("--json", type=Path, help="also write all rows as JSON here")
-    ap.add_argument("--table-from", type=Path, help="print the table of an earlier run's JSON and exit")
+    ap.add_argument("--table-from", type=Path, nargs="+", help="print the table of earlier runs' JSON and exit")
     ap.add_argument("--peer-max-size", type=int, default=4096, help="largest size to run the peer at")
     ap.add_argument("--peer-python", default=None,
                     help="a Python with lightstream installed (default: this one, if it has lightstream)")
@@ -309,8 +309,8 @@ def main(argv=None) -> int:
     if args.budgets:
         import streaming_budgets
         return streaming_budgets.main(args, run_config)
-    if args.table_from:
-        _print_table(json.loads(args.table_from.read_text()))
+    if args.table_from and not args.budgets:
+        _print_table([r for f in args.table_from for r in json.loads(f.read_text())])
         return 0
 
     peer = args.peer_python

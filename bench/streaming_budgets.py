@@ -29,6 +29,12 @@ def plan_rows(models, sizes, tiles) -> list[tuple[str, int, int]]:
 
 
 def main(args, run_config) -> int:
+    if args.table_from:  # earlier runs (e.g. one per size and tile): one table, one curve
+        rows = [r for f in args.table_from for r in json.loads(f.read_text())]
+        print_table(rows)
+        if args.png:
+            draw_curves(rows, args.png)
+        return 0
     sizes = args.sizes or [2048, 4096]
     tiles = args.tiles or [1024, 2048]
     rows: list[dict] = []

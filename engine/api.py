@@ -14,7 +14,7 @@ from engine.io.maps import MapLayer
 from engine.specs import InferenceSpec, TrainingSpec
 
 __all__ = ["MapLayer", "check_model", "demo_cache_dir", "demo_model_dir", "ensure_demo_slides", "list_models",
-           "read_labels", "read_maps", "read_model_card", "run_inference", "run_saliency", "run_training",
+           "plan_training", "read_labels", "read_maps", "read_model_card", "run_inference", "run_saliency", "run_training",
            "showcase_slide", "write_maps"]
 
 
@@ -55,6 +55,16 @@ def run_training(spec: TrainingSpec, on_event: EventCallback, cancel: CancelToke
     from engine.train.loop import Trainer
 
     return Trainer(spec, on_event, cancel or CancelToken()).run()
+
+
+def plan_training(spec: TrainingSpec, in_hw: tuple[int, int] | None = None) -> dict:
+    """What a streamed training step of ``spec`` will do, before it runs: ``tile``, ``blocks``,
+    ``kept`` / ``recomputed`` (the graph budget's choice), ``graph_budget`` (bytes, "auto"
+    resolved), ``estimated_peak_bytes``, ``in_hw`` (default: the largest slide's input, read from
+    the slides' headers). Imports torch (see :mod:`engine.train.plan`)."""
+    from engine.train.plan import plan_training as _plan
+
+    return _plan(spec, in_hw)
 
 
 # -- models, labels and results

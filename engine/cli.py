@@ -20,6 +20,7 @@ from engine.errors import (
     CheckpointError,
     ResultsError,
     SlideError,
+    SpecError,
     StreamSlideError,
     TrainingError,
 )
@@ -31,7 +32,7 @@ from engine.events import (
     Progress,
     StepSkipped,
 )
-from engine.specs import POOLS, InferenceSpec, TrainingSpec
+from engine.specs import POOLS, InferenceSpec, TrainingSpec, parse_bytes
 
 EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE, EXIT_DIVERGED = 0, 2, 3, 4, 5, 6, 7
 LOW_MEMORY_HELP = ("give freed memory back to the OS after every tile (CPU): peak memory stays flat with "
@@ -200,6 +201,16 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--monitor", default=d.monitor, choices=("auc", "accuracy", "loss"))
     p.add_argument("--max-nonfinite", type=int, default=d.max_nonfinite)
     p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
+    p.add_argument("--graph-budget", type=_graph_budget, metavar="BYTES|auto",
+                   help="bytes of forward graphs a step keeps so backward recomputes only the rest "
+                        "(e.g. 2G, 512M; auto: half the free memory; default: recompute every tile)")
+
+
+def _graph_budget(text: str):
+    try:
+        return parse_bytes(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _train(args) -> int:
@@ -213,7 +224,7 @@ def _train(args) -> int:
         warmup_steps=args.warmup, accumulate=args.accumulate, class_weights=args.class_weights,
         device=args.device, dtype=args.dtype, mixed_precision=not args.no_amp,
         seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every, monitor=args.monitor,
-        max_nonfinite=args.max_nonfinite, low_memory=args.low_memory)
+        max_nonfinite=args.max_nonfinite, low_memory=args.low_memory, graph_budget=args.graph_budget)
     token = CancelToken()
 
     def on_signal(signum, frame):

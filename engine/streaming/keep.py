@@ -133,3 +133,24 @@ def _block_costs(plan: TilePlan, saved_per_px: float, act_per_px: float, scale: 
     areas = [(plan.row_plans[i].cone[1] - plan.row_plans[i].cone[0])
              * (plan.col_plans[j].cone[1] - plan.col_plans[j].cone[0]) for i, j in plan.block_order()]
     return [int(saved_per_px * a * scale) for a in areas], int(act_per_px * max(areas) * scale)
+
+
+def free_device_bytes(device: torch.device) -> int:
+    """Memory free for this process now: CUDA's free memory, else the OS's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    raise RuntimeError("cannot tell the free memory here (no /proc/meminfo): give graph_budget in bytes")
+
+
+def resolve_graph_budget(value: int | str | None, device: torch.device, share: float) -> int | None:
+    """A spec's graph budget in bytes: "auto" is ``share`` of the free memory of ``device``."""
+    if value == "auto":
+        return int(share * free_device_bytes(device))
+    return None if value is None else int(value)
