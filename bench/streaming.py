@@ -302,6 +302,7 @@ def main(argv=None) -> int:
     ap.add_argument("--png", type=Path, help="with --budgets: draw the time-memory curve here")
     ap.add_argument("--device", default="cpu", help="with --budgets: cpu or cuda")
     ap.add_argument("--autocast", choices=["bf16", "fp16"], help="with --budgets on cuda: mixed precision")
+    ap.add_argument("--levels", nargs="+", help="with --budgets: only these budget levels (streaming_budgets.LEVELS)")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))

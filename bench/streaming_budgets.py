@@ -53,7 +53,7 @@ def main(args, run_config) -> int:
                     today = run_config(dict(base, model=model, size=size, method="stream", tile=tile))
                     rows.append(dict(base, model=model, size=size, method="stream", tile=tile, **today))
                     _print_row(rows[-1], rows)
-                    for label, frac in LEVELS:
+                    for label, frac in [lv for lv in LEVELS if not args.levels or lv[0] in args.levels]:
                         if frac is None:
                             budget = ALL
                         elif frac == 0.0:

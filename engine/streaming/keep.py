@@ -33,7 +33,8 @@ class GraphPlan:
     ``kept``: (row block, col block) of the blocks whose forward graph is kept, in backward
     order; ``budget`` the bytes given (None: no budget, nothing kept); ``kept_bytes`` their
     estimated saved tensors; ``block_bytes`` the largest block's; ``work_bytes`` one block's
-    backward working memory (activation gradients); ``map_bytes`` the stitched output map and
+    backward working memory (one gradient the size of its largest saved tensor: backward frees
+    the saved tensors as it goes, so little more is live at once); ``map_bytes`` the stitched output map and
     its gradient; ``peak_bytes`` the estimated peak besides the map and the input;
     ``tile_plan`` the blocks the pass runs (one block over the whole image when it all fits).
     """
@@ -64,9 +65,9 @@ class GraphPlan:
 
 
 def saved_elements_per_pixel(graph: StreamGraph, trunk: nn.Module, geometry: tuple[AxisGeometry, AxisGeometry],
-                             in_channels: int) -> tuple[float, int]:
-    """Elements autograd saves for backward per input pixel of a cone, per image, and the
-    trunk's output channels.
+                             in_channels: int) -> tuple[float, float, int]:
+    """Elements autograd saves for backward per input pixel of a cone, per image: all of them
+    and the largest single tensor; and the trunk's output channels.
 
     Measured on a probe cone with ``saved_tensors_hooks`` (each storage counted once; the
     parameters, which exist anyway, not at all): closer than counting layer outputs, since a
@@ -91,11 +92,12 @@ def saved_elements_per_pixel(graph: StreamGraph, trunk: nn.Module, geometry: tup
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         channels = int(run_block(graph, x, rp, cp).shape[1])
-    return sum(seen.values()) / (probe[0] * probe[1]), channels
+    area = probe[0] * probe[1]
+    return sum(seen.values()) / area, max(seen.values(), default=0) / area, channels
 
 
 def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, saved_per_px: float,
-                act_per_px: float, batch: int, element_bytes: int, out_channels: int,
+                work_per_px: float, batch: int, element_bytes: int, out_channels: int,
                 budget: int | None) -> GraphPlan:
     """The blocks to keep within ``budget`` bytes (None: none), first in backward (raster) order.
 
@@ -106,11 +108,11 @@ def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, sa
     scale = batch * element_bytes
     if budget is not None and plan.n_blocks > 1:
         whole = plan_tiles(graph, plan.out_hw, plan.in_hw)
-        saved, work = _block_costs(whole, saved_per_px, act_per_px, scale)
+        saved, work = _block_costs(whole, saved_per_px, work_per_px, scale)
         if whole.n_blocks == 1 and saved[0] + work <= budget:
             plan, tile = whole, plan.in_hw
     order = plan.block_order()
-    saved, work = _block_costs(plan, saved_per_px, act_per_px, scale)
+    saved, work = _block_costs(plan, saved_per_px, work_per_px, scale)
     block_bytes = max(saved)
     recompute_peak = block_bytes + work
     kept: list[tuple[int, int]] = []
@@ -128,11 +130,11 @@ def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, sa
                      block_bytes=block_bytes, work_bytes=work, map_bytes=map_bytes, peak_bytes=peak, tile_plan=plan)
 
 
-def _block_costs(plan: TilePlan, saved_per_px: float, act_per_px: float, scale: int) -> tuple[list[int], int]:
+def _block_costs(plan: TilePlan, saved_per_px: float, work_per_px: float, scale: int) -> tuple[list[int], int]:
     """Each block's saved-tensor bytes (backward order) and the largest block's backward work."""
     areas = [(plan.row_plans[i].cone[1] - plan.row_plans[i].cone[0])
              * (plan.col_plans[j].cone[1] - plan.col_plans[j].cone[0]) for i, j in plan.block_order()]
-    return [int(saved_per_px * a * scale) for a in areas], int(act_per_px * max(areas) * scale)
+    return [int(saved_per_px * a * scale) for a in areas], int(work_per_px * max(areas) * scale)
 
 
 def free_device_bytes(device: torch.device) -> int:

@@ -175,9 +175,9 @@ class StreamingModule(nn.Module):
         if element_bytes is None:
             p = next(iter(self.trunk.parameters()), None)
             element_bytes = p.element_size() if p is not None else 4
-        saved_per_px, channels = self._saved_per_px
+        saved_per_px, largest_per_px, channels = self._saved_per_px
         return plan_graphs(self.graph, self.tile_plan(in_hw), self.tile_size, saved_per_px=saved_per_px,
-                           act_per_px=self.activation_elements_per_pixel(), batch=batch,
+                           work_per_px=largest_per_px, batch=batch,
                            element_bytes=element_bytes, out_channels=channels,
                            budget=self.graph_budget if graph_budget is None else graph_budget)
 
