@@ -11,7 +11,7 @@ import csv
 import os
 from pathlib import Path
 
-from engine.api import list_models, read_labels
+from engine.api import list_models, plan_training, read_labels
 
 
 def write_labels_csv(path: str | Path, rows: list[tuple[str, str]]) -> str:
@@ -40,3 +40,9 @@ def read_labels_rows(path: str) -> tuple[str, dict[str, str], tuple[str, ...]]:
 def list_model_names() -> list[str]:
     """The engine's registered architectures (imports torch, hence the worker)."""
     return list(list_models())
+
+
+def plan_run(spec) -> dict:
+    """The training plan of ``spec`` (tile, blocks, kept, estimated peak): imports torch, reads
+    the slides' sizes unless the spec fixes the input size (worker thread)."""
+    return plan_training(spec)
