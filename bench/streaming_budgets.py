@@ -186,7 +186,9 @@ def draw_curves(rows, path) -> None:
             _, yt = at(0, t)
             d.line([x0, yt, x1, yt], fill=(200, 200, 200))
             d.text((ox + 4, yt - 6), f"{t:.2f}x", fill=(90, 90, 90))
-        d.text((ox + margin, oy + 6), f"{model} {size}² — time / conventional vs peak MiB", fill=(0, 0, 0))
+        # PIL's default font has no "²": plain ASCII labels.
+        d.text((ox + margin, oy + 6), f"{model} {size}x{size}: time / conventional vs peak MiB", fill=(0, 0, 0))
+        d.text((ox + 4, y1), f"{ymax:.2f}x", fill=(90, 90, 90))
         d.text((x1 - 60, y0 + 6), f"{xmax:.0f} MiB", fill=(90, 90, 90))
         d.text((x0, y0 + 6), "0", fill=(90, 90, 90))
         tiles = sorted({r["tile"] for r in mine if r["method"] == "stream-budget"})
