@@ -57,10 +57,11 @@ def check_streaming(device, amp, size: int) -> None:
 
 
 def check_training(device, amp_on: bool) -> None:
+    from train_fixtures import write_training_set
+
     from engine.api import plan_training, run_training
     from engine.events import Metrics
     from engine.specs import TrainingSpec
-    from train_fixtures import write_training_set
 
     with tempfile.TemporaryDirectory() as tmp:
         labels = write_training_set(Path(tmp) / "slides", n_per_class=2, size=96, val_per_class=1)

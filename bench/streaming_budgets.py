@@ -192,7 +192,7 @@ def draw_curves(rows, path) -> None:
         d.text((x1 - 60, y0 + 6), f"{xmax:.0f} MiB", fill=(90, 90, 90))
         d.text((x0, y0 + 6), "0", fill=(90, 90, 90))
         tiles = sorted({r["tile"] for r in mine if r["method"] == "stream-budget"})
-        for c, tile in zip(colours, tiles):
+        for c, tile in zip(colours, tiles, strict=False):  # more tiles than colours: the first four
             pts = sorted((r["peak_mib"], r[key] / conv[key]) for r in mine
                          if r["method"] == "stream-budget" and r["tile"] == tile)
             xy = [at(*p) for p in pts]

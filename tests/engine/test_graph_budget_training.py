@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from train_fixtures import write_training_set
 
 from engine import cli
 from engine.api import plan_training, run_training
@@ -15,7 +16,6 @@ from engine.errors import SpecError
 from engine.events import Metrics
 from engine.specs import GRAPH_BUDGET_AUTO_SHARE, TrainingSpec, parse_bytes
 from engine.streaming.keep import free_device_bytes, resolve_graph_budget
-from train_fixtures import write_training_set
 
 
 @pytest.fixture(scope="module")
