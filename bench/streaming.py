@@ -6,6 +6,7 @@ script (so ratios compare like with like on a shared, noisy machine). Prints one
     python bench/streaming.py --quick          # 1024-2048 px, a few minutes on 2 cores
     python bench/streaming.py                  # up to 4096 px
     python bench/streaming.py --sizes 2048 8192 --models resnet34-layer2 --tiles 2048
+    python bench/streaming.py --budgets        # graph budgets: the time-memory curve (streaming_budgets.py)
 
 It imports the installed ``engine`` package (``make install``); a ``--peer-python`` needs it too
 (installed there, or ``PYTHONPATH`` naming this checkout, which the workers inherit).
@@ -109,15 +110,22 @@ def worker(cfg: dict) -> dict:
         ch = torch.arange(3, dtype=torch.float32)[:, None, None]
         return torch.sin(r * 0.013 + ch) * torch.cos(c * 0.007 - ch)[None].expand(1, 3, -1, -1)
 
-    x = None if lazy else make_tile((0, size), (0, size)).contiguous(memory_format=layout)
+    # --budgets --device cuda (bench/gpu_check.sh): the same step on the GPU, maybe under autocast.
+    device = torch.device(cfg.get("device", "cpu"))
+    model.to(device)
+    fc.to(device)
+    x = None if lazy else make_tile((0, size), (0, size)).to(device).contiguous(memory_format=layout)
     if x is not None and mode == "train":
         x.requires_grad_(True)
-    target = torch.tensor([1])
+    target = torch.tensor([1], device=device)
     out: dict = {}
 
     if method.startswith("stream"):
         stream = StreamingModule(trunk, cfg["tile"], channels_last=method != "stream-nchw")
         hooks = StreamHooks(release_every=1 if method == "stream-pooled-trim" else 0)
+        if method == "stream-budget":  # graph budget: see streaming_budgets.py
+            hooks = StreamHooks(graph_budget=cfg["budget"])
+            out["plan"] = stream.plan_summary((size, size), graph_budget=cfg["budget"])
         run_trunk = lambda t: stream(t, hooks=hooks)  # noqa: E731
         inp = CallableSource((1, 3, size, size), make_tile) if lazy else x
         out["floor"] = _floor(stream, size)
@@ -146,6 +154,13 @@ def worker(cfg: dict) -> dict:
         return None
 
     def step(inp):
+        amp = cfg.get("autocast")
+        if amp:
+            with torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16):
+                return plain_step(inp)
+        return plain_step(inp)
+
+    def plain_step(inp):
         if pooled:
             return pooled_step(inp)
         if mode == "train":
@@ -159,18 +174,24 @@ def worker(cfg: dict) -> dict:
 
     # Warm up on a small input: one-time costs (library init, tracing, kernel selection) are not
     # what a whole-slide step costs.
-    warm = make_tile((0, 512), (0, 512)).contiguous(memory_format=layout).requires_grad_(mode == "train")
+    warm = make_tile((0, 512), (0, 512)).to(device).contiguous(memory_format=layout).requires_grad_(mode == "train")
     step(CallableSource(warm.shape, make_tile) if lazy else warm)
     model.zero_grad(set_to_none=True)
     fc.zero_grad(set_to_none=True)
 
-    base = _rss_mib()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mib()
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     fmap = step(inp)
+    if cuda:
+        torch.cuda.synchronize()
     out["seconds"] = time.perf_counter() - t0
     out["cpu_seconds"] = _cpu_seconds() - cpu0
-    out["peak_mib"] = _peak_mib() - base
+    out["peak_mib"] = (torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_mib()) - base
     out_hw = stream.output_size((size, size)) if pooled else None
     out["map_mib"] = channels * out_hw[0] * out_hw[1] * 4 / 2**20 if pooled else fmap.numel() * fmap.element_size() / 2**20
     # What streaming itself holds beyond what any method must hold: the stitched map (and its
@@ -272,16 +293,25 @@ def main(argv=None) -> int:
     ap.add_argument("--no-conventional-above", type=int, default=4096,
                     help="skip conventional/checkpoint rows above this size (they need tens of GB)")
     ap.add_argument("--json", type=Path, help="also write all rows as JSON here")
-    ap.add_argument("--table-from", type=Path, help="print the table of an earlier run's JSON and exit")
+    ap.add_argument("--table-from", type=Path, nargs="+", help="print the table of earlier runs' JSON and exit")
     ap.add_argument("--peer-max-size", type=int, default=4096, help="largest size to run the peer at")
     ap.add_argument("--peer-python", default=None,
                     help="a Python with lightstream installed (default: this one, if it has lightstream)")
+    ap.add_argument("--budgets", action="store_true",
+                    help="training at graph budgets from 'tile only' to 'all kept' beside conventional and checkpoint")
+    ap.add_argument("--png", type=Path, help="with --budgets: draw the time-memory curve here")
+    ap.add_argument("--device", default="cpu", help="with --budgets: cpu or cuda")
+    ap.add_argument("--autocast", choices=["bf16", "fp16"], help="with --budgets on cuda: mixed precision")
+    ap.add_argument("--levels", nargs="+", help="with --budgets: only these budget levels (streaming_budgets.LEVELS)")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
-    if args.table_from:
-        _print_table(json.loads(args.table_from.read_text()))
+    if args.budgets:
+        import streaming_budgets
+        return streaming_budgets.main(args, run_config)
+    if args.table_from and not args.budgets:
+        _print_table([r for f in args.table_from for r in json.loads(f.read_text())])
         return 0
 
     peer = args.peer_python

@@ -15,7 +15,7 @@ from engine.io.runs import Curves, RunSummary
 from engine.specs import EvaluationSpec, InferenceSpec, TrainingSpec
 
 __all__ = ["MapLayer", "check_model", "demo_cache_dir", "demo_model_dir", "ensure_demo_slides", "evaluate", "list_models",
-           "read_labels", "read_maps", "read_model_card", "run_inference", "run_saliency", "run_training",
+           "plan_training", "read_labels", "read_maps", "read_model_card", "run_inference", "run_saliency", "run_training",
            "score_maps", "showcase_slide", "write_maps"]
 
 
@@ -67,6 +67,16 @@ def evaluate(spec: EvaluationSpec, on_event: EventCallback, cancel: CancelToken 
     from engine.evaluate.run import evaluate as _evaluate
 
     return _evaluate(spec, on_event, cancel or CancelToken())
+
+
+def plan_training(spec: TrainingSpec, in_hw: tuple[int, int] | None = None) -> dict:
+    """What a streamed training step of ``spec`` will do, before it runs: ``tile``, ``blocks``,
+    ``kept`` / ``recomputed`` (the graph budget's choice), ``graph_budget`` (bytes, "auto"
+    resolved), ``estimated_peak_bytes``, ``in_hw`` (default: the largest slide's input, read from
+    the slides' headers). Imports torch (see :mod:`engine.train.plan`)."""
+    from engine.train.plan import plan_training as _plan
+
+    return _plan(spec, in_hw)
 
 
 # -- models, labels and results

@@ -24,6 +24,7 @@ from engine.errors import (
     ResultsError,
     RunFolderError,
     SlideError,
+    SpecError,
     StreamSlideError,
     TrainingError,
 )
@@ -38,7 +39,7 @@ from engine.events import (
     StepSkipped,
 )
 from engine.io import heatmap_cli
-from engine.specs import POOLS, InferenceSpec, TrainingSpec
+from engine.specs import POOLS, InferenceSpec, TrainingSpec, parse_bytes
 from engine.train.cli import add_task_arguments, task_fields
 
 EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE, EXIT_DIVERGED = 0, 2, 3, 4, 5, 6, 7
@@ -243,6 +244,16 @@ def _add_train_parser(sub) -> None:
     add_task_arguments(p)  # --task, --targets, --loss, --folds, --monitor
     p.add_argument("--max-nonfinite", type=int, default=d.max_nonfinite)
     p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
+    p.add_argument("--graph-budget", type=_graph_budget, metavar="BYTES|auto",
+                   help="bytes of forward graphs a step keeps so backward recomputes only the rest "
+                        "(e.g. 2G, 512M; auto: half the free memory; default: recompute every tile)")
+
+
+def _graph_budget(text: str):
+    try:
+        return parse_bytes(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _train(args) -> int:
@@ -256,7 +267,8 @@ def _train(args) -> int:
         warmup_steps=args.warmup, accumulate=args.accumulate, class_weights=args.class_weights,
         device=args.device, dtype=args.dtype, mixed_precision=not args.no_amp,
         seed=args.seed, resume=args.resume, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
-        max_nonfinite=args.max_nonfinite, low_memory=args.low_memory, **task_fields(args))
+        max_nonfinite=args.max_nonfinite, low_memory=args.low_memory, graph_budget=args.graph_budget,
+        **task_fields(args))
     token = CancelToken()
 
     def on_signal(signum, frame):

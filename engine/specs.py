@@ -13,7 +13,7 @@ from engine.devices import DEVICES, check_device_name
 from engine.errors import SpecError
 from engine.geometry import Box
 
-__all__ = ["DEVICES", "POOLS", "EvaluationSpec", "InferenceSpec", "TrainingSpec"]
+__all__ = ["DEVICES", "GRAPH_BUDGET_AUTO_SHARE", "POOLS", "EvaluationSpec", "InferenceSpec", "TrainingSpec", "parse_bytes"]
 
 #: The global pools a classifier head may end in (a spec's ``pool``, a model card's): max or mean.
 POOLS = ("max", "avg")
@@ -128,6 +128,10 @@ class TrainingSpec:
     "macro_auc" (classification, multilabel) and "spearman", "pearson", "mae", "r2" (regression).
     ``folds`` > 1 runs that many cross-validation folds (patients never straddle train and test),
     one run folder ``out_dir/fold-<k>`` each, and a summary across them.
+    ``graph_budget``: bytes a streamed training step may keep of its blocks' forward graphs so
+    backward recomputes only the rest (exact either way; see engine.streaming.keep); "auto":
+    :data:`GRAPH_BUDGET_AUTO_SHARE` of the device's free memory when the run starts; None: every
+    block recomputed.
     """
 
     labels: str
@@ -175,6 +179,7 @@ class TrainingSpec:
     targets: tuple[str, ...] | None = None
     loss: str = "mse"
     folds: int = 1
+    graph_budget: int | str | None = None
 
     # The choices of the fields that name one (not dataclass fields: no annotation). The CLI's
     # argument choices and the trainer read them from here.
@@ -205,6 +210,9 @@ class TrainingSpec:
             raise SpecError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.resume and self.overwrite:
             raise SpecError("resume and overwrite exclude each other: continue the run in out_dir, or replace it")
+        gb = self.graph_budget
+        if gb is not None and gb != "auto" and (isinstance(gb, bool) or not isinstance(gb, int) or gb < 0):
+            raise SpecError(f"graph_budget must be a number of bytes (0 or more), 'auto' or None, got {gb!r}")
         if isinstance(self.class_weights, str) and self.class_weights != "balanced":
             raise SpecError(f"class_weights must be None, 'balanced' or one number per class, "
                             f"got '{self.class_weights}'")
@@ -288,3 +296,25 @@ class EvaluationSpec:
 
     def as_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+#: "auto" graph budget: this share of the free device memory (CPU: MemAvailable; CUDA: free
+#: memory) when the run starts; the rest stays for the stitched map, the input and other processes.
+GRAPH_BUDGET_AUTO_SHARE = 0.5
+
+_SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str) -> int | str:
+    """A byte count as typed: "123", "512M", "2G", "1.5g", "2GiB" (binary units), or "auto"."""
+    t = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    if t == "AUTO":
+        return "auto"
+    unit = t[-1:] if t[-1:] in _SUFFIXES else ""
+    try:
+        value = float(t[:len(t) - len(unit)])
+    except ValueError:
+        raise SpecError(f"expected bytes (e.g. 2G, 512M, 1000000) or 'auto', got '{text}'") from None
+    if value < 0:
+        raise SpecError(f"a byte count cannot be negative, got '{text}'")
+    return int(value * _SUFFIXES[unit])

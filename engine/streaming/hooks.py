@@ -35,6 +35,9 @@ class StreamHooks:
     ``skip_block(rows, cols)``: True leaves a forward block (its owned output cells, output-plane
     intervals) uncomputed: it is not read, run, pooled or sent to ``on_block`` (a stitched map
     holds NaN there). The backward pass does not consult it: a block gradient of None skips a block there.
+    ``graph_budget``: this call's bytes for kept forward graphs (None: the module's
+    ``graph_budget``; 0: keep none); ``on_plan(plan)`` receives a training call's
+    :class:`~engine.streaming.keep.GraphPlan` before its forward pass.
     """
 
     progress: ProgressFn | None = None
@@ -43,3 +46,5 @@ class StreamHooks:
     priority: tuple[float, float] | None = None
     release_every: int = 0
     skip_block: SkipFn | None = None
+    graph_budget: int | None = None
+    on_plan: Callable[[object], None] | None = None

@@ -33,6 +33,7 @@ from engine.streaming.executor import BlockGradFn, block_grad, run_block
 from engine.streaming.graph import FROZEN_MODULES, StreamGraph, trace_trunk
 from engine.streaming.heap import release_free_heap
 from engine.streaming.hooks import StreamHooks
+from engine.streaming.keep import GraphPlan, plan_graphs, saved_elements_per_pixel
 from engine.streaming.plan import (
     AxisGeometry,
     AxisPlan,
@@ -53,6 +54,11 @@ class StreamPass:
         self.hooks = hooks
         self._release = bool(hooks.release_every) and device.type == "cpu"  # the CPU heap holds the pages
         self._since_release = 0
+        # Graph budget: the blocks whose forward graph is kept for backward, and those graphs.
+        self.keep: frozenset[tuple[int, int]] = frozenset()
+        self.keep_x = False
+        self.tile_plan: TilePlan | None = None  # the graph plan's blocks, when it chose others than the module's
+        self.kept: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def check_stop(self) -> None:
         if self.hooks.should_stop is not None and self.hooks.should_stop():
@@ -90,13 +96,20 @@ class StreamingModule(nn.Module):
             vs stream-nchw, 2 CPU cores, torch 2.13, float32, 4096²: ResNet-34 to layer2
             inference 1.29x, training 1.03x; smallnet 1.95x and 1.63x). The output map is
             returned in the usual (NCHW) layout either way.
+        graph_budget: bytes a training pass may spend on autograd graphs besides the stitched
+            map: the first blocks of the backward pass keep their forward graph while it fits
+            and only the others are recomputed (see :mod:`engine.streaming.keep`; exact either
+            way). None (default): every block is recomputed. ``StreamHooks.graph_budget``
+            overrides it per call; :meth:`plan_summary` shows the plan.
 
     Every call takes ``hooks=`` (:class:`~engine.streaming.hooks.StreamHooks`) for that run.
     """
 
     def __init__(self, trunk: nn.Module, tile_size: int | Sequence[int] | None = None, *,
-                 memory_budget: int | None = None, freeze_batchnorm: bool = False, channels_last: bool = True):
+                 memory_budget: int | None = None, freeze_batchnorm: bool = False, channels_last: bool = True,
+                 graph_budget: int | None = None):
         super().__init__()
+        self.graph_budget = graph_budget
         self.trunk = trunk
         self.freeze_batchnorm = freeze_batchnorm
         self.graph: StreamGraph = trace_trunk(trunk, freeze_batchnorm=freeze_batchnorm)
@@ -152,6 +165,26 @@ class StreamingModule(nn.Module):
         """Largest tile (multiple of the stride, at least the receptive field) within ``memory_budget`` bytes."""
         return budget.tile_for_budget(self.activation_elements_per_pixel(), self.geometry, memory_budget, **kw)
 
+    def graph_plan(self, in_hw: tuple[int, int], *, batch: int = 1, element_bytes: int | None = None,
+                   graph_budget: int | None = None) -> GraphPlan:
+        """Which blocks a training pass over ``in_hw`` input pixels keeps the graph of, within
+        ``graph_budget`` bytes (None: the module's); ``element_bytes`` defaults to the parameters'."""
+        if not hasattr(self, "_saved_per_px"):
+            self._saved_per_px = saved_elements_per_pixel(self.graph, self.trunk, self.geometry,
+                                                          budget._input_channels(self.trunk))
+        if element_bytes is None:
+            p = next(iter(self.trunk.parameters()), None)
+            element_bytes = p.element_size() if p is not None else 4
+        saved_per_px, largest_per_px, channels = self._saved_per_px
+        return plan_graphs(self.graph, self.tile_plan(in_hw), self.tile_size, saved_per_px=saved_per_px,
+                           work_per_px=largest_per_px, batch=batch,
+                           element_bytes=element_bytes, out_channels=channels,
+                           budget=self.graph_budget if graph_budget is None else graph_budget)
+
+    def plan_summary(self, in_hw: tuple[int, int], **kw) -> dict:
+        """:meth:`graph_plan` as JSON values: tile, blocks, kept, recomputed, bytes."""
+        return self.graph_plan(in_hw, **kw).summary()
+
     # ----------------------------------------------------------------------------- calls
     def train(self, mode: bool = True):
         super().train(mode)
@@ -183,6 +216,7 @@ class StreamingModule(nn.Module):
         run = self._pass(hooks)
         if not grad_wanted:
             return self.run_forward(source, run)
+        self._plan_keep(source, run, anchor, input_grad_sink)
         return StreamFunction.apply(self, source, input_grad_sink, run, anchor, *params)
 
     def pooled(self, x: torch.Tensor | RegionSource, pool: str, *, input_grad_sink: InputGradientSink | None = None,
@@ -196,6 +230,7 @@ class StreamingModule(nn.Module):
             reducer = GlobalPoolReducer(pool)
             self.run_forward(source, run, keep_output=False, reducer=reducer)
             return reducer.pooled().to(reducer.dtype)
+        self._plan_keep(source, run, anchor, input_grad_sink)
         return PooledStreamFunction.apply(self, source, input_grad_sink, run, pool, anchor, *params)
 
     def forward_blocks(self, x: torch.Tensor | RegionSource, *, hooks: StreamHooks | None = None) -> None:
@@ -217,6 +252,23 @@ class StreamingModule(nn.Module):
             _, grads = self.run_backward(source, self._pass(hooks), grad_for_block, input_grad_sink is not None,
                                          need_params, input_grad_sink)
         return grads if params else None
+
+    def _plan_keep(self, source: RegionSource, run: StreamPass, anchor: torch.Tensor, sink) -> None:
+        """Choose the blocks whose forward graph this training call keeps (none without a budget)."""
+        limit = self.graph_budget if run.hooks.graph_budget is None else run.hooks.graph_budget
+        if limit is None and run.hooks.on_plan is None:
+            return
+        device = self.compute_device(source)
+        element_bytes = None
+        if torch.is_autocast_enabled(device.type):
+            element_bytes = torch.get_autocast_dtype(device.type).itemsize
+        plan = self.graph_plan(source.shape[2:], batch=int(source.shape[0]), element_bytes=element_bytes,
+                               graph_budget=limit)
+        run.keep = frozenset(plan.kept)
+        run.tile_plan = plan.tile_plan
+        run.keep_x = anchor.requires_grad or sink is not None
+        if run.hooks.on_plan is not None:
+            run.hooks.on_plan(plan)
 
     def _pass(self, hooks: StreamHooks | None) -> StreamPass:
         return StreamPass(hooks if hooks is not None else StreamHooks(), self.compute_device())
@@ -259,7 +311,7 @@ class StreamingModule(nn.Module):
                     reducer: GlobalPoolReducer | None = None) -> torch.Tensor | None:
         """One forward pass over the blocks, without autograd: the stitched map (``keep_output``),
         each block's owned cells to ``reducer`` and to the ``on_block`` hook."""
-        plan = self.tile_plan(source.shape[2:])
+        plan = run.tile_plan or self.tile_plan(source.shape[2:])
         out: torch.Tensor | None = None
         on_block, skip = run.hooks.on_block, run.hooks.skip_block
         with torch.no_grad():
@@ -271,6 +323,12 @@ class StreamingModule(nn.Module):
                     run.block_done("forward", done, plan.n_blocks)
                     continue
                 y = run_block(self.graph, self._read(source, rp.cone, cp.cone), rp, cp)
+                if (i, j) in run.keep:
+                    with torch.enable_grad():  # kept for backward, which then needs no recomputation
+                        run.kept[(i, j)] = self._recompute(source, rp, cp, run.keep_x)
+                    y = run.kept[(i, j)][1].detach()
+                else:
+                    y = run_block(self.graph, self._read(source, rp.cone, cp.cone), rp, cp)
                 if out is None and keep_output:
                     shape = (y.shape[0], y.shape[1], *plan.out_hw)
                     out = y.new_empty(shape) if skip is None else y.new_full(shape, float("nan"))
@@ -291,7 +349,7 @@ class StreamingModule(nn.Module):
         """One backward pass over the blocks in raster order, each cone recomputed with autograd:
         (the input gradient, or None when it goes to ``sink`` or is not needed; the parameters'
         gradients where ``need_params``)."""
-        plan = self.tile_plan(source.shape[2:])
+        plan = run.tile_plan or self.tile_plan(source.shape[2:])
         wanted = [p for p, need in zip(self.trunk.parameters(), need_params, strict=True) if need]
         grads: list[torch.Tensor | None] = [None] * len(wanted)
         device = self.compute_device(source)
@@ -314,23 +372,34 @@ class StreamingModule(nn.Module):
             run.check_stop()
             x = y = None
             if needs_values:
-                x, y = self._recompute(source, rp, cp, need_x)
+                x, y = self._block_graph(source, run, (bi, bj), need_x)
             g = block_grad(grad_out, rb, cb, y)
             gx_block = None
             if g is not None:
                 if y is None:
-                    x, y = self._recompute(source, rp, cp, need_x)
+                    x, y = self._block_graph(source, run, (bi, bj), need_x)
                 gx_block = self._backward_block(x, y, g, need_x, wanted, grads)
                 if grad_x is not None and gx_block is not None:
                     grad_x[:, :, rp.cone[0]:rp.cone[1], cp.cone[0]:cp.cone[1]] += gx_block.to(grad_x.dtype)
             if sink is not None:
                 sink.add(bi, bj, gx_block)
+            run.kept.pop((bi, bj), None)  # a kept block without gradient frees its graph too
             if y is not None:
                 x = y = gx_block = g = None
                 run.block_freed()
             run.block_done("backward", done, plan.n_blocks)
+        run.kept.clear()
         it = iter(grads)
         return grad_x, [next(it) if need else None for need in need_params]
+
+    def _block_graph(self, source, run: StreamPass, ij: tuple[int, int], need_x: bool):
+        """A block's (input, output) with autograd: kept from the forward pass, else recomputed."""
+        kept = run.kept.pop(ij, None)
+        if kept is not None and (kept[0].requires_grad or not need_x):
+            return kept
+        i, j = ij
+        plan = run.tile_plan or self.tile_plan(source.shape[2:])
+        return self._recompute(source, plan.row_plans[i], plan.col_plans[j], need_x)
 
     def _recompute(self, source, rp: AxisPlan, cp: AxisPlan, need_x: bool):
         """A block's cone read again and run with autograd: (input, output)."""

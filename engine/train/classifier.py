@@ -13,9 +13,10 @@ from torch import nn
 from engine.io.checkpoints import ModelCard
 from engine.io.state_dicts import load_pretrained_backbone
 from engine.models import SplitNet, create_model
-from engine.specs import TrainingSpec
+from engine.specs import GRAPH_BUDGET_AUTO_SHARE, TrainingSpec
 from engine.streaming import StreamHooks, StreamingModule
 from engine.streaming.graph import FROZEN_MODULES
+from engine.streaming.keep import resolve_graph_budget
 from engine.train.data import Augmentation, input_source
 
 CALIBRATION_CROP = 1024  # input pixels per side of the crops that set BatchNorm statistics
@@ -36,13 +37,18 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, model: SplitNet, *, streaming: bool, tile_size: int, channels_last: bool = False,
-                 low_memory: bool = False):
+                 low_memory: bool = False, graph_budget: int | str | None = None):
         super().__init__()
         self.model = model
         self.streaming = streaming
         self.channels_last = channels_last
         trunk = model.trunk()
-        runner = (StreamingModule(trunk, tile_size, freeze_batchnorm=True, channels_last=channels_last)
+        # Bytes of forward graphs kept for backward (TrainingSpec.graph_budget; "auto" resolved
+        # here, on the device the model was moved to).
+        device = next(iter(model.parameters())).device
+        self.graph_budget = resolve_graph_budget(graph_budget, device, GRAPH_BUDGET_AUTO_SHARE)
+        runner = (StreamingModule(trunk, tile_size, freeze_batchnorm=True, channels_last=channels_last,
+                                  graph_budget=self.graph_budget)
                   if streaming else trunk)
         # Per-pass hooks of the streamed trunk; the trainer sets its cancel check (set_should_stop).
         self.hooks = StreamHooks(release_every=1 if low_memory else 0)

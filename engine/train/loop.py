@@ -76,7 +76,8 @@ class Trainer:
         self.model.to(self.device, self.dtype)
         self.classifier = Classifier(self.model, streaming=spec.streaming, tile_size=spec.tile_size,
                                      channels_last=precision.use_channels_last(spec, self.device),
-                                     low_memory=spec.low_memory)
+                                     low_memory=spec.low_memory,
+                                     graph_budget=spec.graph_budget)
         self.net: torch.nn.Module = self.classifier  # replaced by the DDP wrapper in run()
 
         amp_dtype = precision.autocast_dtype(spec, self.device, self.dtype)

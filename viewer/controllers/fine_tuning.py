@@ -22,11 +22,18 @@ from viewer.controllers.live_maps import LiveMaps
 from viewer.model.labels import LabelTable
 from viewer.model.layers import SALIENCY
 from viewer.model.runs import Curves, RunSummary, read_curves, scan_runs
-from viewer.model.training_form import CLOSE_BACKGROUND, CLOSE_CANCEL, TrainingForm, labels_summary, new_run_name
+from viewer.model.training_form import (
+    CLOSE_BACKGROUND,
+    CLOSE_CANCEL,
+    TrainingForm,
+    labels_summary,
+    new_run_name,
+    plan_text,
+)
 from viewer.model.workspace import SettingsStore
 from viewer.workers.background import BackgroundRunner
 from viewer.workers.training import TrainingJobs, TrainingRun, TrainRunner, engine_train_runner
-from viewer.workers.training_files import list_model_names, read_labels_rows, write_labels_csv
+from viewer.workers.training_files import list_model_names, plan_run, read_labels_rows, write_labels_csv
 
 DEFAULT_RUNS_FOLDER = Path.home() / "StreamSlide" / "runs"
 
@@ -125,6 +132,23 @@ class FineTuning(QObject):
             self.background.submit(write_labels_csv, spec.labels, self.table.items(),
                                    on_done=lambda _path, spec=spec: self._launch(spec),
                                    on_error=self._on_labels_write_error_at_start)
+
+    def show_plan(self) -> None:
+        """Compute the form's training plan (tile, blocks kept by the graph budget, estimated peak)
+        on a worker (it imports torch and reads the slides' sizes) and show it in the form."""
+        form = self.form
+        try:
+            labels = form.csv_path if form.use_csv else None
+            if labels is None and not form.input_size:
+                form.set(plan_text="Plan: give an input size (or import a labels CSV) to size the input")
+                return
+            spec = form.build_spec(labels or "", self.live.model)
+        except ValueError as exc:
+            form.set(plan_text=f"Plan: {exc}")
+            return
+        form.set(plan_text="Plan: computing…")
+        self.background.submit(plan_run, spec, on_done=lambda plan: form.set(plan_text=plan_text(plan)),
+                               on_error=lambda message: form.set(plan_text=f"Plan failed: {message}"))
 
     def _on_labels_write_error_at_start(self, message: str) -> None:
         self.form.set(state="idle")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from engine import api
-from engine.specs import DEVICES, TrainingSpec
+from engine.specs import DEVICES, TrainingSpec, parse_bytes
 from viewer.model.inference import ModelChoice
 from viewer.model.labels import LabelTable
 from viewer.model.notify import Fields
@@ -55,7 +55,7 @@ class TrainingForm(Fields):
 
     FIELDS = ("labels_source", "csv_path", "labels_summary", "model", "architectures", "base", "weights",
               "input_by", "input_value", "input_size", "tile_size", "epochs", "lr", "device", "run_dir",
-              "update_saliency", "state")
+              "update_saliency", "state", "graph_budget", "plan_text")
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,6 +67,8 @@ class TrainingForm(Fields):
         self.run_dir = ""
         self.update_saliency = False
         self.state = "idle"
+        # Graph budget as typed ("" none, "2G", "auto"), and the plan it gives (computed on a worker).
+        self.graph_budget, self.plan_text = "", NO_PLAN
         self.advanced: dict = {}
 
     @property
@@ -114,11 +116,37 @@ class TrainingForm(Fields):
             fields["pretrained"] = self.weights.strip()
         return fields
 
+    def graph_budget_value(self) -> int | str | None:
+        """The typed graph budget as the spec takes it (SpecError, a ValueError, when unreadable)."""
+        text = self.graph_budget.strip()
+        return parse_bytes(text) if text else None
+
     def build_spec(self, labels: str, loaded: ModelChoice) -> TrainingSpec:
         level, mpp = self.level_and_mpp()
         fields = {"labels": labels, "out_dir": self.run_dir.strip(), "level": level, "mpp": mpp,
                   "input_size": self.input_size or None, "tile_size": self.tile_size,
-                  "epochs": self.epochs, "lr": self.lr, "device": self.device}
+                  "epochs": self.epochs, "lr": self.lr, "device": self.device,
+                  "graph_budget": self.graph_budget_value()}
         fields.update(self.advanced)
         fields.update(self.base_model_fields(loaded))  # the loaded model's architecture wins over advanced kwargs
         return TrainingSpec(**fields)
+
+
+NO_PLAN = "Plan: press Plan to see the tiles and what the graph budget keeps"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def plan_text(plan: dict) -> str:
+    """One line for :func:`engine.api.plan_training`'s plan: tile, blocks, kept, estimated peak."""
+    h, w = plan["in_hw"]
+    if not plan.get("streaming", True):
+        return f"Plan: {w}×{h} px input, trunk not streamed (conventional back-propagation)"
+    budget = plan.get("graph_budget")
+    kept = "whole input as one block" if plan.get("whole_image") else f"{plan['kept']} of {plan['blocks']} kept"
+    tile = plan["tile"]
+    return (f"Plan ({plan['device']}): {w}×{h} px input, tile {tile[1]}×{tile[0]}, {plan['blocks']} blocks, "
+            f"{kept} ({plan['recomputed']} recomputed), budget {_mib(budget) if budget is not None else 'none'}, "
+            f"estimated peak {_mib(plan['estimated_peak_bytes'])}")

@@ -60,6 +60,7 @@ class TrainingDock(QSplitter):
         p.resume_button.clicked.connect(training.resume)
         p.cancel_button.clicked.connect(training.cancel)
         p.saliency_now.clicked.connect(training.saliency_now)
+        p.plan_button.clicked.connect(training.show_plan)
         p.import_csv_requested.connect(training.import_csv)
         p.save_csv_requested.connect(training.save_labels)
         p.model.first_popup.connect(training.load_model_names)

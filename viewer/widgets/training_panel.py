@@ -100,6 +100,14 @@ class TrainingPanel(QWidget):
         self.lr.setSingleStep(1e-4)
         self.device = QComboBox()
         self.device.addItems(DEVICES)
+        self.graph_budget = QLineEdit()
+        self.graph_budget.setPlaceholderText("none (e.g. 2G, 512M, auto)")
+        self.graph_budget.setToolTip("Memory a training step may keep of its tiles' forward graphs, so backward "
+                                     "recomputes only the rest (exact either way). auto: half the free memory")
+        self.plan_button = QPushButton("Plan")
+        self.plan_button.setToolTip("Compute the tiles, the blocks kept and the estimated peak memory for this form")
+        self.plan_label = QLabel()
+        self.plan_label.setWordWrap(True)
 
         self.run_dir = QLineEdit()
         self.run_dir.setToolTip("The run's folder: last/, best/, metrics.jsonl and spec.json go here")
@@ -142,6 +150,10 @@ class TrainingPanel(QWidget):
         for w in (QLabel("epochs"), self.epochs, QLabel("lr"), self.lr, QLabel("device"), self.device):
             train_row.addWidget(w)
         grid.addLayout(train_row, 5, 1, 1, 5)
+        grid.addWidget(QLabel("Graph budget"), 11, 0)
+        grid.addWidget(self.graph_budget, 11, 1, 1, 3)
+        grid.addWidget(self.plan_button, 11, 4, 1, 2)
+        grid.addWidget(self.plan_label, 12, 1, 1, 5)
         grid.addWidget(QLabel("Run folder"), 6, 0)
         grid.addWidget(self.run_dir, 6, 1, 1, 4)
         grid.addWidget(self.run_dir_button, 6, 5)
@@ -152,7 +164,7 @@ class TrainingPanel(QWidget):
             buttons.addWidget(b)
         grid.addLayout(buttons, 8, 0, 1, 6)
         grid.addWidget(note, 9, 0, 1, 6)
-        grid.setRowStretch(10, 1)
+        grid.setRowStretch(13, 1)
         grid.setColumnStretch(2, 1)
 
         self.import_button.clicked.connect(self._choose_csv)
@@ -172,7 +184,8 @@ class TrainingPanel(QWidget):
                  (self.lr.valueChanged, lambda v: {"lr": v}),
                  (self.device.currentTextChanged, lambda text: {"device": text}),
                  (self.run_dir.textChanged, lambda text: {"run_dir": text}),
-                 (self.update_saliency.toggled, lambda on: {"update_saliency": on})]
+                 (self.update_saliency.toggled, lambda on: {"update_saliency": on}),
+                 (self.graph_budget.textChanged, lambda text: {"graph_budget": text})]
         for signal, fields in edits:
             signal.connect(lambda value, fields=fields: self._edit(fields(value)))
         form.changed.connect(self._show)
@@ -204,7 +217,9 @@ class TrainingPanel(QWidget):
                 self._show_state(value)
             elif name in ("model", "input_by", "device"):
                 getattr(self, name).setCurrentText(value)
-            elif name in ("weights", "run_dir"):
+            elif name == "plan_text":
+                self.plan_label.setText(value)
+            elif name in ("weights", "run_dir", "graph_budget"):
                 if getattr(self, name).text() != value:
                     getattr(self, name).setText(value)
             elif name == "update_saliency":
@@ -251,5 +266,6 @@ class TrainingPanel(QWidget):
         self.cancel_button.setEnabled(state == "running")
         self.resume_button.setEnabled(resumable)
         for w in (self.labels_source, self.import_button, self.model, self.base, self.input_by, self.input_value,
-                  self.input_size, self.tile_size, self.epochs, self.lr, self.device, self.run_dir):
+                  self.input_size, self.tile_size, self.epochs, self.lr, self.device, self.run_dir,
+                  self.graph_budget, self.plan_button):
             w.setEnabled(not busy)

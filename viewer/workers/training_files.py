@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.api import list_models, read_labels
+from engine.api import list_models, plan_training, read_labels
 from engine.api import write_labels_csv as write_labels_csv_file
 
 
@@ -29,3 +29,9 @@ def read_labels_rows(path: str) -> tuple[str, dict[str, str], tuple[str, ...]]:
 def list_model_names() -> list[str]:
     """The engine's registered architectures (imports torch, hence the worker)."""
     return list(list_models())
+
+
+def plan_run(spec) -> dict:
+    """The training plan of ``spec`` (tile, blocks, kept, estimated peak): imports torch, reads
+    the slides' sizes unless the spec fixes the input size (worker thread)."""
+    return plan_training(spec)

@@ -1,0 +1,213 @@
+"""`bench/streaming.py --budgets`: training time and peak memory against the graph budget.
+
+For each model, size and tile, in one run (fresh process per row, as bench/streaming.py does):
+conventional back-propagation, ``torch.utils.checkpoint`` (4 segments), streaming as it is
+without a budget ("stream"), and streaming at graph budgets from "tile only" (0: every block
+recomputed) through fractions of conventional's measured peak to "all kept". Prints one table
+with the targets checked per row and optionally draws the curves as a PNG (PIL).
+
+Targets (ratios to conventional in the same run): a budget at least conventional's peak ->
+at most 1.05x its time; half its peak -> at most 1.15x; "tile only" -> no slower than "stream"
+(today's schedule; 5% allowed for noise); every budget row: peak at most 1.1 x (the budget the
+plan needs + what every method holds: the stitched map, its gradient, the input's gradient).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+
+MiB = 2**20
+#: (label, fraction of conventional's peak); None: a fixed budget (0 or everything).
+LEVELS = (("tile only", 0.0), ("0.25 conv", 0.25), ("0.5 conv", 0.5), ("1.0 conv", 1.0), ("all kept", None))
+ALL = 1 << 44
+
+
+def plan_rows(models, sizes, tiles) -> list[tuple[str, int, int]]:
+    return [(m, s, t) for m in models for s in sizes for t in tiles if t <= s]
+
+
+def main(args, run_config) -> int:
+    if args.table_from:  # earlier runs (e.g. one per size and tile): one table, one curve
+        rows = [r for f in args.table_from for r in json.loads(f.read_text())]
+        print_table(rows)
+        if args.png:
+            draw_curves(rows, args.png)
+        return 0
+    sizes = args.sizes or [2048, 4096]
+    tiles = args.tiles or [1024, 2048]
+    rows: list[dict] = []
+    device, amp = args.device, args.autocast
+    with tempfile.TemporaryDirectory() as ref_dir:
+        base = dict(mode="train", threads=args.threads, ref_dir=ref_dir, device=device, autocast=amp)
+        for model in args.models:
+            for size in sizes:
+                conv = run_config(dict(base, model=model, size=size, method="conventional", tile=None))
+                rows.append(dict(base, model=model, size=size, method="conventional", tile=None, **conv))
+                _print_row(rows[-1], rows)
+                ck = run_config(dict(base, model=model, size=size, method="checkpoint", tile=None))
+                rows.append(dict(base, model=model, size=size, method="checkpoint", tile=None, **ck))
+                _print_row(rows[-1], rows)
+                for tile in [t for t in tiles if t <= size]:
+                    today = run_config(dict(base, model=model, size=size, method="stream", tile=tile))
+                    rows.append(dict(base, model=model, size=size, method="stream", tile=tile, **today))
+                    _print_row(rows[-1], rows)
+                    for label, frac in [lv for lv in LEVELS if not args.levels or lv[0] in args.levels]:
+                        if frac is None:
+                            budget = ALL
+                        elif frac == 0.0:
+                            budget = 0
+                        elif "peak_mib" in conv:
+                            budget = int(frac * conv["peak_mib"] * MiB)
+                        else:
+                            continue  # conventional failed (memory): no fraction of it to try
+                        cfg = dict(base, model=model, size=size, method="stream-budget", tile=tile, budget=budget,
+                                   level=label, frac=frac)
+                        rows.append({**cfg, **run_config(cfg)})
+                        _print_row(rows[-1], rows)
+    if args.json:
+        from engine.io.atomic import write_text
+
+        write_text(args.json, json.dumps(rows, indent=1))
+    print()
+    print_table(rows)
+    if args.png:
+        draw_curves(rows, args.png)
+        print(f"\ncurve: {args.png}")
+    return 0
+
+
+def _time_key(r: dict) -> str:
+    return "seconds" if r.get("device") == "cuda" else "cpu_seconds"
+
+
+def _conventional(rows, r) -> dict | None:
+    for c in rows:
+        if c["model"] == r["model"] and c["size"] == r["size"] and c["method"] == "conventional" and "peak_mib" in c:
+            return c
+    return None
+
+
+def _today(rows, r) -> dict | None:
+    for c in rows:
+        if (c["model"], c["size"], c["tile"], c["method"]) == (r["model"], r["size"], r["tile"], "stream") \
+                and "peak_mib" in c:
+            return c
+    return None
+
+
+def targets(rows, r) -> list[str]:
+    """The targets this row is held to, each "ok ..." or "NOT MET ..."."""
+    if r.get("method") != "stream-budget" or "peak_mib" not in r:
+        return []
+    out = []
+    conv, today = _conventional(rows, r), _today(rows, r)
+    key = _time_key(r)
+    if conv is not None:
+        ratio = r[key] / conv[key]
+        frac = r.get("frac")
+        budget_over_peak = r["budget"] / MiB / conv["peak_mib"]
+        if budget_over_peak >= 1.0:
+            out.append(("ok" if ratio <= 1.05 else "NOT MET") + f" time {ratio:.2f}x<=1.05")
+        elif frac == 0.5:
+            out.append(("ok" if ratio <= 1.15 else "NOT MET") + f" time {ratio:.2f}x<=1.15")
+    if r.get("frac") == 0.0 and today is not None:
+        ratio = r[key] / today[key]
+        out.append(("ok" if ratio <= 1.05 else "NOT MET") + f" {ratio:.2f}x stream")
+    plan = r["plan"]
+    need = min(r["budget"], ALL)
+    if plan["kept"] == 0 or plan["kept"] == plan["blocks"]:
+        need = plan["peak_bytes"]  # tile only / all kept: the budget is what the plan needs
+    held = r["map_mib"] * 2 + r["size"] ** 2 * 3 * 4 / MiB  # map, its gradient, the input's gradient
+    limit = 1.1 * (need / MiB + held)
+    out.append(("ok" if r["peak_mib"] <= limit else "NOT MET") + f" peak {r['peak_mib']:.0f}<={limit:.0f}")
+    return out
+
+
+HEADER = ("| model | size | tile | method | budget MiB | kept/blocks | est. peak MiB | CPU s | wall s | x conv "
+          "| peak MiB | grad err | targets |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def fmt(r: dict, rows) -> str:
+    name = r["method"] + (f" {r['level']}" if "level" in r else "")
+    head = f"| {r['model']} | {r['size']}² | {r['tile'] or ''} | {name} |"
+    if "error" in r:
+        return head + f" | | | | | failed: {r['error']} | | | |"
+    conv = _conventional(rows, r)
+    key = _time_key(r)
+    ratio = f"{r[key] / conv[key]:.2f}" if conv else "–"
+    plan = r.get("plan")
+    budget = ("" if "budget" not in r else "∞" if r["budget"] >= ALL else f"{r['budget'] / MiB:.0f}")
+    kept = f"{plan['kept']}/{plan['blocks']}" if plan else ""
+    est = f"{plan['estimated_peak_bytes'] / MiB:.0f}" if plan else ""
+    err = f"{r['grad_err']:.1e}" if "grad_err" in r else ""
+    return (f"{head} {budget} | {kept} | {est} | {r['cpu_seconds']:.1f} | {r['seconds']:.2f} | {ratio} | "
+            f"{r['peak_mib']:.0f} | {err} | {'; '.join(targets(rows, r))} |")
+
+
+def _print_row(r, rows) -> None:
+    print(fmt(r, rows), flush=True)
+
+
+def print_table(rows) -> None:
+    print(HEADER)
+    for r in rows:
+        print(fmt(r, rows))
+
+
+def draw_curves(rows, path) -> None:
+    """One panel per (model, size): x peak MiB, y time / conventional; a line per tile through
+    the budget rows, squares for conventional, stream (today) and checkpoint."""
+    from PIL import Image, ImageDraw
+
+    panels = sorted({(r["model"], r["size"]) for r in rows})
+    pw, ph, margin = 420, 300, 52
+    img = Image.new("RGB", (pw * min(2, len(panels)), ph * ((len(panels) + 1) // 2)), "white")
+    d = ImageDraw.Draw(img)
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+    for k, (model, size) in enumerate(panels):
+        ox, oy = (k % 2) * pw, (k // 2) * ph
+        mine = [r for r in rows if (r["model"], r["size"]) == (model, size) and "peak_mib" in r]
+        conv = next((r for r in mine if r["method"] == "conventional"), None)
+        if conv is None or not mine:
+            continue
+        key = _time_key(conv)
+        xmax = max(r["peak_mib"] for r in mine) * 1.08
+        ymax = max(1.6, max(r[key] / conv[key] for r in mine) * 1.05)
+
+        def at(mib, ratio, ox=ox, oy=oy, xmax=xmax, ymax=ymax):
+            return (ox + margin + (pw - margin - 12) * mib / xmax, oy + ph - margin - (ph - margin - 24) * ratio / ymax)
+
+        x0, y0 = at(0, 0)
+        x1, y1 = at(xmax, ymax)
+        d.rectangle([x0, y1, x1, y0], outline=(0, 0, 0))
+        for t in (1.0, 1.05, 1.15):
+            _, yt = at(0, t)
+            d.line([x0, yt, x1, yt], fill=(200, 200, 200))
+            d.text((ox + 4, yt - 6), f"{t:.2f}x", fill=(90, 90, 90))
+        # PIL's default font has no "²": plain ASCII labels.
+        d.text((ox + margin, oy + 6), f"{model} {size}x{size}: time / conventional vs peak MiB", fill=(0, 0, 0))
+        d.text((ox + 4, y1), f"{ymax:.2f}x", fill=(90, 90, 90))
+        d.text((x1 - 60, y0 + 6), f"{xmax:.0f} MiB", fill=(90, 90, 90))
+        d.text((x0, y0 + 6), "0", fill=(90, 90, 90))
+        tiles = sorted({r["tile"] for r in mine if r["method"] == "stream-budget"})
+        for c, tile in zip(colours, tiles, strict=False):  # more tiles than colours: the first four
+            pts = sorted((r["peak_mib"], r[key] / conv[key]) for r in mine
+                         if r["method"] == "stream-budget" and r["tile"] == tile)
+            xy = [at(*p) for p in pts]
+            if len(xy) > 1:
+                d.line(xy, fill=c, width=2)
+            for px, py in xy:
+                d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
+            d.text((x1 - 110, y1 + 6 + 12 * tiles.index(tile)), f"budgets, tile {tile}", fill=c)
+        for r, label in [(r, r["method"] + (f" {r['tile']}" if r["tile"] else "")) for r in mine
+                         if r["method"] in ("conventional", "checkpoint", "stream")]:
+            px, py = at(r["peak_mib"], r[key] / conv[key])
+            d.rectangle([px - 3, py - 3, px + 3, py + 3], outline=(0, 0, 0))
+            d.text((px + 5, py - 12), label, fill=(0, 0, 0))
+    from engine.io.atomic import write_bytes  # every file through the one atomic writer
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
