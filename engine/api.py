@@ -198,6 +198,15 @@ def checkpoint_weights(path):
     return weights_path(path)
 
 
+def write_file(path, data: bytes):
+    """Write ``data`` to ``path`` through the engine's one atomic writer (temporary file, fsync,
+    rename; 0644-style permissions). Raises :class:`~engine.errors.ResultsError` naming the file
+    and the cause (disk full, read-only, not a folder), with nothing half-written left."""
+    from engine.io.atomic import write_bytes
+
+    return write_bytes(path, data)
+
+
 def warm_up() -> None:
     """Import what the first job needs (torch, the streaming engine, the trainer), without
     running anything: the viewer calls it on a worker at start so a job's first event is not
@@ -213,4 +222,4 @@ def warm_up() -> None:
         pass
 
 
-__all__ += ["Curves", "RunSummary", "checkpoint_weights", "list_runs", "read_run_curves", "warm_up", "write_labels_csv"]
+__all__ += ["Curves", "RunSummary", "checkpoint_weights", "write_file", "list_runs", "read_run_curves", "warm_up", "write_labels_csv"]

@@ -7,8 +7,10 @@ import math
 
 import numpy as np
 from PIL import Image
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice
 from PySide6.QtGui import QImage
 
+from engine.api import write_file
 from engine.errors import RegionError
 from engine.geometry import Box, l0_to_lv, lv_to_l0_read_origin
 from engine.slides import SlideSource, to_rgb
@@ -59,7 +61,13 @@ def export_region_png(shared: SharedSource, l0_box: Box, out_w: int, out_h: int,
 
 
 def save_png(image: QImage, path: str) -> str:
-    """Worker job: write ``image`` as PNG; OSError when the file cannot be written."""
-    if not image.save(path, "PNG"):
-        raise OSError(f"{path}: could not write the PNG (check the folder exists and is writable)")
-    return path
+    """Worker job: encode ``image`` as PNG and write it through the engine's atomic writer
+    (nothing half-written under the name; a full disk or read-only folder is a ResultsError
+    saying so)."""
+    data = QByteArray()
+    buffer = QBuffer(data)
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    if not image.save(buffer, "PNG"):
+        raise ValueError(f"{path}: the image could not be encoded as PNG ({image.width()}x{image.height()})")
+    buffer.close()
+    return str(write_file(path, bytes(data)))
