@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from engine.geometry import Box, TileGrid, lv_to_l0
+from engine.geometry import Box, TileGrid, l0_to_lv_covering, lv_to_l0
 from engine.io import atomic
 
 #: ``render(downsample, lv_box) -> (h, w, 3) uint8``: the pixels of ``lv_box`` (in the plane
@@ -31,7 +31,8 @@ _ASSOCIATED_SUBFILETYPE = {"label": 1, "macro": 9}
 
 def level_sizes(l0_w: int, l0_h: int, downsamples: tuple[int, ...]) -> list[tuple[int, int]]:
     """Level sizes for integer downsamples, rounded up like scanners do."""
-    return [(-(-l0_w // ds), -(-l0_h // ds)) for ds in downsamples]
+    boxes = [l0_to_lv_covering(Box(0, 0, l0_w, l0_h), ds) for ds in downsamples]
+    return [(int(b.x1), int(b.y1)) for b in boxes]
 
 
 def default_downsamples(l0_w: int, l0_h: int, *, factor: int = 4, coarsest_max: int = 1024) -> tuple[int, ...]:

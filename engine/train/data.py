@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from engine.errors import LabelsError
+from engine.geometry import Box, lv_to_l0_origin
 from engine.io.labels import LabelSet, SlideRecord, read_labels
 from engine.slides import open_slide, to_rgb
 from engine.slides.region import choose_level, level_region, tissue_box
@@ -87,7 +88,7 @@ def read_slide_input(path: str | Path, spec: InputSpec, rng: np.random.Generator
     """
     with open_slide(path) as slide:
         level = choose_level(slide, level=spec.level, mpp=spec.mpp, fallback_level=None)
-        l0_box = tissue_box(slide) if spec.tissue_crop else (0, 0, *slide.dimensions)
+        l0_box = tissue_box(slide) if spec.tissue_crop else Box(0, 0, *slide.dimensions)
         region = level_region(slide, level, l0_box)
         lv_x0, lv_y0, lv_w, lv_h = region.lv_x0, region.lv_y0, region.lv_w, region.lv_h
         if spec.size is None:
@@ -118,7 +119,7 @@ def _read_level_box(slide, level: int, downsample: float, lv_x: int, lv_y: int, 
     band = max(1, _READ_BAND_BYTES // (4 * lv_w))
     for r0 in range(0, lv_h, band):
         r1 = min(lv_h, r0 + band)
-        rgba = slide.read_region(int(round(lv_x * downsample)), int(round((lv_y + r0) * downsample)), level, lv_w, r1 - r0)
+        rgba = slide.read_region(*lv_to_l0_origin(lv_x, lv_y + r0, downsample), level, lv_w, r1 - r0)
         out[r0:r1] = to_rgb(rgba, slide.background_rgb)
     return out
 
