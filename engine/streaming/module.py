@@ -322,7 +322,6 @@ class StreamingModule(nn.Module):
                 if skip is not None and skip(rows, cols):
                     run.block_done("forward", done, plan.n_blocks)
                     continue
-                y = run_block(self.graph, self._read(source, rp.cone, cp.cone), rp, cp)
                 if (i, j) in run.keep:
                     with torch.enable_grad():  # kept for backward, which then needs no recomputation
                         run.kept[(i, j)] = self._recompute(source, rp, cp, run.keep_x)
