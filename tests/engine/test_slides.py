@@ -7,12 +7,12 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import BLOCK, SYNTH_L0_SIZE, block_colour
 
 from engine.errors import RegionError, SlideError, SlideOpenError, SlideReadError
 from engine.geometry import Box
 from engine.io.svs import default_downsamples, write_svs
 from engine.slides import SLIDE_SUFFIXES, ArraySlide, level_region, open_slide, to_rgb
+from tests.conftest import BLOCK, SYNTH_L0_SIZE, block_colour
 
 
 def _close(a, b, tol=14):
