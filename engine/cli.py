@@ -38,11 +38,11 @@ from engine.events import (
     Progress,
     StepSkipped,
 )
+from engine.exits import EXIT_CANCELLED, EXIT_DIVERGED, EXIT_MODEL, EXIT_OK, EXIT_SLIDE, EXIT_USAGE, EXIT_WRITE
 from engine.io import heatmap_cli
 from engine.specs import POOLS, InferenceSpec, TrainingSpec, parse_bytes
 from engine.train.cli import add_task_arguments, task_fields
 
-EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE, EXIT_DIVERGED = 0, 2, 3, 4, 5, 6, 7
 LOW_MEMORY_HELP = ("give freed memory back to the OS after every tile (CPU): peak memory stays flat with "
                    "the slide's size, at about 20%% more time")
 

@@ -22,10 +22,9 @@ from engine.annotations.model import AnnotationSet
 from engine.annotations.score import map_plane, score_cohort, score_maps
 from engine.annotations.stats import stats
 from engine.errors import ResultsError, SlideError
+from engine.exits import EXIT_BAD_FILE, EXIT_OK, EXIT_SLIDE, EXIT_WRITE
 from engine.io.maps import read_maps
 from engine.slides import open_slide
-
-EXIT_OK, EXIT_BAD_FILE, EXIT_SLIDE, EXIT_WRITE = 0, 2, 3, 6
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

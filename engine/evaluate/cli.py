@@ -14,9 +14,8 @@ import sys
 
 from engine.errors import CheckpointError, LabelsError, ResultsError, SpecError
 from engine.events import CancelToken, JobWarning, Progress
+from engine.exits import EXIT_CANCELLED, EXIT_MODEL, EXIT_OK, EXIT_SLIDE, EXIT_USAGE, EXIT_WRITE
 from engine.specs import EvaluationSpec
-
-EXIT_OK, EXIT_USAGE, EXIT_SLIDE, EXIT_MODEL, EXIT_CANCELLED, EXIT_WRITE = 0, 2, 3, 4, 5, 6
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

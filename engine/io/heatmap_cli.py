@@ -11,10 +11,9 @@ import argparse
 import sys
 
 from engine.errors import ResultsError, SlideError
+from engine.exits import EXIT_BAD_FILE, EXIT_OK, EXIT_SLIDE, EXIT_WRITE
 from engine.io.heatmap_tiff import write_registered_heatmaps
 from engine.io.maps import read_maps
-
-EXIT_OK, EXIT_BAD_FILE, EXIT_SLIDE, EXIT_WRITE = 0, 2, 3, 6
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
