@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
 import shapely
 
 from engine.annotations import Annotation, AnnotationError, AnnotationSet
@@ -57,6 +58,7 @@ class AnnotationDocument:
         self.selection: tuple[int, ...] = ()
         self.dirty = False
         self.version = 0  # bumped on every change: painters key their caches on it
+        self._bounds, self._bounds_version = np.zeros((0, 4)), 0  # (x0, y0, x1, y1) per annotation, for hit()
         if annotations is not None:
             self.replace_all(annotations, mark_dirty=False)
 
@@ -104,15 +106,19 @@ class AnnotationDocument:
         return self._redo[-1].label if self._redo else None
 
     def hit(self, l0_x: float, l0_y: float, tolerance_l0: float = 0.0) -> int | None:
-        """The topmost annotation under a level-0 point (within ``tolerance_l0`` of lines and points)."""
+        """The topmost annotation under a level-0 point (within ``tolerance_l0`` of lines and points).
+
+        Called on every mouse move (the UI thread): the bounding boxes are one array, made once
+        per document version, so only the annotations whose box holds the point are measured."""
+        if self._bounds_version != self.version:
+            self._bounds = np.array([a.l0_box.as_tuple() for a in self._items], np.float64).reshape(-1, 4)
+            self._bounds_version = self.version
+        b, t = self._bounds, tolerance_l0
+        near = (b[:, 0] - t <= l0_x) & (l0_x <= b[:, 2] + t) & (b[:, 1] - t <= l0_y) & (l0_y <= b[:, 3] + t)
         point = shapely.Point(l0_x, l0_y)
-        for index in range(len(self._items) - 1, -1, -1):
-            a = self._items[index]
-            b = a.l0_box
-            if not (b.x0 - tolerance_l0 <= l0_x <= b.x1 + tolerance_l0 and b.y0 - tolerance_l0 <= l0_y <= b.y1 + tolerance_l0):
-                continue
-            if a.geometry.distance(point) <= tolerance_l0:
-                return index
+        for index in np.flatnonzero(near)[::-1]:
+            if self._items[index].geometry.distance(point) <= tolerance_l0:
+                return int(index)
         return None
 
     # -- commands --------------------------------------------------------------------------
