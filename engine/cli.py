@@ -40,7 +40,7 @@ from engine.events import (
 )
 from engine.exits import EXIT_CANCELLED, EXIT_DIVERGED, EXIT_MODEL, EXIT_OK, EXIT_SLIDE, EXIT_USAGE, EXIT_WRITE
 from engine.io import heatmap_cli
-from engine.specs import POOLS, InferenceSpec, TrainingSpec, parse_bytes
+from engine.specs import HEADS, POOLS, TISSUE_MASKS, InferenceSpec, TrainingSpec, parse_bytes
 from engine.train.cli import add_task_arguments, task_fields
 
 LOW_MEMORY_HELP = ("give freed memory back to the OS after every tile (CPU): peak memory stays flat with "
@@ -102,7 +102,8 @@ def _run_slides(args, saliency: bool) -> int:
                                  tile_size=args.tile, device=args.device, saliency=saliency,
                                  saliency_class=args.saliency_class, saliency_cell=args.cell,
                                  out_dir=str(out_dir), low_memory=args.low_memory, regions=args.regions,
-                                 include_classes=args.include, exclude_classes=args.exclude)
+                                 include_classes=args.include, exclude_classes=args.exclude,
+                                 tissue_mask=args.tissue_mask)
             try:
                 result = _run_one(spec, ProgressBar(Path(path).name), token)
             except SlideError as exc:
@@ -214,6 +215,20 @@ def _add_train_parser(sub) -> None:
                    help="extra builder argument, e.g. width=8 for smallnet (repeatable)")
     p.add_argument("--split", help="last streamed stage (default: the architecture's)")
     p.add_argument("--pool", default=d.pool, choices=POOLS)
+    p.add_argument("--head", choices=HEADS, help="head on the streamed map: max, avg, gem (learnable exponent) "
+                   "or attention (gated attention MIL; default: --pool)")
+    p.add_argument("--tissue-mask", default=d.tissue_mask, choices=TISSUE_MASKS,
+                   help="pool only each slide's detected tissue and skip blocks without it (default auto)")
+    p.add_argument("--tissue-param", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="tissue detector setting, e.g. method=saturation or saturation=25 (repeatable)")
+    p.add_argument("--include", type=_class_list, default=(), metavar="CLASS[,..]",
+                   help="with an annotations column: the mask is the area of these classes (default: all)")
+    p.add_argument("--exclude", type=_class_list, default=(), metavar="CLASS[,..]",
+                   help="with an annotations column: leave out the areas of these classes (e.g. pen marks)")
+    p.add_argument("--freeze-trunk-epochs", type=int, default=d.freeze_trunk_epochs, metavar="K",
+                   help="train only the head on the frozen trunk for the first K epochs (maps cached)")
+    p.add_argument("--finetune-lr", type=float, help="learning rate once the trunk is unfrozen (default --lr)")
+    p.add_argument("--finetune-tile", type=int, help="tile once the trunk is unfrozen (default --tile)")
     p.add_argument("--pretrained", help="state dict (torchvision/timm names) to start from")
     p.add_argument("--level", type=int, help="pyramid level to read")
     p.add_argument("--mpp", type=float, help="read the level nearest this µm/px")
@@ -268,6 +283,9 @@ def _train(args) -> int:
         device=args.device, dtype=args.dtype, mixed_precision=not args.no_amp,
         seed=args.seed, resume=args.resume, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
         max_nonfinite=args.max_nonfinite, low_memory=args.low_memory, graph_budget=args.graph_budget,
+        head=args.head, tissue_mask=args.tissue_mask, tissue_params=dict(args.tissue_param),
+        include_classes=args.include, exclude_classes=args.exclude, freeze_trunk_epochs=args.freeze_trunk_epochs,
+        finetune_lr=args.finetune_lr, finetune_tile=args.finetune_tile,
         **task_fields(args))
     token = CancelToken()
 
@@ -335,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="only these classes of --regions (default: every area)")
         p.add_argument("--exclude", type=_class_list, default=(), metavar="CLASS[,..]",
                        help="leave out the areas of these classes of --regions")
+        p.add_argument("--tissue-mask", choices=TISSUE_MASKS,
+                       help="pool only the detected tissue, skipping blocks without it (default: as the model card says)")
     _add_train_parser(sub)
     evaluate_cli.add_parser(sub)
     annotations_cli.add_parser(sub)

@@ -13,10 +13,33 @@ from engine.devices import DEVICES, check_device_name
 from engine.errors import SpecError
 from engine.geometry import Box
 
-__all__ = ["DEVICES", "GRAPH_BUDGET_AUTO_SHARE", "POOLS", "EvaluationSpec", "InferenceSpec", "TrainingSpec", "parse_bytes"]
+__all__ = ["DEVICES", "GRAPH_BUDGET_AUTO_SHARE", "HEADS", "POOLS", "TISSUE_MASKS", "EvaluationSpec", "InferenceSpec",
+           "TrainingSpec", "parse_bytes"]
 
 #: The global pools a classifier head may end in (a spec's ``pool``, a model card's): max or mean.
 POOLS = ("max", "avg")
+#: The heads on the streamed map: the two pools, generalised mean (learnable exponent) and
+#: gated attention (attention-MIL over the map's cells).
+HEADS = ("max", "avg", "gem", "attention")
+#: Where a slide's pooled cells come from: its detected tissue ("auto") or every cell ("none").
+TISSUE_MASKS = ("auto", "none")
+
+
+def _check_tissue_mask(value, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if value not in TISSUE_MASKS:
+        raise SpecError(f"tissue_mask '{value}' is not one of {', '.join(TISSUE_MASKS)}"
+                        + (" (or None: as the model card says)" if optional else ""))
+
+
+def _check_tissue_params(value: dict) -> None:
+    from engine.slides.tissue import TissueParams
+
+    try:
+        TissueParams(**dict(value))
+    except TypeError as exc:
+        raise SpecError(f"tissue_params: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -63,8 +86,11 @@ class InferenceSpec:
     regions: object = None
     include_classes: tuple[str, ...] = ()
     exclude_classes: tuple[str, ...] = ()
+    #: Pool (and compute) only the slide's tissue: "auto", "none", or None (as the model card says).
+    tissue_mask: str | None = None
 
     def __post_init__(self) -> None:
+        _check_tissue_mask(self.tissue_mask, optional=True)
         for name in ("l0_region", "priority_l0_box"):
             object.__setattr__(self, name, _optional_box(name, getattr(self, name)))
         check_device_name(self.device)
@@ -132,6 +158,16 @@ class TrainingSpec:
     backward recomputes only the rest (exact either way; see engine.streaming.keep); "auto":
     :data:`GRAPH_BUDGET_AUTO_SHARE` of the device's free memory when the run starts; None: every
     block recomputed.
+    Head: ``head`` one of :data:`HEADS` (None: ``pool``, "max" or "avg"; giving "max" or "avg"
+    here sets ``pool`` too). ``tissue_mask`` "auto": each slide's tissue (``tissue_params``, the
+    fields of :class:`engine.slides.tissue.TissueParams`) on the trunk's output grid; cells outside
+    take no part in the pool or the attention, and blocks without tissue are not computed; "none":
+    every cell. A labels CSV ``annotations`` column (an annotation file per slide) makes that
+    slide's mask the area of its ``include_classes`` annotations (none named: all) less its
+    ``exclude_classes``.
+    Staged training: the first ``freeze_trunk_epochs`` epochs train the head on the frozen trunk
+    (its maps cached in the run folder when ``augment`` is off); then the trunk is unfrozen, with
+    learning rate ``finetune_lr`` and tile ``finetune_tile`` when given (None: ``lr``, ``tile_size``).
     """
 
     labels: str
@@ -180,6 +216,14 @@ class TrainingSpec:
     loss: str = "mse"
     folds: int = 1
     graph_budget: int | str | None = None
+    head: str | None = None
+    tissue_mask: str = "auto"
+    tissue_params: dict = field(default_factory=dict)
+    include_classes: tuple[str, ...] = ()
+    exclude_classes: tuple[str, ...] = ()
+    freeze_trunk_epochs: int = 0
+    finetune_lr: float | None = None
+    finetune_tile: int | None = None
 
     # The choices of the fields that name one (not dataclass fields: no annotation). The CLI's
     # argument choices and the trainer read them from here.
@@ -237,6 +281,29 @@ class TrainingSpec:
             raise SpecError(f"folds must be at least 1, got {self.folds}")
         if self.folds > 1 and self.resume:
             raise SpecError("resume continues one run; resume a fold by training into its fold-<k> folder")
+        if self.head is not None and self.head not in HEADS:
+            raise SpecError(f"head '{self.head}' is not one of {', '.join(HEADS)}")
+        if self.head in POOLS:
+            object.__setattr__(self, "pool", self.head)
+        if self.pool not in POOLS:
+            raise SpecError(f"pool '{self.pool}' is not one of {', '.join(POOLS)}")
+        _check_tissue_mask(self.tissue_mask, optional=False)
+        _check_tissue_params(self.tissue_params)
+        object.__setattr__(self, "tissue_params", dict(self.tissue_params))
+        for name in ("include_classes", "exclude_classes"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if self.freeze_trunk_epochs < 0:
+            raise SpecError(f"freeze_trunk_epochs must be 0 or more, got {self.freeze_trunk_epochs}")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise SpecError(f"finetune_lr must be a positive learning rate (or None: lr), got {self.finetune_lr}")
+        if self.finetune_tile is not None and self.finetune_tile < 1:
+            raise SpecError(f"finetune_tile must be at least 1 input pixel (or None: tile_size), got {self.finetune_tile}")
+
+    @property
+    def head_name(self) -> str:
+        """The head trained: ``head``, or ``pool`` when no head is named."""
+        return self.head or self.pool
 
     def as_json(self) -> dict:
         """The spec as JSON values (tuples as lists), as a run folder's ``spec.json`` keeps it."""
@@ -273,11 +340,14 @@ class EvaluationSpec:
     bootstrap: int = 2000
     seed: int = 0
     prefetch: int = 2
+    #: "auto", "none", or None: as the model card says (see TrainingSpec.tissue_mask).
+    tissue_mask: str | None = None
 
     PATIENT_AGGREGATES = ("max", "mean")
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
+        _check_tissue_mask(self.tissue_mask, optional=True)
         if self.patient_aggregate not in self.PATIENT_AGGREGATES:
             raise SpecError(f"patient_aggregate '{self.patient_aggregate}' is not one of "
                             f"{', '.join(self.PATIENT_AGGREGATES)}")

@@ -39,6 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=d.bootstrap, help=f"resamples for the 95%% intervals "
                                                                       f"(default {d.bootstrap}; 0: none)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--tissue-mask", choices=("auto", "none"),
+                   help="pool only each slide's detected tissue (default: as the model card says)")
     p.set_defaults(evaluate_main=main)
     return p
 
@@ -47,7 +49,8 @@ def spec_from_args(args: argparse.Namespace) -> EvaluationSpec:
     return EvaluationSpec(model=args.model, labels=args.labels, out_dir=args.out, device=args.device,
                           targets=args.targets, level=args.level, mpp=args.mpp, input_size=args.input_size,
                           tissue_crop=not args.no_tissue_crop, tile_size=args.tile, threshold=args.threshold,
-                          patient_aggregate=args.patient_aggregate, bootstrap=args.bootstrap, seed=args.seed)
+                          patient_aggregate=args.patient_aggregate, bootstrap=args.bootstrap, seed=args.seed,
+                          tissue_mask=args.tissue_mask)
 
 
 class _Report:
