@@ -20,6 +20,13 @@ Every measurement runs in a fresh process, so peak RSS is that configuration's o
     python bench/resolution.py                 # default, about 15 minutes on 2 CPU cores
     python bench/resolution.py --quick         # 512² and 2048², a smaller cohort, minutes
     python bench/resolution.py --table-from bench/out/resolution/results.json
+
+Part two, ``--task regression``: the same network and resolutions on a cohort whose target is
+continuous (engine.demo.data.regression_cohort: the number of scattered vesicular nuclei per mm² of tissue,
+which at 2–4 µm/px leave the mean colour unchanged), with a mean-pooled head over the tissue mask; the test split is
+scored by ``engine.api.evaluate`` (Spearman with its 95% bootstrap interval, Pearson, MAE, R²).
+
+    python bench/resolution.py --task regression [--quick]
 """
 
 from __future__ import annotations
@@ -55,15 +62,28 @@ def child(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cohort(quick: bool):
-    from engine.demo.data import resolution_cohort
+def cohort(quick: bool, task: str = "classification"):
+    from engine.demo.data import regression_cohort, resolution_cohort
 
-    return resolution_cohort(QUICK_SPLITS if quick else None)
+    make = regression_cohort if task == "regression" else resolution_cohort
+    return make(QUICK_SPLITS if quick else None)
 
 
 # --- children -----------------------------------------------------------------------------
 
-def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str) -> dict:
+def regression_spec(spec):
+    """The classification study's spec, as a regression of the cohort's density: a mean-pooled
+    head (a count per area is a mean over the map), MSE on the standardised target, monitored by
+    Spearman correlation."""
+    import dataclasses
+
+    from engine.demo.data import REGRESSION_TARGET
+
+    return dataclasses.replace(spec, task="regression", targets=(REGRESSION_TARGET,), classes=None, pool="avg",
+                               head=None, loss="mse", monitor="spearman")
+
+
+def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str, task: str = "classification") -> dict:
     from engine.api import run_training
     from engine.demo.data import demo_training_spec
     from engine.events import Metrics
@@ -73,12 +93,15 @@ def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str) 
 
     def on_event(event) -> None:
         if isinstance(event, Metrics) and event.phase == "val":
-            val_auc.append(event.values.get("auc", float("nan")))
-            print(f"  {size}² epoch {event.epoch}: val auc {val_auc[-1]:.3f} loss {event.values.get('loss', float('nan')):.3f}",
+            val_auc.append(event.values.get(monitor, float("nan")))
+            print(f"  {size}² epoch {event.epoch}: val {monitor} {val_auc[-1]:.3f} loss {event.values.get('loss', float('nan')):.3f}",
                   file=sys.stderr, flush=True)
 
     spec = demo_training_spec(slides_dir / "labels.csv", out / f"run-{size}", input_size=size, epochs=epochs,
                               device=device, slide_px=SLIDE_PX)
+    if task == "regression":
+        spec = regression_spec(spec)
+    monitor = spec.monitor
     wall, cpu = time.perf_counter(), time.process_time()
     finished = run_training(spec, on_event)
     return {"size": size, "train_wall_s": time.perf_counter() - wall, "train_cpu_s": time.process_time() - cpu,
@@ -127,6 +150,26 @@ def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: st
             "pixel_auc": mean("pixel_auc")}
 
 
+def evaluate_regression(size: int, slides_dir: Path, out: Path, quick: bool, device: str) -> dict:
+    """The test split scored by engine.api.evaluate, read as the model was trained (whole slide,
+    ``size``² input pixels)."""
+    from engine.api import evaluate
+    from engine.demo.data import write_regression_labels
+    from engine.specs import EvaluationSpec
+
+    test_labels = out / "test-labels.csv"
+    write_regression_labels(test_labels, [s for s in cohort(quick, "regression") if s.split == "test"], slides_dir)
+    spec = EvaluationSpec(model=str(out / f"run-{size}" / "best"), labels=str(test_labels), out_dir=str(out / f"eval-{size}"),
+                          device=device, tissue_crop=False, input_size=size, bootstrap=2000)
+    result = evaluate(spec, lambda event: None)
+    if result.failed:
+        raise SystemExit(f"evaluation failed on {len(result.failed)} slides: {result.failed[0]}")
+    (target,) = result.metrics["slides"]["targets"].values()
+    return {"size": size, "spearman": target["spearman"]["value"], "spearman_ci95": target["spearman"].get("ci95"),
+            "pearson": target["pearson"]["value"], "mae": target["mae"]["value"], "r2": target["r2"]["value"],
+            "n_test": result.metrics["slides"]["n"]}
+
+
 def step_one(size: int, streaming: bool) -> dict:
     """One training step (forward, loss, backward) on a random input: time and peak memory."""
     import torch
@@ -170,6 +213,16 @@ def table(results: list[dict]) -> str:
             f"| {r['size']}² | {0.5 * SLIDE_PX / r['size']:g} | {r['test_auc']:.3f} {ci} | {r['mass_in_lesion']:.3f} ({r['lesion_share']:.3f}) "
             f"| {r['pixel_auc']:.3f} | {r['train_wall_s'] / 60:.1f} min ({r['epochs']} epochs) | {s['step_s']:.2f} s "
             f"| {c['step_s']:.2f} s | {s['peak_rss_mib']:.0f} MiB | {c['peak_rss_mib']:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def regression_table(results: list[dict]) -> str:
+    lines = ["| input (whole slide) | µm/px | test Spearman (95% CI) | Pearson | MAE (nuclei/mm²) | R² | training time |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: r["size"]):
+        ci = "({:.2f}–{:.2f})".format(*r["spearman_ci95"]) if r.get("spearman_ci95") else ""
+        lines.append(f"| {r['size']}² | {0.5 * SLIDE_PX / r['size']:g} | {r['spearman']:.3f} {ci} | {r['pearson']:.3f} "
+                     f"| {r['mae']:.0f} | {r['r2']:.3f} | {r['train_wall_s'] / 60:.1f} min ({r['epochs']} epochs) |")
     return "\n".join(lines)
 
 
@@ -217,6 +270,8 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="512² and 2048², a 24-slide cohort, 3 epochs")
+    parser.add_argument("--task", choices=("classification", "regression"), default="classification",
+                        help="regression: the density cohort, scored by Spearman correlation")
     parser.add_argument("--sizes", type=int, nargs="+", help="input sizes (whole slide): 256 512 1024 2048")
     parser.add_argument("--epochs", type=int, help="epochs per resolution (default 6; quick 3)")
     parser.add_argument("--slides", type=Path, help="slide folder (default: resolution-slides in the cache)")
@@ -229,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.table_from:
         saved = json.loads(args.table_from.read_text())
+        if saved.get("task") == "regression":
+            print(regression_table(saved["results"]))
+            return 0
         print(table(saved["results"]))
         if args.figure:  # redraw from the saved maps beside results.json
             from engine.demo.data import default_cache_dir
@@ -236,15 +294,19 @@ def main(argv: list[str] | None = None) -> int:
             slides_dir = args.slides or default_cache_dir(SLIDES_CACHE)
             figure(saved["results"], slides_dir, args.table_from.parent, saved["quick"], args.figure)
         return 0
-    from engine.demo.data import default_cache_dir, ensure_demo_slides
+    from engine.demo.data import default_cache_dir, ensure_demo_slides, write_regression_labels
     from engine.io import atomic
 
-    slides_dir = args.slides or default_cache_dir(SLIDES_CACHE + ("-quick" if args.quick else ""))
-    out = args.out / ("quick" if args.quick else "full")
+    regression = args.task == "regression"
+    cache = SLIDES_CACHE + ("-regression" if regression else "") + ("-quick" if args.quick else "")
+    slides_dir = args.slides or default_cache_dir(cache)
+    out = args.out / (("regression-" if regression else "") + ("quick" if args.quick else "full"))
     if args.child:
         kind, size = args.child[0], int(args.child[1])
         if kind == "train":
-            result = train_one(size, slides_dir, out, int(args.child[2]), args.device)
+            result = train_one(size, slides_dir, out, int(args.child[2]), args.device, args.task)
+        elif kind == "evaluate" and regression:
+            result = evaluate_regression(size, slides_dir, out, args.quick, args.device)
         elif kind == "evaluate":
             result = evaluate_one(size, slides_dir, out, args.quick, args.device)
         else:
@@ -256,10 +318,29 @@ def main(argv: list[str] | None = None) -> int:
     epochs = args.epochs or (3 if args.quick else 6)
     out.mkdir(parents=True, exist_ok=True)
     print(f"slides: {slides_dir}", flush=True)
-    ensure_demo_slides(slides_dir, cohort(args.quick),
+    slides = cohort(args.quick, args.task)
+    ensure_demo_slides(slides_dir, slides, labels=not regression,
                        progress=lambda i, n, name: print(f"  generating {name} ({i + 1}/{n})", flush=True))
-    common = ["--out", str(args.out), "--slides", str(slides_dir), "--device", args.device] + (["--quick"] if args.quick else [])
+    if regression:
+        write_regression_labels(slides_dir / "labels.csv", slides)
+    common = (["--out", str(args.out), "--slides", str(slides_dir), "--device", args.device, "--task", args.task]
+              + (["--quick"] if args.quick else []))
     results = []
+    for size in sizes if regression else ():
+        print(f"{size}²: training {epochs} epochs...", flush=True)
+        row = child(["--child", "train", str(size), str(epochs), *common])
+        row.update(child(["--child", "evaluate", str(size), *common]))
+        results.append(row)
+        print(f"{size}²: test Spearman {row['spearman']:.3f} {row.get('spearman_ci95')}, R² {row['r2']:.3f}, "
+              f"{row['train_wall_s'] / 60:.1f} min", flush=True)
+        atomic.write_json(out / "results.json", {"results": results, "epochs": epochs, "quick": args.quick,
+                                                 "task": "regression"}, indent=1)
+    if regression:
+        text = regression_table(results)
+        atomic.write_text(out / "table.md", text + "\n")
+        print(text)
+        print(f"results: {out / 'results.json'}")
+        return 0
     for size in sizes:
         print(f"{size}²: training {epochs} epochs...", flush=True)
         row = child(["--child", "train", str(size), str(epochs), *common])

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from engine.demo.synthetic import SlideRecipe, write_synthetic_slide
 from engine.io import atomic
 from engine.io.labels import write_labels_csv
@@ -88,6 +90,47 @@ def demo_cohort(splits: dict[str, int] | None = None, *, recipe: Callable[[int, 
 
 def resolution_cohort(splits: dict[str, int] | None = None) -> list[DemoSlide]:
     return demo_cohort(splits, recipe=resolution_recipe, prefix="res")
+
+
+#: The regression cohort's target column: vesicular nuclei per mm² of tissue.
+REGRESSION_TARGET = "density"
+REGRESSION_MAX_FRACTION = 0.5
+
+
+def regression_recipe(seed: int) -> SlideRecipe:
+    """The regression study's slides (``bench/resolution.py --task regression``): the resolution
+    study's slide (2048² at 0.5 µm/px, the same nuclei) without lesions, where a share of the
+    nuclei drawn per slide in [0, 0.5] is vesicular, scattered over the tissue (the target, per mm² of tissue, follows that share, not the tissue's amount). A vesicular
+    nucleus holds the same stain as a solid one, so at 2–4 µm/px the slides match in mean colour
+    whatever the share; at 0.5–1 µm/px each vesicular rim is plain, and counting them gives the target."""
+    share = float(np.random.default_rng([seed, 11]).uniform(0, REGRESSION_MAX_FRACTION))
+    return SlideRecipe(seed=seed, size=(RESOLUTION_SLIDE_PX, RESOLUTION_SLIDE_PX), mpp=0.5, positive=False,
+                       lesions=0, nucleus_spacing_px=30.0, nucleus_radius_px=(4.0, 5.0),
+                       lesion_texture="vesicular", vesicle_fraction=0.5, scattered_vesicular_fraction=share)
+
+
+def regression_cohort(splits: dict[str, int] | None = None) -> list[DemoSlide]:
+    """The regression cohort, in a fixed order; each slide's ``label`` is its target, the number
+    of vesicular nuclei per mm² of tissue, as text."""
+    from engine.demo.synthetic import Scene
+
+    slides = []
+    for split_index, (split, count) in enumerate((splits or SPLITS).items()):
+        for i in range(count):
+            recipe = regression_recipe(1000 * (split_index + 1) + i)
+            scene = Scene(recipe)
+            # Per area of tissue, not of slide: how much tissue a slide holds must not predict it.
+            per_mm2 = scene.vesicular_in_tissue() / max(scene.tissue_mm2(), 1e-6)
+            slides.append(DemoSlide(f"reg-{split}-{i:02d}", split, f"{per_mm2:.1f}", recipe))
+    return slides
+
+
+def write_regression_labels(path: Path, slides: list[DemoSlide], slides_dir: Path | None = None) -> None:
+    """``labels.csv`` of a regression cohort: ``slide,density,split`` (slides in ``slides_dir``,
+    default beside the CSV)."""
+    root = Path(slides_dir).resolve() if slides_dir is not None else None
+    write_labels_csv(path, [(slide.path(root) if root else f"{slide.name}.svs", slide.label, slide.split)
+                            for slide in slides], header=("slide", REGRESSION_TARGET, "split"))
 
 
 def default_cache_dir(name: str = "demo-slides") -> Path:

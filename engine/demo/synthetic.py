@@ -50,6 +50,9 @@ class SlideRecipe:
     lesion_cell_radius_px: tuple[float, float] = (4.0, 6.0)
     lesion_cell_spacing_px: float = 9.9
     lesion_cell_strength: float = 1.0
+    # This share of the nuclei outside lesions is vesicular too, scattered over the whole tissue
+    # (the regression cohort's target: a density visible only at high resolution).
+    scattered_vesicular_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,26 @@ class Scene:
             self.nuclei = self.nuclei[~inside]
         else:
             raise ValueError(f"unknown lesion_texture {recipe.lesion_texture!r}: use 'cells' or 'vesicular'")
+        if recipe.scattered_vesicular_fraction > 0:
+            # Its own random stream, drawn last: slides without scattered nuclei stay as they were.
+            picked = np.random.default_rng([recipe.seed, 7]).random(len(self.nuclei)) < recipe.scattered_vesicular_fraction
+            scattered = self.nuclei[picked].copy()
+            scattered[:, 3] = recipe.vesicle_fraction * scattered[:, 2]
+            self.vesicular = np.concatenate([self.vesicular, scattered])
+            self.nuclei = self.nuclei[~picked]
+
+    def vesicular_in_tissue(self) -> int:
+        """Vesicular nuclei whose centre lies in tissue (those on glass are never drawn)."""
+        v = self.vesicular
+        w, h = self.recipe.size
+        v = v[(v[:, 0] < w - 1) & (v[:, 1] < h - 1)]
+        return int(self._tissue_at(v[:, 1].astype(np.float32), v[:, 0].astype(np.float32)).sum())
+
+    def tissue_mm2(self, step: int = 16) -> float:
+        """The tissue's area, counted on a ``step``-pixel grid."""
+        w, h = self.recipe.size
+        ys, xs = np.arange(step / 2, h, step, dtype=np.float32), np.arange(step / 2, w, step, dtype=np.float32)
+        return float(self._tissue_at(ys[:, None], xs[None, :]).sum()) * (step * self.recipe.mpp / 1000) ** 2
 
     def _tissue_at(self, l0_y: np.ndarray, l0_x: np.ndarray) -> np.ndarray:
         gy, gx = l0_y / self.grid_step, l0_x / self.grid_step

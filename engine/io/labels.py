@@ -275,21 +275,34 @@ def _class_order(name: str) -> tuple:
     return (0, int(name), "") if _INTEGER.fullmatch(name.strip()) else (1, 0, name)
 
 
-def write_labels_csv(path: str | os.PathLike, rows: Iterable[Sequence[str | os.PathLike | None]]) -> Path:
+def write_labels_csv(path: str | os.PathLike, rows: Iterable[Sequence[str | os.PathLike | None]], *,
+                     header: Sequence[str] | None = None) -> Path:
     """Write ``(slide, label)`` or ``(slide, label, split)`` rows atomically, with the header
-    ``slide,label`` (``slide,label,split`` when any row has a split column). Absolute slide
-    paths are written relative to the CSV's folder, as :func:`read_labels` reads them."""
+    ``slide,label`` (``slide,label,split`` when any row has a split column); with ``header``
+    (its first column ``slide``), each row is written as it is under that header (e.g.
+    ``slide,density,split`` for a regression). Absolute slide paths are written relative to the
+    CSV's folder, as :func:`read_labels` reads them."""
     path = Path(path)
     rows = [tuple(row) for row in rows]
-    with_split = any(len(row) == 3 for row in rows)
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(("slide", "label", "split") if with_split else ("slide", "label"))
-    for slide, label, *split in rows:
+
+    def relative(slide) -> str:
         slide = os.fspath(slide)
-        if os.path.isabs(slide):
-            slide = os.path.relpath(slide, path.parent)
-        writer.writerow((slide, label, (split[0] if split else None) or "") if with_split else (slide, label))
+        return os.path.relpath(slide, path.parent) if os.path.isabs(slide) else slide
+
+    if header is not None:
+        if not header or header[0] != "slide" or any(len(row) != len(header) for row in rows):
+            raise ValueError(f"header {tuple(header)} must start with 'slide' and match every row's length")
+        writer.writerow(header)
+        for slide, *values in rows:
+            writer.writerow((relative(slide), *("" if v is None else v for v in values)))
+    else:
+        with_split = any(len(row) == 3 for row in rows)
+        writer.writerow(("slide", "label", "split") if with_split else ("slide", "label"))
+        for slide, label, *split in rows:
+            writer.writerow((relative(slide), label, (split[0] if split else None) or "") if with_split
+                            else (relative(slide), label))
     atomic.make_folder(path.parent)
     atomic.write_text(path, text.getvalue())
     return path

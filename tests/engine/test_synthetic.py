@@ -75,3 +75,32 @@ def test_vesicular_lesions_vanish_when_averaged_to_a_few_microns_per_pixel(tmp_p
             assert darker_than_nuclei[inside].mean() < 0.002
             np.testing.assert_allclose(rgb[inside].mean(0), rgb[outside].mean(0), atol=3)
             assert abs(grey_in / grey_out - 1) < 0.1, (grey_in, grey_out)
+
+
+def test_regression_slides_hold_their_target_only_at_high_resolution(tmp_path):
+    """The regression cohort: two slides of the same tissue, one with few and one with many
+    scattered vesicular nuclei. At 0.5 µm/px the rims (darker than any normal nucleus) count the
+    target; at 4 µm/px (the 8x box average) the two tissues match in mean colour."""
+    from engine.demo.data import regression_recipe
+    from engine.demo.synthetic import Scene
+
+    base = dataclasses.replace(regression_recipe(5), size=(1024, 1024))
+    few, many = (dataclasses.replace(base, scattered_vesicular_fraction=f) for f in (0.02, 0.5))
+    assert Scene(many).vesicular_in_tissue() > 10 * max(1, Scene(few).vesicular_in_tissue())
+    assert Scene(dataclasses.replace(base, scattered_vesicular_fraction=0.0)).vesicular_in_tissue() == 0
+    pixels = {}
+    for name, recipe in (("few", few), ("many", many)):
+        write_synthetic_slide(tmp_path / f"{name}.svs", recipe, downsamples=(1, 2, 4, 8))
+        with open_slide(tmp_path / f"{name}.svs") as s:
+            pixels[name] = {s.level_downsamples[i]: to_rgb(s.read_region(0, 0, i, *s.level_dimensions[i])).astype(float)
+                            for i in (0, s.level_count - 1)}
+    scene = Scene(base)  # same tissue field in both: the share changes only which nuclei are vesicular
+    for ds in (1, 8):
+        centre = (np.arange(pixels["few"][ds].shape[0]) + 0.5) * ds
+        y, x = centre[:, None], centre[None, :]
+        tissue = scene._tissue_at(y - ds / 2, x - ds / 2) & scene._tissue_at(y + ds / 2, x + ds / 2)
+        rims = {name: (p[ds].mean(-1)[tissue] < 80).mean() for name, p in pixels.items()}
+        if ds == 1:
+            assert rims["many"] > 10 * rims["few"] and rims["many"] > 0.01
+        else:
+            np.testing.assert_allclose(pixels["few"][ds][tissue].mean(0), pixels["many"][ds][tissue].mean(0), atol=3)
