@@ -83,7 +83,12 @@ def regression_spec(spec):
                                head=None, loss="mse", monitor="spearman")
 
 
-def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str, task: str = "classification") -> dict:
+def run_name(size: int, head: str | None) -> str:
+    return f"run-{size}" + (f"-{head}" if head else "")
+
+
+def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str, task: str = "classification",
+              head: str | None = None) -> dict:
     from engine.api import run_training
     from engine.demo.data import demo_training_spec
     from engine.events import Metrics
@@ -97,8 +102,12 @@ def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str, 
             print(f"  {size}² epoch {event.epoch}: val {monitor} {val_auc[-1]:.3f} loss {event.values.get('loss', float('nan')):.3f}",
                   file=sys.stderr, flush=True)
 
-    spec = demo_training_spec(slides_dir / "labels.csv", out / f"run-{size}", input_size=size, epochs=epochs,
+    spec = demo_training_spec(slides_dir / "labels.csv", out / run_name(size, head), input_size=size, epochs=epochs,
                               device=device, slide_px=SLIDE_PX)
+    if head:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, head=head)
     if task == "regression":
         spec = regression_spec(spec)
     monitor = spec.monitor
@@ -109,7 +118,7 @@ def train_one(size: int, slides_dir: Path, out: Path, epochs: int, device: str, 
             "cancelled": finished.cancelled}
 
 
-def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: str) -> dict:
+def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: str, head: str | None = None) -> dict:
     from engine.api import run_inference
     from engine.demo.data import LEVEL_DOWNSAMPLES
     from engine.demo.synthetic import Scene
@@ -119,15 +128,23 @@ def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: st
     from engine.specs import InferenceSpec
 
     level = LEVEL_DOWNSAMPLES.index(SLIDE_PX // size)
-    model = out / f"run-{size}" / "best"
-    scores, labels, localisation, maps = [], [], [], {}
+    model = out / run_name(size, head) / "best"
+    scores, labels, localisation, attention_localisation, maps = [], [], [], [], {}
     for slide in (s for s in cohort(quick) if s.split == "test"):
         sal = np.zeros((SLIDE_PX // MAP_L0_CELL, SLIDE_PX // MAP_L0_CELL), np.float32)
+        attention: dict[str, np.ndarray] = {}
 
-        def on_event(event, sal=sal) -> None:
+        def on_event(event, sal=sal, attention=attention) -> None:
             if isinstance(event, MapPatch) and event.layer == "saliency":
                 r0, c0 = event.cell_offset
                 sal[r0:r0 + event.values.shape[0], c0:c0 + event.values.shape[1]] = event.values
+            elif isinstance(event, MapPatch) and event.layer == "attention":
+                # The last attention patches are the normalised weights (the live ones are scores).
+                grid = attention.setdefault("map", np.zeros(event.map_shape, np.float32))
+                attention["cell"] = event.map_l0_box.width // event.map_shape[1]
+                r0, c0 = event.cell_offset
+                values = np.asarray(event.values).reshape(event.values.shape[-2:])
+                grid[r0:r0 + values.shape[0], c0:c0 + values.shape[1]] = values
 
         positive = slide.label == "lesion"
         spec = InferenceSpec(slide_path=str(slide.path(slides_dir)), model_path=str(model), level=level,
@@ -143,11 +160,22 @@ def evaluate_one(size: int, slides_dir: Path, out: Path, quick: bool, device: st
             tissue = scene._tissue_at(centres[:, None], centres[None, :])
             localisation.append(saliency_localisation(sal, lesion, tissue))
             maps[slide.name] = sal
-    atomic.write_with(out / f"saliency-{size}.npz", lambda f: np.savez_compressed(f, **maps))
-    mean = lambda key: float(np.nanmean([m[key] for m in localisation]))  # noqa: E731
-    return {"size": size, "test_auc": roc_auc(np.array(scores), np.array(labels)), "test_scores": scores,
+            if "map" in attention:
+                cell = int(attention["cell"])
+                centres = (np.arange(attention["map"].shape[0]) + 0.5) * cell
+                attention_localisation.append(saliency_localisation(
+                    attention["map"], scene.lesion_mask(cell)[:attention["map"].shape[0], :attention["map"].shape[1]],
+                    scene._tissue_at(centres[:, None], centres[None, :])))
+    atomic.write_with(out / f"saliency-{run_name(size, head).removeprefix('run-')}.npz",
+                      lambda f: np.savez_compressed(f, **maps))
+
+    def mean(key, rows=localisation):
+        return float(np.nanmean([m[key] for m in rows])) if rows else float("nan")
+
+    return {"size": size, "head": head, "test_auc": roc_auc(np.array(scores), np.array(labels)), "test_scores": scores,
             "test_labels": labels, "mass_in_lesion": mean("mass_in_lesion"), "lesion_share": mean("lesion_share"),
-            "pixel_auc": mean("pixel_auc")}
+            "pixel_auc": mean("pixel_auc"), "attention_mass_in_lesion": mean("mass_in_lesion", attention_localisation),
+            "attention_lesion_share": mean("lesion_share", attention_localisation)}
 
 
 def evaluate_regression(size: int, slides_dir: Path, out: Path, quick: bool, device: str) -> dict:
@@ -216,6 +244,18 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def heads_table(results: list[dict]) -> str:
+    lines = ["| head | test AUC (95% CI) | saliency mass in lesions (even map) | saliency pixel AUC "
+             "| attention mass in lesions (even map) | training time |", "|---|---|---|---|---|---|"]
+    for r in results:
+        ci = "({:.2f}–{:.2f})".format(*auc_interval(r["test_scores"], r["test_labels"]))
+        att = (f"{r['attention_mass_in_lesion']:.3f} ({r['attention_lesion_share']:.3f})"
+               if r["attention_mass_in_lesion"] == r["attention_mass_in_lesion"] else "–")
+        lines.append(f"| {r['head']} | {r['test_auc']:.3f} {ci} | {r['mass_in_lesion']:.3f} ({r['lesion_share']:.3f}) "
+                     f"| {r['pixel_auc']:.3f} | {att} | {r['train_wall_s'] / 60:.1f} min ({r['epochs']} epochs) |")
+    return "\n".join(lines)
+
+
 def regression_table(results: list[dict]) -> str:
     lines = ["| input (whole slide) | µm/px | test Spearman (95% CI) | Pearson | MAE (nuclei/mm²) | R² | training time |",
              "|---|---|---|---|---|---|---|"]
@@ -270,6 +310,8 @@ def figure(results: list[dict], slides_dir: Path, out: Path, quick: bool, path: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="512² and 2048², a 24-slide cohort, 3 epochs")
+    parser.add_argument("--heads", nargs="+", choices=("max", "avg", "gem", "attention"),
+                        help="compare these heads at the largest size instead (test AUC, saliency and attention in lesions)")
     parser.add_argument("--task", choices=("classification", "regression"), default="classification",
                         help="regression: the density cohort, scored by Spearman correlation")
     parser.add_argument("--sizes", type=int, nargs="+", help="input sizes (whole slide): 256 512 1024 2048")
@@ -287,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         if saved.get("task") == "regression":
             print(regression_table(saved["results"]))
             return 0
+        if saved.get("heads"):
+            print(heads_table(saved["results"]))
+            return 0
         print(table(saved["results"]))
         if args.figure:  # redraw from the saved maps beside results.json
             from engine.demo.data import default_cache_dir
@@ -303,12 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out / (("regression-" if regression else "") + ("quick" if args.quick else "full"))
     if args.child:
         kind, size = args.child[0], int(args.child[1])
+        head = args.child[3] if kind == "train" and len(args.child) > 3 else (
+            args.child[2] if kind == "evaluate" and len(args.child) > 2 else None)
         if kind == "train":
-            result = train_one(size, slides_dir, out, int(args.child[2]), args.device, args.task)
+            result = train_one(size, slides_dir, out, int(args.child[2]), args.device, args.task, head)
         elif kind == "evaluate" and regression:
             result = evaluate_regression(size, slides_dir, out, args.quick, args.device)
         elif kind == "evaluate":
-            result = evaluate_one(size, slides_dir, out, args.quick, args.device)
+            result = evaluate_one(size, slides_dir, out, args.quick, args.device, head)
         else:
             result = step_one(size, streaming=kind == "step-streaming")
         print(json.dumps(result))
@@ -335,6 +382,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['train_wall_s'] / 60:.1f} min", flush=True)
         atomic.write_json(out / "results.json", {"results": results, "epochs": epochs, "quick": args.quick,
                                                  "task": "regression"}, indent=1)
+    if args.heads:
+        size = max(sizes)
+        for head in args.heads:
+            print(f"{size}², head {head}: training {epochs} epochs...", flush=True)
+            row = child(["--child", "train", str(size), str(epochs), head, *common])
+            row.update(child(["--child", "evaluate", str(size), head, *common]))
+            results.append(row)
+            print(f"{size}² {head}: test AUC {row['test_auc']:.3f}, saliency mass in lesions {row['mass_in_lesion']:.3f} "
+                  f"(even {row['lesion_share']:.3f}), attention mass {row['attention_mass_in_lesion']:.3f}", flush=True)
+            atomic.write_json(out / "heads.json", {"results": results, "epochs": epochs, "quick": args.quick,
+                                                   "heads": args.heads}, indent=1)
+        text = heads_table(results)
+        atomic.write_text(out / "heads.md", text + "\n")
+        print(text)
+        print(f"results: {out / 'heads.json'}")
+        return 0
     if regression:
         text = regression_table(results)
         atomic.write_text(out / "table.md", text + "\n")
