@@ -11,6 +11,8 @@ exceeds ``--budget-gib`` (it would swap or be killed), and reported as such.
     python bench/training.py --quick                 # 512-1024 px smallnet, about a minute on 2 cores
     python bench/training.py                         # resnet34 split at layer2, 2048-8192 px (long on CPU)
     python bench/training.py --scaling               # also 1 vs 2 ranks (gloo) over a small slide set
+    python bench/training.py --model smallnet --sizes 4096 8192 --heads max attention gem
+                                                     # the heads' cost: streamed step per head, x max
 
 Columns: s/step median over ``--steps`` steps after one warm-up; x conv the ratio to
 conventional at that size; peak MiB the process's peak RSS (CPU) or peak CUDA allocation (GPU);
@@ -48,6 +50,8 @@ def worker(cfg: dict) -> dict:
     device = torch.device(cfg["device"])
     torch.manual_seed(0)
     arch, split, kw = MODELS[cfg["model"]]
+    if cfg.get("head"):
+        kw = {**kw, "head": cfg["head"]}
     model = create_model(arch, num_classes=2, split=split, **kw).to(device)
     on_gpu = device.type == "cuda"
     clf = Classifier(model, streaming=cfg["method"] == "streaming", tile_size=cfg["tile"], channels_last=True).train()
@@ -151,12 +155,19 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true", help="also time 1 vs 2 ranks (gloo on CPU)")
     ap.add_argument("--scaling-slides", type=int, default=8)
     ap.add_argument("--scaling-size", type=int, default=1024)
+    ap.add_argument("--heads", nargs="+", choices=("max", "avg", "gem", "attention"),
+                    help="time the streamed step with each of these heads instead (x max: against max pooling)")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     if args.quick:
         args.model, args.sizes, args.tile, args.scaling_size = "smallnet", [512, 1024], 256, 256
+    if args.heads:
+        if "max" in args.heads:  # first: the others are compared with it
+            args.heads = ["max"] + [h for h in args.heads if h != "max"]
+        heads(args)
+        return
     print(f"training step: {args.model}, tile {args.tile}, device {args.device}, {args.threads} threads, "
           f"median of {args.steps} steps after one warm-up")
     print(f"{'size':>6} {'method':>12} {'s/step':>8} {'x conv':>7} {'peak MiB':>9} {'est conv GiB':>12}")
@@ -178,6 +189,27 @@ def main() -> None:
             print(f"{size:>6} {method:>12} {r['s_step']:8.2f} {ratio} {r['peak_mib']:9.0f} {est:12.2f}")
     if args.scaling:
         scaling(args)
+
+
+def heads(args) -> None:
+    """The streamed training step with each head, beside max pooling in the same run: the max
+    and avg heads pool block by block (the map is never held), GeM and attention need the
+    stitched map and its gradient."""
+    print(f"heads: {args.model}, tile {args.tile}, streamed, device {args.device}, {args.threads} threads, "
+          f"median of {args.steps} steps after one warm-up")
+    print(f"{'size':>6} {'head':>10} {'s/step':>8} {'x max':>7} {'peak MiB':>9}")
+    for size in args.sizes:
+        base = None
+        for head in args.heads:
+            cfg = {"model": args.model, "size": size, "tile": args.tile, "method": "streaming", "steps": args.steps,
+                   "device": args.device, "threads": args.threads, "head": head}
+            r = run_config(cfg)
+            if "error" in r:
+                print(f"{size:>6} {head:>10} {r['error']}")
+                continue
+            base = r["s_step"] if head == "max" else base
+            ratio = f"{r['s_step'] / base:7.2f}" if base else f"{'-':>7}"
+            print(f"{size:>6} {head:>10} {r['s_step']:8.2f} {ratio} {r['peak_mib']:9.0f}")
 
 
 if __name__ == "__main__":
