@@ -206,7 +206,10 @@ class LiveMaps(QObject):
             # The float maps go uncopied: a running job may still fill cells while they are
             # written, and the file then holds the cells finished by that moment.
             planes.setdefault(key.source, ([], layer.geometry.l0_box.as_tuple()))[0].append(layer.values)
+        # The slide's size and MPP (header fields, no pixel read) register the TIFFs to the slide.
+        source = self.workspace.slides[self.slide_path].shared.source
         self.background.submit(write_maps_job, out_dir, planes, self.slide_path, classes, self.predictions.get(self.slide_path),
+                               tuple(source.dimensions), source.mpp[0] if source.mpp else None,
                                on_done=self.maps_written.emit, on_error=self._on_maps_error)
 
     def load_maps(self, path: str) -> None:
