@@ -266,6 +266,8 @@ class MainWindow(QMainWindow):
         self.annotation_tools.edit_failed.connect(self.report_error)
         self.annotation_classes.edit_failed.connect(self.report_error)
         self.overlay_panel.to_annotations_requested.connect(self.choose_to_annotations)
+        self.annotations.selection_changed.connect(self.model_panel.set_selection)
+        live.annotation_scope = self.annotations.run_scope
 
     # -- following the models ---------------------------------------------------------------
     def _on_slide_added(self, entry: OpenSlide) -> None:
