@@ -159,7 +159,7 @@ def main() -> None:
     view = window.view
     exact = annotation_painter.pick_tolerance
     results = {}
-    for label, tolerance in (("simplified", exact), ("exact", lambda scale: 0.0), ("hidden", exact)):
+    for label, tolerance in (("simplified", exact), ("exact", lambda scale, screen_px=1.0: 0.0), ("hidden", exact)):
         annotation_painter.pick_tolerance = tolerance
         painter.visible = label != "hidden"  # the slide alone: what the annotations add to a frame
         for zoom, setup in (("fit", view.fit), ("5x", lambda: view.set_magnification(5))):

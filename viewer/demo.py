@@ -182,7 +182,9 @@ def describe_output(kind: str) -> str:
         return "float maps: class probabilities and saliency, with their level-0 boxes"
     if kind == "prediction_json":
         return "slide-level prediction"
-    return f"{kind.removesuffix('_tiff').replace('_', ' ')} map, colour-mapped TIFF"
+    if kind.endswith("_values_tiff"):
+        return f"{kind.removesuffix('_values_tiff').replace('_', ' ')} map, float TIFF registered to the slide"
+    return f"{kind.removesuffix('_heatmap_tiff').replace('_', ' ')} map, colour-mapped TIFF registered to the slide"
 
 
 def run_headless(driver: DemoDriver, out_dir: Path, timeout_s: float, out: TextIO) -> int:

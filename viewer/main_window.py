@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 from viewer.controllers.annotations import AnnotationsController, is_annotation_file
 from viewer.controllers.fine_tuning import FineTuning
 from viewer.controllers.live_maps import LiveMaps
+from viewer.controllers.scoring import Scoring
 from viewer.controllers.slides import MESSAGE_MS, SlidesController
 from viewer.model.inference import InferenceSettings, ModelChoice
 from viewer.model.labels import LabelTable
@@ -44,6 +45,7 @@ from viewer.widgets.model_panel import ModelPanel
 from viewer.widgets.overlay_panel import OverlayPanel
 from viewer.widgets.overview import OverviewWidget
 from viewer.widgets.properties_panel import PropertiesPanel
+from viewer.widgets.score_panel import ScorePanel
 from viewer.widgets.slide_browser import SlideBrowser
 from viewer.workers.background import BackgroundRunner
 from viewer.workers.gc_pauses import collect_on_ui_thread
@@ -115,6 +117,8 @@ class MainWindow(QMainWindow):
                                    train_runner, parent=self)
         self.annotations = AnnotationsController(self.workspace, self.annotation_runner, self.report_error, self.settings,
                                                  parent=self)
+        self.scoring = Scoring(lambda: self.live.slide_path, parent=self)
+        self.score_panel = ScorePanel(self.scoring)
         self._build_docks()
         self._build_actions()
         self._bind()
@@ -146,6 +150,8 @@ class MainWindow(QMainWindow):
         column.addWidget(self.annotation_list, 3)
         self.annotations_dock = self._dock("Annotations", annotation_column, RIGHT)
         self.tabifyDockWidget(right[0], self.annotations_dock)
+        self.score_dock = self._dock("Score against annotations", self.score_panel, RIGHT)
+        self.tabifyDockWidget(right[0], self.score_dock)
         # Model, Properties and Associated images share one tab group, so the view keeps its width
         # and the docks their height; the overlay controls stay visible beside the slide.
         self.tabifyDockWidget(right[0], right[2])
@@ -257,6 +263,7 @@ class MainWindow(QMainWindow):
         self.job_panel.bind(live)
         live.stack_shown.connect(self.overlay_painter.set_stack)
         live.stack_shown.connect(self.overlay_panel.set_stack)
+        live.stack_shown.connect(self.scoring.set_stack)
         live.availability_changed.connect(self._update_actions)
         self.training_view.bind(self.training)
         self.labeller.labels_changed.connect(self.training.on_browser_labels)
@@ -266,6 +273,8 @@ class MainWindow(QMainWindow):
         self.annotation_tools.edit_failed.connect(self.report_error)
         self.annotation_classes.edit_failed.connect(self.report_error)
         self.overlay_panel.to_annotations_requested.connect(self.choose_to_annotations)
+        self.annotations.selection_changed.connect(self.model_panel.set_selection)
+        live.annotation_scope = self.annotations.run_scope
 
     # -- following the models ---------------------------------------------------------------
     def _on_slide_added(self, entry: OpenSlide) -> None:
@@ -298,6 +307,7 @@ class MainWindow(QMainWindow):
         self.annotation_painter.set_document(document)
         self.annotation_classes.set_document(document)
         self.annotation_list.set_document(document, self.annotations.mpp())
+        self.scoring.set_document(document)
         self._update_actions()
 
     def _on_inference_setting(self, name: str) -> None:
@@ -444,6 +454,7 @@ class MainWindow(QMainWindow):
         self.loader.shutdown()
         self.runner.shutdown()
         self.annotation_runner.shutdown()
+        self.scoring.shutdown()
         self.annotations.shutdown()
         self.slides.shutdown()
 

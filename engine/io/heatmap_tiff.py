@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from engine.colormaps import lut_indices, lut_rgba
+from engine.errors import ResultsError
 from engine.geometry import Box, MapGeometry
 from engine.io import atomic
+from engine.io.paths import file_parts, is_safe_name, safe_child
 
 TILE = 256
 
@@ -68,10 +71,11 @@ def colour_rgba(plane: np.ndarray, colormap: str, vmin: float, vmax: float) -> n
     return np.ascontiguousarray(rgba)
 
 
-def write_registered_tiff(path: str | os.PathLike, values: np.ndarray, map_l0_box, slide_l0_size: tuple[int, int],
-                          slide_mpp: float | None, *, rgba: tuple[str, float, float] | None = None,
-                          tile: int = TILE) -> Path:
-    """Write one registered pyramid of the (h, w) map ``values`` covering ``map_l0_box``.
+def registered_tiff_fill(values: np.ndarray, map_l0_box, slide_l0_size: tuple[int, int], slide_mpp: float | None, *,
+                         rgba: tuple[str, float, float] | None = None, tile: int = TILE) -> atomic.Fill:
+    """The content of one registered pyramid of the (h, w) map ``values`` covering
+    ``map_l0_box``, as an :mod:`engine.io.atomic` fill (so a caller can stage it with the other
+    files of a result and replace them together).
 
     ``rgba=(colormap, vmin, vmax)`` writes the colour-mapped RGBA version, else float32 values.
     ``slide_mpp`` (µm per level-0 px) fills the resolution tags; None leaves them out.
@@ -101,33 +105,88 @@ def write_registered_tiff(path: str | os.PathLike, values: np.ndarray, map_l0_bo
                 tw.write(data, tile=(tile, tile), compression="zlib", subfiletype=1 if k else 0,
                          metadata=None, **extra)
 
-    return atomic.write_with(path, fill)
+    return fill
+
+
+def write_registered_tiff(path: str | os.PathLike, values: np.ndarray, map_l0_box, slide_l0_size: tuple[int, int],
+                          slide_mpp: float | None, *, rgba: tuple[str, float, float] | None = None,
+                          tile: int = TILE) -> Path:
+    """Write one registered pyramid (see :func:`registered_tiff_fill`) to ``path`` atomically."""
+    return atomic.write_with(path, registered_tiff_fill(values, map_l0_box, slide_l0_size, slide_mpp, rgba=rgba, tile=tile))
+
+
+#: The two files of a plane: (kind, file-name suffix); ``heatmap`` is RGBA, ``values`` float32.
+KINDS = (("heatmap", ".heatmap.tif"), ("values", ".values.tif"))
+
+
+@dataclass(frozen=True)
+class RegisteredFile:
+    """One registered TIFF to write: its file name, what it shows, and its content."""
+
+    file_name: str
+    layer: str
+    class_name: str | None
+    kind: str  # "heatmap" or "values"
+    fill: atomic.Fill
+
+    @property
+    def output_kind(self) -> str:
+        """The ``{kind: path}`` key: ``saliency_heatmap_tiff``, ``prediction_tumour_values_tiff``."""
+        return self.file_name.removesuffix(".tif").replace(".", "_") + "_tiff"
+
+
+def registered_files(layers: dict, slide_l0_size: tuple[int, int], slide_mpp: float | None, *,
+                     classes: tuple[str, ...] = (), colormap: str = "viridis") -> list[RegisteredFile]:
+    """The RGBA and float32 registered TIFFs of every plane of every layer (an
+    :class:`engine.io.maps.MapLayer`-like object with ``values`` (K, h, w) or (h, w) and
+    ``l0_box``). File names: ``<layer>.<kind>.tif`` or ``<layer>_<class>.<kind>.tif``, the class
+    part from :func:`engine.io.paths.file_parts` (an index unless every class name is plainly
+    safe); the prediction is coloured over [0, 1], other layers over [0, their largest value]."""
+    files = []
+    for name, layer in layers.items():
+        if not is_safe_name(name):
+            raise ResultsError(f"refused to write a map layer named {name!r}: layer names must be plain names")
+        values = np.asarray(layer.values, np.float32)
+        if values.ndim == 2:
+            planes = [(name, None, values)]
+        else:
+            names = [classes[k] if k < len(classes) else str(k) for k in range(values.shape[0])]
+            planes = [(f"{name}_{part}", names[k], values[k]) for k, part in enumerate(file_parts(names))]
+        for label, cls, plane in planes:
+            finite = np.isfinite(plane)
+            hi = 1.0 if name == "prediction" else float(np.max(plane[finite])) if finite.any() else 1.0
+            rgba = (colormap, 0.0, hi if hi > 0 else 1.0)
+            for kind, suffix in KINDS:
+                fill = registered_tiff_fill(plane, layer.l0_box, slide_l0_size, slide_mpp,
+                                            rgba=rgba if kind == "heatmap" else None)
+                files.append(RegisteredFile(f"{label}{suffix}", name, cls, kind, fill))
+    return files
+
+
+def slide_extent(slide_path: str | os.PathLike | None, l0_boxes) -> tuple[tuple[int, int], str]:
+    """The level-0 size a registered heatmap spans: the slide's (``"slide"``), read from its
+    header, or, when the slide cannot be opened, the smallest extent holding every map box
+    (``"maps"``: still registered at the origin, only missing the slide's far margins)."""
+    if slide_path:
+        from engine.errors import SlideError
+        from engine.slides import open_slide
+
+        try:
+            with open_slide(slide_path) as slide:
+                return tuple(int(v) for v in slide.dimensions), "slide"
+        except (SlideError, OSError):
+            pass
+    boxes = [Box.of(b) for b in l0_boxes]
+    return (max(1, math.ceil(max(b.x1 for b in boxes))), max(1, math.ceil(max(b.y1 for b in boxes)))), "maps"
 
 
 def write_registered_heatmaps(out_dir: str | os.PathLike, layers: dict, slide_l0_size: tuple[int, int],
                               slide_mpp: float | None, *, classes: tuple[str, ...] = (),
                               colormap: str = "viridis") -> dict[str, str]:
-    """For each plane of each layer (an :class:`engine.io.maps.MapLayer`-like object with
-    ``values`` (K, h, w) or (h, w) and ``l0_box``), the RGBA and the float32 registered TIFFs in
-    ``out_dir``; returns ``{kind: path}`` with kinds ``<label>_heatmap_tiff`` and
-    ``<label>_values_tiff`` (labels as in maps.npz: ``saliency``, ``prediction_<class>``).
-
-    The prediction is coloured over [0, 1], other layers over [0, their largest value].
-    """
+    """Write :func:`registered_files` into ``out_dir`` (all staged, then moved into place
+    together); returns ``{kind: path}`` with kinds ``<label>_heatmap_tiff`` and
+    ``<label>_values_tiff`` (labels as in maps.npz: ``saliency``, ``prediction_<class>``)."""
     out = atomic.make_folder(out_dir)
-    written: dict[str, str] = {}
-    for name, layer in layers.items():
-        values = np.asarray(layer.values, np.float32)
-        planes = [(name, values)] if values.ndim == 2 else [
-            (f"{name}_{classes[k] if k < len(classes) else k}", values[k]) for k in range(values.shape[0])]
-        for label, plane in planes:
-            finite = np.isfinite(plane)
-            hi = 1.0 if name == "prediction" else float(np.max(plane[finite])) if finite.any() else 1.0
-            rgba_path = out / f"{label}.heatmap.tif"
-            write_registered_tiff(rgba_path, plane, layer.l0_box, slide_l0_size, slide_mpp,
-                                  rgba=(colormap, 0.0, hi if hi > 0 else 1.0))
-            values_path = out / f"{label}.values.tif"
-            write_registered_tiff(values_path, plane, layer.l0_box, slide_l0_size, slide_mpp)
-            written[f"{label}_heatmap_tiff"] = str(rgba_path)
-            written[f"{label}_values_tiff"] = str(values_path)
-    return written
+    files = registered_files(layers, slide_l0_size, slide_mpp, classes=classes, colormap=colormap)
+    atomic.replace_together([(safe_child(out, f.file_name), f.fill) for f in files])
+    return {f.output_kind: str(safe_child(out, f.file_name)) for f in files}

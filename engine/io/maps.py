@@ -1,5 +1,6 @@
-"""Write and read a job's maps: ``maps.npz`` (float arrays with level-0 geometry), one tiled
-TIFF image per layer (colour-mapped, openable by this viewer and other tools), ``prediction.json``.
+"""Write and read a job's maps: ``maps.npz`` (float arrays with level-0 geometry), pyramidal TIFFs
+per map plane registered to the whole slide (colour-mapped and float; ASAP, QuPath and OpenSlide
+overlay them on the slide), ``prediction.json``.
 
 Every file is written through :mod:`engine.io.atomic`, so a crash or a full disk never leaves
 a half-written result under the final name; a failed write is a
@@ -16,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.colormaps import colorize_rgb
 from engine.errors import ResultsError
 from engine.events import L0Box, Prediction
 from engine.geometry import Box
 from engine.io import atomic
-from engine.io.paths import file_parts, is_safe_name, safe_child
+from engine.io.paths import is_safe_name, safe_child
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ PREDICTION_JSON = "prediction.json"
 
 def write_maps(out_dir: str | os.PathLike, layers: dict[str, MapLayer], *, slide_path: str,
                classes: tuple[str, ...], prediction: Prediction | None, slide_mpp: float | None = None,
-               extra: dict | None = None) -> dict[str, str]:
+               slide_l0_size: tuple[int, int] | None = None, extra: dict | None = None) -> dict[str, str]:
     """Write the maps and the prediction; returns ``{kind: path}`` of what was written.
 
     The files of one call are written together: every file is staged under a temporary name
@@ -48,21 +48,24 @@ def write_maps(out_dir: str | os.PathLike, layers: dict[str, MapLayer], *, slide
     ``probabilities`` and ``label`` null when a cancelled run got no prediction). TIFF names
     come from :func:`engine.io.paths.file_parts` (class names only when plainly safe), the real
     class of each file is listed under ``files`` in ``maps.npz`` and ``prediction.json``.
+
+    The TIFFs are registered to the slide (:mod:`engine.io.heatmap_tiff`): per plane an RGBA
+    ``<label>.heatmap.tif`` and a float32 ``<label>.values.tif`` spanning ``slide_l0_size``
+    (None: read from ``slide_path``'s header; the map boxes' extent when it cannot be opened,
+    recorded as ``heatmaps.spans == "maps"``), with ``slide_mpp`` in the resolution tags.
     """
-    from engine.io.svs import svs_array_fill
+    from engine.io.heatmap_tiff import registered_files, slide_extent
 
     out = atomic.make_folder(out_dir)
     run_id = uuid.uuid4().hex
-    tiffs = []  # (file name, layer, class or None, plane, hi, cell_l0)
-    for name, layer in layers.items():
-        if not is_safe_name(name):
-            raise ResultsError(f"refused to write a map layer named {name!r}: layer names must be plain names")
-        l0_box = Box.of(layer.l0_box)  # a Box or an (x0, y0, x1, y1) tuple
-        for file_name, cls, plane in _planes(name, np.asarray(layer.values), classes):
-            hi = 1.0 if name == "prediction" else float(np.nanmax(plane)) if np.isfinite(plane).any() else 1.0
-            tiffs.append((file_name, name, cls, plane, hi, l0_box.width / plane.shape[1]))
-    files = {f: {"layer": layer, "class": cls} for f, layer, cls, *_ in tiffs}
-    record = {"slide": str(slide_path), "classes": list(classes), "run_id": run_id, "files": files, **(extra or {})}
+    if slide_l0_size is None:
+        slide_l0_size, extent = slide_extent(slide_path, [layer.l0_box for layer in layers.values()])
+    else:
+        extent = "slide"
+    tiffs = registered_files(layers, tuple(slide_l0_size), slide_mpp, classes=classes)
+    files = {f.file_name: {"layer": f.layer, "class": f.class_name, "kind": f.kind} for f in tiffs}
+    record = {"slide": str(slide_path), "classes": list(classes), "run_id": run_id, "files": files,
+              "heatmaps": {"l0_size": list(slide_l0_size), "spans": extent}, **(extra or {})}
     arrays: dict[str, np.ndarray] = {}
     for name, layer in layers.items():
         arrays[f"{name}"] = np.asarray(layer.values, dtype=np.float32)
@@ -72,12 +75,10 @@ def write_maps(out_dir: str | os.PathLike, layers: dict[str, MapLayer], *, slide
 
     staged: list[tuple[Path, atomic.Content]] = []
     written: dict[str, str] = {}
-    for file_name, _layer, _cls, plane, hi, cell_l0 in tiffs:
-        tif = safe_child(out, file_name)
-        rgb = np.ascontiguousarray(colorize_rgb(plane, "viridis", 0.0, hi))
-        mpp = slide_mpp * cell_l0 if slide_mpp else None
-        staged.append((tif, svs_array_fill(rgb, mpp=mpp, app_mag=None, tile=256)))
-        written[f"{file_name.removesuffix('.tif')}_tiff"] = str(tif)
+    for f in tiffs:
+        tif = safe_child(out, f.file_name)
+        staged.append((tif, f.fill))
+        written[f.output_kind] = str(tif)
     doc = {"slide": str(slide_path), "classes": list(classes),
            "probabilities": list(prediction.probabilities) if prediction is not None else None,
            "label": prediction.label if prediction is not None else None, **record}
@@ -147,16 +148,6 @@ def recorded_slide(out_dir: str | os.PathLike) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return slide if isinstance(slide, str) else None
-
-
-def _planes(name: str, values: np.ndarray, classes: tuple[str, ...]):
-    """(file name, class or None, plane) per plane of a layer."""
-    if values.ndim == 3:
-        names = [classes[k] if k < len(classes) else str(k) for k in range(values.shape[0])]
-        for k, part in enumerate(file_parts(names)):
-            yield f"{name}_{part}.tif", names[k], values[k]
-    else:
-        yield f"{name}.tif", None, values
 
 
 def read_maps(path: str | os.PathLike) -> tuple[dict[str, MapLayer], dict]:

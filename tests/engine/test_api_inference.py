@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -83,14 +84,15 @@ def test_prediction_and_saliency_light_up_exactly_on_green(workdir, tmp_path):
         mass_near += sal[max(r0, 0):r1, max(c0, 0):c1].sum()
     assert mass_near / sal.sum() > 0.99  # the network looks at green and nowhere else
 
-    # Results on disk: npz with geometry, prediction JSON, TIFF images any slide reader opens.
+    # Results on disk: npz with geometry, prediction JSON, TIFFs registered to the slide that any slide reader opens.
     layers, meta = read_maps(result.outputs["maps_npz"])
     assert np.allclose(layers["prediction"].values, prob)
     assert layers["saliency"].l0_box == pytest.approx(sal_box.as_tuple())
     assert meta["classes"] == list(CLASSES)
     assert json.loads(open(result.outputs["prediction_json"]).read())["label"] == "green"
-    with open_slide(result.outputs["saliency_tiff"]) as tif:
-        assert tif.dimensions == (sal.shape[1], sal.shape[0])
+    cell = sal_box.width / sal.shape[1]
+    with open_slide(workdir / "green.svs") as slide, open_slide(result.outputs["saliency_heatmap_tiff"]) as tif:
+        assert tif.dimensions == (math.ceil(slide.dimensions[0] / cell), math.ceil(slide.dimensions[1] / cell))
 
 
 def test_plain_slide_is_predicted_other_with_progress_and_eta(workdir):

@@ -26,7 +26,7 @@ def test_saliency_command_writes_maps_per_slide(files, tmp_path, capsys):
     assert "a.svs: green" in out and "b.svs: other" in out
     for stem in ("a", "b"):
         assert (tmp_path / stem / "maps.npz").exists() and (tmp_path / stem / "prediction.json").exists()
-    assert (tmp_path / "a" / "saliency.tif").exists()
+    assert (tmp_path / "a" / "saliency.heatmap.tif").exists() and (tmp_path / "a" / "saliency.values.tif").exists()
 
 
 def test_a_bad_slide_is_skipped_and_reported(files, tmp_path, capsys):

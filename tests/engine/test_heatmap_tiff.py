@@ -88,3 +88,53 @@ def test_prediction_layers_split_per_class(tmp_path):
     with tifffile.TiffFile(paths["prediction_tumour_values_tiff"]) as tif:
         assert len(tif.pages) == 1 and np.all(tif.pages[0].asarray() == np.float32(0.8))
         assert "XResolution" not in tif.pages[0].tags or tif.pages[0].tags["ResolutionUnit"].value != 3
+
+
+def test_write_maps_writes_registered_heatmaps_read_back_at_level0_positions(tmp_path):
+    """A job's result (engine.io.maps.write_maps) carries the registered pyramids, not a TIFF of
+    the map box alone: the slide's size comes from its header, the map's cells land at their
+    level-0 place at two levels, in tifffile (float values) and in OpenSlide (RGBA)."""
+    openslide = pytest.importorskip("openslide")
+    from model_fixtures import write_test_slide
+
+    from engine.io.maps import read_maps, write_maps
+    from engine.slides import open_slide
+
+    slide = write_test_slide(tmp_path / "slide.svs")
+    with open_slide(slide) as s:
+        size = tuple(s.dimensions)
+    cell = 2.0  # a 1024 x 768 slide: a 512 x 384 heatmap, so it has a second level (downsample 2)
+    h, w = 250, 300
+    v = np.full((h, w), np.nan, np.float32)
+    v[20:100, 30:150] = 0.75
+    v[150:220, 180:280] = 0.25
+    box = (256.0, 128.0, 256.0 + w * cell, 128.0 + h * cell)
+    written = write_maps(tmp_path / "out", {"saliency": MapLayer(v, box)}, slide_path=str(slide), classes=(),
+                         prediction=None, slide_mpp=0.5)
+    _, meta = read_maps(written["maps_npz"])
+    assert meta["heatmaps"] == {"l0_size": list(size), "spans": "slide"}
+    assert meta["files"]["saliency.values.tif"] == {"layer": "saliency", "class": None, "kind": "values"}
+    points = {(256 + 90.5 * cell, 128 + 60.5 * cell): 0.75, (256 + 230.5 * cell, 128 + 185.5 * cell): 0.25}
+    with tifffile.TiffFile(written["saliency_values_tiff"]) as tif:
+        assert (tif.pages[0].shape[1], tif.pages[0].shape[0]) == (math.ceil(size[0] / cell), math.ceil(size[1] / cell))
+        assert len(tif.pages) >= 2
+        for k in (0, 1):
+            plane = tif.pages[k].asarray()
+            for (l0_x, l0_y), value in points.items():
+                assert plane[int(l0_y // (cell * 2**k)), int(l0_x // (cell * 2**k))] == np.float32(value)
+            assert np.isnan(plane[0, 0])  # the slide's corner, outside the map: nothing computed
+    from engine.colormaps import lut_rgba
+
+    with openslide.OpenSlide(written["saliency_heatmap_tiff"]) as heat:
+        assert float(heat.properties["openslide.mpp-x"]) == pytest.approx(0.5 * cell)
+        for level in (0, 1):
+            ds = heat.level_downsamples[level]
+            colours = []
+            for l0_x, l0_y in points:
+                # read_region takes level-0 coordinates of the heatmap: the slide's level-0 px / cell
+                px = np.asarray(heat.read_region((int(l0_x // cell), int(l0_y // cell)), level, (1, 1)))[0, 0]
+                assert px[3] == 255, (level, ds)
+                colours.append(tuple(px[:3]))
+            assert colours[0] == tuple(lut_rgba("viridis")[255][:3])  # 0.75 is the map's maximum
+            assert colours[0] != colours[1]
+            assert np.asarray(heat.read_region((0, 0), level, (1, 1)))[0, 0, 3] == 0

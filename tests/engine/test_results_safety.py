@@ -28,6 +28,11 @@ def _files_under(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def _tiffs(*labels):
+    """The registered TIFFs of each plane label: its RGBA heatmap and its float values."""
+    return [f"{label}.{kind}.tif" for label in labels for kind in ("heatmap", "values")]
+
+
 def _layers(k=2, h=4, w=6, saliency=True):
     layers = {"prediction": MapLayer(np.full((k, h, w), 0.5, np.float32), (0, 0, 96, 64))}
     if saliency:
@@ -58,19 +63,21 @@ def test_class_names_never_become_paths_and_are_kept_inside_the_files(tmp_path, 
     written = write_maps(out, _layers(), slide_path="s.svs", classes=classes,
                          prediction=Prediction(classes, (0.25, 0.75)))
     assert _files_under(tmp_path) == sorted(f"deep/er/out/{n}" for n in (
-        "maps.npz", "prediction.json", "prediction_00.tif", "prediction_01.tif", "saliency.tif"))
+        "maps.npz", "prediction.json", *_tiffs("prediction_00", "prediction_01", "saliency")))
     doc = json.loads((out / "prediction.json").read_text())
     assert doc["classes"] == list(classes) and doc["label"] == hostile
-    assert doc["files"]["prediction_01.tif"] == {"layer": "prediction", "class": hostile}
+    for kind in ("heatmap", "values"):
+        assert doc["files"][f"prediction_01.{kind}.tif"] == {"layer": "prediction", "class": hostile, "kind": kind}
     layers, meta = read_maps(out)
     assert meta["files"] == doc["files"] and meta["classes"] == list(classes)
-    assert set(written) == {"maps_npz", "prediction_json", "prediction_00_tiff", "prediction_01_tiff", "saliency_tiff"}
+    assert set(written) == {"maps_npz", "prediction_json", *(f"{label}_{kind}_tiff" for label in ("prediction_00", "prediction_01", "saliency")
+                                                             for kind in ("heatmap", "values"))}
 
 
 def test_a_layer_name_that_is_a_path_is_refused(tmp_path):
     with pytest.raises(ResultsError, match="layer names"):
         write_maps(tmp_path / "out", {"../x": _layers()["saliency"]}, slide_path="s", classes=(), prediction=None)
-    assert not (tmp_path / "x.tif").exists()
+    assert not any(p.name.startswith("x.") for p in tmp_path.rglob("*"))
 
 
 def test_a_result_replaces_an_earlier_one_whole_with_one_run_id(tmp_path):
@@ -81,7 +88,7 @@ def test_a_result_replaces_an_earlier_one_whole_with_one_run_id(tmp_path):
                extra={"cancelled": False})
     write_maps(out, _layers(k=2, saliency=False), slide_path="s", classes=("x", "y"), prediction=None,
                extra={"cancelled": True})
-    assert _files_under(out) == ["maps.npz", "notes.txt", "prediction.json", "prediction_x.tif", "prediction_y.tif"]
+    assert _files_under(out) == ["maps.npz", "notes.txt", "prediction.json", *_tiffs("prediction_x", "prediction_y")]
     doc = json.loads((out / "prediction.json").read_text())
     _, meta = read_maps(out)
     assert doc["cancelled"] is True and meta["cancelled"] is True
@@ -97,7 +104,7 @@ def test_the_files_of_an_older_format_result_are_removed_too(tmp_path):
     for name in ("prediction_benign.tif", "prediction_tumour.tif", "saliency.tif", "other.tif"):
         (out / name).write_bytes(b"old")
     write_maps(out, _layers(saliency=False), slide_path="s", classes=("n", "l"), prediction=None)
-    assert _files_under(out) == ["maps.npz", "other.tif", "prediction.json", "prediction_l.tif", "prediction_n.tif"]
+    assert _files_under(out) == ["maps.npz", "other.tif", "prediction.json", *_tiffs("prediction_l", "prediction_n")]
 
 
 def test_a_record_naming_paths_outside_the_folder_removes_nothing_there(tmp_path):
@@ -197,7 +204,7 @@ def test_hostile_class_names_from_a_model_card_stay_inside_out_through_the_cli(t
                      "--device", "cpu"]) == cli.EXIT_OK
     assert not any(p.name == "escaped" for p in tmp_path.parent.rglob("escaped"))
     files = [f for f in _files_under(out) if not f.endswith("summary.json")]
-    assert all(f.split("/")[-1] in ("maps.npz", "prediction.json", "prediction_00.tif", "prediction_01.tif")
+    assert all(f.split("/")[-1] in ("maps.npz", "prediction.json", *_tiffs("prediction_00", "prediction_01"))
                for f in files), files
     doc = json.loads(next(out.rglob("prediction.json")).read_text())
     assert doc["label"] == "tumour/necrosis"

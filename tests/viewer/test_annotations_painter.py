@@ -49,3 +49,36 @@ def test_small_outlines_keep_only_the_exact_path_and_holes_are_subpaths():
     path = painter_path(square)
     assert path.elementCount() == 5 + 4
     assert not path.contains(path.pointAtPercent(0).__class__(3.5, 2.5))  # inside the hole: odd-even
+
+
+def test_frames_while_the_view_moves_take_the_two_pixel_paths_and_still_frames_the_one_pixel_ones(qapp, monkeypatch):
+    from PySide6.QtGui import QImage, QPainter
+
+    from engine.annotations import Annotation
+    from viewer.model.annotations import AnnotationDocument
+    from viewer.model.viewport import Viewport
+    from viewer.render import annotation_painter
+    from viewer.render.annotation_painter import MOVING_SCREEN_TOLERANCE, AnnotationPainter
+
+    t = np.linspace(0, 2 * np.pi, 10_000, endpoint=False)
+    r = 6000 * (1 + 0.15 * np.sin(5 * t) + np.random.default_rng(0).normal(0, 0.001, len(t)))
+    doc = AnnotationDocument()
+    doc.add([Annotation.polygon(np.column_stack([20_000 + r * np.cos(t), 20_000 + r * np.sin(t)]))])
+    moving = [True]
+    painter = AnnotationPainter(lambda box: None, lambda fn, *args, on_done: on_done(fn(*args)), lambda: moving[0])
+    painter.set_document(doc)
+    viewport = Viewport(40_000, 40_000, 1920, 1080)
+    viewport.set_scale(5 / 40)
+    viewport.center_on(20_000, 20_000)
+    drawn = []
+    monkeypatch.setattr(annotation_painter.QPainter, "drawPath", lambda self, path: drawn.append(path.elementCount()))
+    image = QImage(1920, 1080, QImage.Format.Format_ARGB32_Premultiplied)
+    for moving[0] in (True, False):
+        qp = QPainter(image)
+        painter.paint(qp, viewport.l0_visible_box(), viewport.transform())
+        qp.end()
+    paths = painter._paths[id(doc[0])][1]
+    at_rest, in_motion = pick_tolerance(viewport.scale), pick_tolerance(viewport.scale, MOVING_SCREEN_TOLERANCE)
+    assert in_motion > at_rest and in_motion * viewport.scale <= MOVING_SCREEN_TOLERANCE
+    assert drawn == [paths[in_motion].elementCount(), paths[at_rest].elementCount()]
+    assert drawn[0] < drawn[1] / 2  # the hand jitter kept at one pixel, dropped at two

@@ -148,7 +148,7 @@ def test_headless_demo_writes_the_saliency_view_and_the_maps(qtbot, tmp_path, de
     assert prediction.shape[0] == 2 and np.isfinite(prediction).all() and np.allclose(prediction.sum(0), 1, atol=1e-4)
     assert np.isfinite(saliency).all() and saliency.max() > 0
     assert meta["classes"] == ["normal", "lesion"]
-    for name in ("prediction.json", "saliency.tif", "prediction_lesion.tif", "prediction_normal.tif"):
+    for name in ("prediction.json", "saliency.heatmap.tif", "prediction_lesion.heatmap.tif", "prediction_normal.values.tif"):
         assert (out / name).stat().st_size > 0 and str(out / name) in captured.out
     doc = json.loads((out / "prediction.json").read_text())
     assert f"Slide-level prediction: {doc['label']}" in captured.out

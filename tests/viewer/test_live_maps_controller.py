@@ -4,11 +4,13 @@ supersedes jobs, reports failures, and round-trips map files. The runner is the 
 
 from __future__ import annotations
 
+import math
 import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import tifffile
 from fake_engine import CLASSES, FakeRunner, cell_value
 
 from engine.geometry import Box
@@ -35,7 +37,8 @@ class Harness:
 
     def show(self, key: str, l0_size=(4096, 3072)) -> None:
         if key not in self.workspace.slides:
-            self.workspace.add(key, SimpleNamespace(slide_id=len(self.workspace.slides) + 1))
+            source = SimpleNamespace(dimensions=l0_size, mpp=(0.5, 0.5))  # header fields only: no pixels are read
+            self.workspace.add(key, SimpleNamespace(slide_id=len(self.workspace.slides) + 1, source=source))
             self.workspace.slides[key].viewport = Viewport(*l0_size, 800, 600)
         self.workspace.show(key)
 
@@ -179,7 +182,14 @@ def test_maps_round_trip_through_files(qtbot, harness, gate, tmp_path):
     saved = {key: layer.values.copy() for key, layer in stack.layers.items()}
     with qtbot.waitSignal(harness.live.maps_written, timeout=30_000) as written:
         harness.live.export_maps(str(tmp_path / "maps"))
-    assert {"maps_npz", "prediction_json", "saliency_tiff"} <= set(written.args[0])
+    assert {"maps_npz", "prediction_json", "saliency_heatmap_tiff", "saliency_values_tiff"} <= set(written.args[0])
+    # Registered to the slide: the float TIFF spans the slide's level-0 size at the map's cell size.
+
+    layer = stack.layers[SALIENCY]
+    cell = layer.geometry.l0_box.width / layer.values.shape[1]
+    slide_w, slide_h = harness.workspace.current.shared.source.dimensions
+    with tifffile.TiffFile(written.args[0]["saliency_values_tiff"]) as tif:
+        assert tif.pages[0].shape == (math.ceil(slide_h / cell), math.ceil(slide_w / cell))
     with qtbot.waitSignal(harness.live.maps_loaded, timeout=30_000):
         harness.live.load_maps(written.args[0]["maps_npz"])
     assert set(stack.layers) == set(saved) and stack.generation < 0  # never a job's generation

@@ -17,6 +17,7 @@ from PySide6.QtCore import QObject, QStandardPaths, QTimer, Signal
 from engine.annotations.files import LoadResult
 from engine.errors import StreamSlideError
 from viewer.model.annotations import AnnotationDocument
+from viewer.model.inference import AnnotationScope
 from viewer.model.overlays import OverlayStack
 from viewer.model.workspace import OpenSlide, SettingsStore, Workspace
 from viewer.workers.annotation_jobs import (
@@ -47,6 +48,8 @@ class AnnotationsController(QObject):
     saved = Signal(str)
     #: A document was filled from a file or a map (tests and the status bar wait on it).
     loaded = Signal(object)
+    #: How many annotations with an area the shown slide has selected (the *Selection* run scope).
+    selection_changed = Signal(int)
 
     def __init__(self, workspace: Workspace, runner: BackgroundRunner, report_error: Callable[[str], None],
                  settings: SettingsStore, parent: QObject | None = None) -> None:
@@ -82,12 +85,27 @@ class AnnotationsController(QObject):
         if entry is not None and entry.key not in self.documents:
             doc = AnnotationDocument()
             doc.changed.connect(lambda _box, key=entry.key: self._on_edit(key))
+            doc.selection_changed.connect(lambda key=entry.key: self._on_selection(key))
             self.documents[entry.key] = doc
             path = str(self.path_for(entry.key))
             self.runner.submit(load_if_exists_job, path, on_done=lambda r, key=entry.key: self._on_sidecar(key, r),
                                on_error=lambda m: self._report(f"The saved annotations could not be read; "
                                                                             f"they are left as they are.\n\n{m}"))
         self.document_shown.emit(self.document)
+        self._on_selection(self.current_key)
+
+    def _on_selection(self, key: str | None) -> None:
+        if key == self.current_key:
+            scope = self.run_scope()
+            self.selection_changed.emit(len(scope.selected) if scope is not None else 0)
+
+    def run_scope(self) -> AnnotationScope | None:
+        """What a model run on the shown slide takes from its annotations: the selected ones with
+        an area and those of the classes marked exclude (None: no slide shown)."""
+        doc = self.document
+        if doc is None:
+            return None
+        return AnnotationScope.of(doc.annotations, doc.selection, doc.excluded_classes)
 
     def _on_removed(self, entry: OpenSlide) -> None:
         doc = self.documents.get(entry.key)

@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from engine.events import Finished, Prediction
 from engine.geometry import Box
-from viewer.model.inference import InferenceSettings, ModelChoice, inference_spec
+from viewer.model.inference import AnnotationScope, InferenceSettings, ModelChoice, scoped_spec
 from viewer.model.layers import PREDICTION, SALIENCY, LayerKey
 from viewer.model.overlays import ColouredPatch, OverlayStack
 from viewer.model.workspace import OpenSlide, Workspace
@@ -57,6 +57,9 @@ class LiveMaps(QObject):
         self.predictions: dict[str, Prediction] = {}
         self.slide_path: str | None = None
         self._load_generations = itertools.count(-1, -1)  # reloaded maps: never a job's number
+        #: The shown slide's annotations as runs take them (selection, excluded classes); the
+        #: window sets it to the annotations controller's ``run_scope``.
+        self.annotation_scope: Callable[[], AnnotationScope | None] = lambda: None
 
         workspace.current_changed.connect(self._on_current_slide)
         workspace.slide_removed.connect(self._on_slide_removed)
@@ -141,15 +144,22 @@ class LiveMaps(QObject):
 
     # -- running --------------------------------------------------------------------------------
     def run(self, scope: str, l0_region: Box | None = None) -> Job | None:
-        """Queue a run on the shown slide with the current settings: "slide", "view", or
-        "region" with ``l0_region`` (without one, the next rectangle drawn on the view starts it)."""
+        """Queue a run on the shown slide with the current settings: "slide", "view",
+        "region" with ``l0_region`` (without one, the next rectangle drawn on the view starts it),
+        or "selection" (inside the selected annotations); the classes marked exclude are taken out
+        of every scope (:func:`~viewer.model.inference.scoped_spec`)."""
         if self.slide_path is None or self.model.path is None:
             return None
         if scope == "region" and l0_region is None:
             self.settings.set(region_mode=True)
             return None
         viewport = self.workspace.slides[self.slide_path].viewport
-        spec = inference_spec(scope, self.slide_path, self.model.path, self.settings, viewport, l0_region)
+        try:
+            spec = scoped_spec(scope, self.slide_path, self.model.path, self.settings, viewport, l0_region,
+                               self.annotation_scope())
+        except ValueError as exc:  # e.g. the selection has no area (the button is disabled then)
+            self.report_error(f"The model run did not start: {exc}")
+            return None
         return self.jobs.submit(spec, self.stack_for(self.slide_path).style_for, target=self.slide_path,
                                 label=f"{Path(self.slide_path).name} · {scope}")
 
@@ -206,7 +216,10 @@ class LiveMaps(QObject):
             # The float maps go uncopied: a running job may still fill cells while they are
             # written, and the file then holds the cells finished by that moment.
             planes.setdefault(key.source, ([], layer.geometry.l0_box.as_tuple()))[0].append(layer.values)
+        # The slide's size and MPP (header fields, no pixel read) register the TIFFs to the slide.
+        source = self.workspace.slides[self.slide_path].shared.source
         self.background.submit(write_maps_job, out_dir, planes, self.slide_path, classes, self.predictions.get(self.slide_path),
+                               tuple(source.dimensions), source.mpp[0] if source.mpp else None,
                                on_done=self.maps_written.emit, on_error=self._on_maps_error)
 
     def load_maps(self, path: str) -> None:

@@ -56,6 +56,9 @@ class AnnotationDocument:
         self._undo: list[Command] = []
         self._redo: list[Command] = []
         self.selection: tuple[int, ...] = ()
+        #: Classes marked exclude in the class list: their areas are taken out of every model run
+        #: (a run setting, not an edit: neither undone nor saved in the file).
+        self.excluded_classes: frozenset[str] = frozenset()
         self.dirty = False
         self.version = 0  # bumped on every change: painters key their caches on it
         self._bounds, self._bounds_version = np.zeros((0, 4)), 0  # (x0, y0, x1, y1) per annotation, for hit()
@@ -237,6 +240,8 @@ class AnnotationDocument:
             raise AnnotationError(f"class {new!r} exists already")
         classes = {(new if k == old else k): v for k, v in self._classes.items()}
         items = [a.replace(class_name=new) if a.class_name == old else a for a in self._items]
+        if old in self.excluded_classes:  # the mark follows the class (and stays on the old name for an undo)
+            self.excluded_classes |= {new}
         self._apply("rename class", items, classes, self.selection)
 
     def recolor_class(self, name: str, rgb: RGB) -> None:
@@ -252,6 +257,13 @@ class AnnotationDocument:
         self._redo.clear()
         self._install(tuple(annotations), tuple(classes.items()), (), previous)
         self.dirty = mark_dirty
+
+    def set_excluded(self, name: str, excluded: bool) -> None:
+        """Mark (or unmark) class ``name`` exclude; notifies ``classes_changed``."""
+        marked = self.excluded_classes | {name} if excluded else self.excluded_classes - {name}
+        if marked != self.excluded_classes:
+            self.excluded_classes = frozenset(marked)
+            self.classes_changed.emit()
 
     # -- selection and saving --------------------------------------------------------------------
     def select(self, indices: Iterable[int]) -> None:

@@ -1,10 +1,15 @@
 """What the next model run asks for: the Model panel's options (:class:`InferenceSettings`), the
 model chosen (:class:`ModelChoice`), and the :class:`~engine.specs.InferenceSpec` they make
-for a run on the whole slide, the view on screen or a drawn rectangle (:func:`inference_spec`).
+for a run on the whole slide, the view on screen or a drawn rectangle (:func:`inference_spec`),
+and the selected annotations, with the classes marked exclude taken out (:func:`scoped_spec`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
+from engine.annotations import Annotation, AnnotationSet
 from engine.geometry import Box
 from engine.specs import InferenceSpec
 from viewer.model.notify import Fields, Notifier
@@ -75,3 +80,65 @@ def inference_spec(scope: str, slide_path: str, model_path: str, settings: Infer
     priority = l0_visible.as_tuple() if scope == "slide" else None
     return InferenceSpec(slide_path=slide_path, model_path=model_path, l0_region=region, device=settings.device,
                          saliency=settings.saliency, priority_l0_box=priority, low_memory=settings.low_memory)
+
+
+# -- runs on annotations: the *Selection* scope, and classes marked exclude ------------------------
+
+#: The scope that runs inside the selected annotations (beside :data:`SCOPES`).
+SELECTION = "selection"
+RUN_SCOPES = (*SCOPES, SELECTION)
+#: The class the area a run covers is given inside the spec's regions when classes are excluded:
+#: the selected annotations (or the scope's rectangle) become this class, so ``include_classes``
+#: names exactly them and not their classes' other annotations.
+RUN_AREA_CLASS = "StreamSlide run area"
+
+
+@dataclass(frozen=True)
+class AnnotationScope:
+    """What a run takes from the shown slide's annotations: ``selected``, the selected ones
+    with an area (the *Selection* scope's regions), and ``excluded``, every annotation of the
+    ``exclude_classes`` (the classes marked exclude in the class list), taken out of every run."""
+
+    selected: tuple[Annotation, ...] = ()
+    excluded: tuple[Annotation, ...] = ()
+    exclude_classes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, annotations, selection, exclude_classes) -> "AnnotationScope":
+        """From a document's annotations, its selected indices and the classes marked exclude."""
+        exclude = tuple(c for c in dict.fromkeys(exclude_classes))
+        items = tuple(annotations)
+        selected = tuple(items[i] for i in selection if 0 <= i < len(items) and items[i].has_area)
+        excluded = tuple(a for a in items if a.has_area and a.class_name in exclude)
+        return cls(selected, excluded, exclude if excluded else ())
+
+
+def scoped_spec(scope: str, slide_path: str, model_path: str, settings: InferenceSettings, viewport: Viewport,
+                l0_region: Box | None = None, annotations: AnnotationScope | None = None) -> InferenceSpec:
+    """:func:`inference_spec` for every run scope, the annotations taken in.
+
+    ``"selection"``: the run covers the union of the selected annotations (the engine's
+    ``regions``; the map starts where the user is looking). Any other scope: as
+    :func:`inference_spec`. Either way, when classes are marked exclude, their annotations are
+    taken out (``exclude_classes``): the scope's own area (the selected annotations, the view,
+    the drawn rectangle or the whole slide) becomes the one included class.
+    """
+    if scope not in RUN_SCOPES:
+        raise ValueError(f"unknown run scope {scope!r}; use one of {', '.join(RUN_SCOPES)}")
+    annotations = annotations or AnnotationScope()
+    if scope == SELECTION and not annotations.selected:
+        raise ValueError("a run on the selection needs selected annotations with an area (polygons, rectangles, ellipses)")
+    spec = inference_spec("slide" if scope == SELECTION else scope, slide_path, model_path, settings, viewport, l0_region)
+    if scope == SELECTION and not annotations.excluded:
+        return dataclasses.replace(spec, regions=AnnotationSet(annotations.selected))
+    if not annotations.excluded:
+        return spec
+    if scope == SELECTION:
+        include = [a.replace(class_name=RUN_AREA_CLASS) for a in annotations.selected]
+    else:
+        # The whole slide here, not its tissue box: the viewer does not know the tissue box the
+        # engine would find, and the engine reads the bounding box of the regions given.
+        l0_box = Box.of(spec.l0_region) if spec.l0_region else Box(0, 0, viewport.l0_width, viewport.l0_height)
+        include = [Annotation.rectangle(l0_box, class_name=RUN_AREA_CLASS)]
+    return dataclasses.replace(spec, regions=AnnotationSet([*include, *annotations.excluded]),
+                               include_classes=(RUN_AREA_CLASS,), exclude_classes=annotations.exclude_classes)

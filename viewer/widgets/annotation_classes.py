@@ -1,6 +1,7 @@
 """The class list: the shown slide's annotation classes with their colours; the current one is
-the class new annotations get. Add, rename and recolour (undoable, through the document), and
-give the selected annotations the current class."""
+the class new annotations get. Add, rename and recolour (undoable, through the document), give
+the selected annotations the current class, and tick a class to exclude its areas from every
+model run (the document's ``excluded_classes``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from engine.annotations.model import RGB
 from viewer.model.annotations import AnnotationDocument
 
 NO_CLASS = "(no class)"
+#: Shown after a class marked exclude.
+EXCLUDED_SUFFIX = " — excluded from runs"
 
 
 def swatch(rgb: RGB) -> QIcon:
@@ -39,6 +42,7 @@ class AnnotationClassList(QWidget):
         self.document: AnnotationDocument | None = None
         self._chosen: str | None = None
         self.list = QListWidget()
+        self.list.setToolTip("Tick a class to exclude its areas from every model run (pen marks, glass, artefacts)")
         self.add_button, self.rename_button = QPushButton("Add…"), QPushButton("Rename…")
         self.color_button, self.assign_button = QPushButton("Colour…"), QPushButton("Set selected")
         self.assign_button.setToolTip("Give the selected annotations this class")
@@ -50,6 +54,7 @@ class AnnotationClassList(QWidget):
         layout.addWidget(self.list, 1)
         layout.addLayout(buttons)
         self.list.currentItemChanged.connect(self._on_current)
+        self.list.itemChanged.connect(self._on_item_changed)
         self.add_button.clicked.connect(self._ask_add)
         self.rename_button.clicked.connect(self._ask_rename)
         self.color_button.clicked.connect(self._ask_color)
@@ -79,8 +84,12 @@ class AnnotationClassList(QWidget):
         none.setData(Qt.ItemDataRole.UserRole, None)
         self.list.addItem(none)
         for name in names:
-            item = QListWidgetItem(swatch(doc.class_color(name)), name)
+            excluded = name in doc.excluded_classes
+            item = QListWidgetItem(swatch(doc.class_color(name)), f"{name}{EXCLUDED_SUFFIX if excluded else ''}")
             item.setData(Qt.ItemDataRole.UserRole, name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if excluded else Qt.CheckState.Unchecked)
+            item.setToolTip(f"{name}: {'excluded from' if excluded else 'included in'} model runs (tick to change)")
             self.list.addItem(item)
             if name == self._chosen:
                 self.list.setCurrentItem(item)
@@ -95,6 +104,18 @@ class AnnotationClassList(QWidget):
     def _on_current(self, item: QListWidgetItem | None, _previous) -> None:
         self._chosen = item.data(Qt.ItemDataRole.UserRole) if item is not None else None
         self.refresh()
+
+    def _on_item_changed(self, item: QListWidgetItem) -> None:
+        name = item.data(Qt.ItemDataRole.UserRole)
+        if self.document is not None and name is not None:
+            self.set_excluded(name, item.checkState() == Qt.CheckState.Checked)
+
+    def set_excluded(self, name: str, excluded: bool) -> None:
+        """Mark class ``name`` exclude (its areas are taken out of every run) or not."""
+        self.document.set_excluded(name, excluded)
+
+    def excluded_classes(self) -> tuple[str, ...]:
+        return tuple(sorted(self.document.excluded_classes)) if self.document is not None else ()
 
     def choose(self, name: str | None) -> None:
         self._chosen = name

@@ -1,5 +1,6 @@
 """The model panel: choose a model (file dialog or recent models), see its card, set the run's
-options, and ask for a run on the whole slide, the current view or a drawn rectangle.
+options, and ask for a run on the whole slide, the current view, a drawn rectangle or the selected
+annotations.
 
 The panel is bound to two models: the options write into and follow
 :class:`~viewer.model.inference.InferenceSettings`, and the card, status, recent list and the
@@ -53,7 +54,7 @@ def describe_intended_use(provenance) -> str:
 
 class ModelPanel(QWidget):
     model_chosen = Signal(str)
-    #: "slide" or "view" (a region run starts when its rectangle is drawn).
+    #: "slide", "view" or "selection" (a region run starts when its rectangle is drawn).
     run_requested = Signal(str)
 
     def __init__(self, settings: InferenceSettings, model: ModelChoice, parent: QWidget | None = None) -> None:
@@ -81,6 +82,8 @@ class ModelPanel(QWidget):
         self.region_button = QPushButton("Draw region")
         self.region_button.setCheckable(True)
         self.region_button.setToolTip("Drag a rectangle on the slide to run on it (or shift-drag at any time)")
+        self.selection_button = QPushButton("Selection")
+        self._selected = 0  # annotations with an area selected on the shown slide
         self.saliency = QCheckBox("Saliency map")
         self.low_memory = QCheckBox("Low memory")
         self.low_memory.setToolTip("Give freed memory back to the system after every tile: peak memory stays flat "
@@ -94,7 +97,7 @@ class ModelPanel(QWidget):
         top.addWidget(self.load_button)
         run_box = QGroupBox("Run on")
         runs = QHBoxLayout()
-        for button in (self.slide_button, self.view_button, self.region_button):
+        for button in (self.slide_button, self.view_button, self.region_button, self.selection_button):
             runs.addWidget(button)
         options = QHBoxLayout()
         options.addWidget(self.saliency)
@@ -117,6 +120,7 @@ class ModelPanel(QWidget):
         self.recent.activated.connect(self._on_recent)
         self.slide_button.clicked.connect(self._run_slide)
         self.view_button.clicked.connect(self._run_view)
+        self.selection_button.clicked.connect(lambda: self.run_requested.emit("selection"))
         # The user's edits go into the settings; the widgets follow the settings' changes.
         self.saliency.toggled.connect(lambda on: settings.set(saliency=on))
         self.low_memory.toggled.connect(lambda on: settings.set(low_memory=on))
@@ -148,6 +152,21 @@ class ModelPanel(QWidget):
             self.status.setText(f"Loaded {model.path}")
         for button in (self.slide_button, self.view_button, self.region_button):
             button.setEnabled(model.runnable)
+        self._show_selection_scope()
+
+    def set_selection(self, count: int) -> None:
+        """The shown slide has ``count`` selected annotations with an area."""
+        self._selected = count
+        self._show_selection_scope()
+
+    def _show_selection_scope(self) -> None:
+        self.selection_button.setEnabled(self.model.runnable and self._selected > 0)
+        if self._selected:
+            self.selection_button.setToolTip(f"Run inside the {self._selected} selected annotation"
+                                             f"{'s' if self._selected > 1 else ''} (their union, exactly)")
+        else:
+            self.selection_button.setToolTip("Select annotations with an area (polygon, rectangle, ellipse) "
+                                             "to run inside them")
 
     # -- choosing ------------------------------------------------------------------------------
     def set_recent(self, paths: list[str]) -> None:

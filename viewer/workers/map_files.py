@@ -23,12 +23,14 @@ def read_card(path: str) -> tuple[str, object]:
 
 
 def write_maps_job(out_dir: str, planes: dict[str, tuple[list[np.ndarray], tuple]], slide_path: str,
-                   classes: tuple[str, ...], prediction: Prediction | None) -> dict[str, str]:
+                   classes: tuple[str, ...], prediction: Prediction | None, slide_l0_size: tuple[int, int] | None = None,
+                   slide_mpp: float | None = None) -> dict[str, str]:
     """Stack display planes (per map source: its layers' values and its level-0 box) back into
-    engine layers and write them."""
+    engine layers and write them, the TIFFs registered to the slide (its level-0 size and MPP)."""
     layers = {source: MapLayer(np.stack(arrays) if source == PREDICTION else arrays[0], l0_box)
               for source, (arrays, l0_box) in planes.items()}
-    return write_maps(out_dir, layers, slide_path=slide_path, classes=classes, prediction=prediction)
+    return write_maps(out_dir, layers, slide_path=slide_path, classes=classes, prediction=prediction,
+                      slide_l0_size=slide_l0_size, slide_mpp=slide_mpp)
 
 
 def read_maps_job(path: str) -> tuple[str, list[DisplayLayer]]:
