@@ -82,3 +82,40 @@ def test_frames_while_the_view_moves_take_the_two_pixel_paths_and_still_frames_t
     assert in_motion > at_rest and in_motion * viewport.scale <= MOVING_SCREEN_TOLERANCE
     assert drawn == [paths[in_motion].elementCount(), paths[at_rest].elementCount()]
     assert drawn[0] < drawn[1] / 2  # the hand jitter kept at one pixel, dropped at two
+
+
+@pytest.mark.parametrize("scale, all_shown", [(4.0, True), (0.05, False)])
+def test_vertex_handles_are_drawn_where_they_are_spaced_on_screen(qapp, monkeypatch, scale, all_shown):
+    """A selected outline shows a handle per vertex when zoomed in; zoomed out, handles closer
+    than two handle widths are left out instead of merging into a band over the outline."""
+    from PySide6.QtGui import QImage, QPainter
+
+    from engine.annotations import Annotation
+    from viewer.model.annotations import AnnotationDocument
+    from viewer.model.viewport import Viewport
+    from viewer.render import annotation_painter
+    from viewer.render.annotation_painter import HANDLE_PX, AnnotationPainter
+
+    t = np.linspace(0, 2 * np.pi, 400, endpoint=False)
+    ring = np.column_stack([5000 + 1000 * np.cos(t), 5000 + 1000 * np.sin(t)])  # vertices 15.7 l0 px apart
+    doc = AnnotationDocument()
+    doc.add([Annotation.polygon(ring)])
+    doc.select([0])
+    painter = AnnotationPainter(lambda box: None, lambda fn, *args, on_done: on_done(fn(*args)), lambda: False)
+    painter.set_document(doc)
+    viewport = Viewport(10_000, 10_000, 1920, 1080)
+    viewport.set_scale(scale)
+    viewport.center_on(5000, 5000)
+    handles = []
+    monkeypatch.setattr(annotation_painter.QPainter, "drawRect",
+                        lambda self, rect: handles.append((rect.center().x(), rect.center().y())))
+    image = QImage(1920, 1080, QImage.Format.Format_ARGB32_Premultiplied)
+    qp = QPainter(image)
+    painter.paint(qp, viewport.l0_visible_box(), viewport.transform())
+    qp.end()
+    if all_shown:
+        assert len(handles) >= 400  # every vertex (the closing one may repeat the first)
+    else:
+        assert 0 < len(handles) < 100
+        gaps = np.abs(np.diff(np.array(handles), axis=0)).sum(axis=1)
+        assert gaps.min() >= 2 * HANDLE_PX

@@ -207,9 +207,15 @@ class AnnotationPainter:
         painter.setBrush(QBrush(QColor(255, 255, 255)))
         half = HANDLE_PX / 2
         for ring in rings:
+            last = None
             for x, y in ring:
                 sx, sy = view.to_screen(x, y)
+                # Handles closer than two widths on screen would merge into a hatched band that
+                # hides the outline, and could not be grabbed one by one: show the spaced ones.
+                if last is not None and abs(sx - last[0]) + abs(sy - last[1]) < 2 * HANDLE_PX:
+                    continue
                 painter.drawRect(QRectF(sx - half, sy - half, HANDLE_PX, HANDLE_PX))
+                last = (sx, sy)
 
     def _paint_label(self, painter: QPainter, a: Annotation, view: ViewTransform, doc: AnnotationDocument) -> None:
         text = " · ".join(dict.fromkeys(t for t in (a.name, a.class_name) if t)) or a.kind
