@@ -116,13 +116,14 @@ class CohortEvaluation(QObject):
     def _on_finished(self, job, outcome: EvaluationOutcome) -> None:
         files = outcome.files
         cancelled = outcome.finished.cancelled
-        if files is not None:
-            self.show_results(files)
         failed = [f"{Path(f['slide']).name}: {f['error']}" for f in (files.failed if files is not None else ())]
+        # The state first: whoever the results reach sees a finished job (Evaluate enabled again).
         self.form.set(state="cancelled" if cancelled else "done",
                       progress_text=("Cancelled: the slides evaluated so far are shown" if cancelled
                                      else f"Done: {job.spec.out_dir}"),
                       failed_text="\n".join(f"Skipped {f}" for f in failed) if failed else self.form.failed_text)
+        if files is not None:
+            self.show_results(files)
 
     def _on_failed(self, _job, message: str) -> None:
         self.form.set(state="failed", progress_text="")

@@ -23,7 +23,7 @@ def new_evaluation_name() -> str:
 def eta_text(done: int, total: int, eta_s: float | None) -> str:
     """"3 of 8 slides · about 1 min 20 s left" (no ETA before the first slide is done)."""
     text = f"{done} of {total} slides"
-    if eta_s is None or done == 0 or not math.isfinite(eta_s):
+    if eta_s is None or done == 0 or done >= total or not math.isfinite(eta_s):
         return text
     s = int(round(eta_s))
     left = f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"

@@ -38,7 +38,8 @@ class CohortPlot(pg.PlotWidget):
 
     def __init__(self) -> None:
         super().__init__(background="w")
-        self.legend = self.addLegend(offset=(-10, 10), labelTextColor="k", labelTextSize="8pt")
+        # Bottom right: where a ROC curve (top left) and the diagonal leave room.
+        self.legend = self.addLegend(offset=(-10, -10), labelTextColor="k", labelTextSize="9pt")
         self.legend.setBrush(pg.mkBrush(255, 255, 255, 200))
         for axis in ("left", "bottom"):
             self.getAxis(axis).setTextPen("k")
@@ -101,6 +102,7 @@ class CohortPanel(QWidget):
         self.progress_bar.setTextVisible(False)
         self.progress_bar.setMaximumHeight(12)
         self.progress_label = QLabel()
+        self.progress_label.setWordWrap(True)
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("font-weight: bold")
