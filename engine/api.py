@@ -184,6 +184,21 @@ def read_run_curves(run_dir):
     return RunFolder(run_dir).read_metrics()
 
 
+def label_columns(path):
+    """The target columns of a labels CSV (header only, torch-free): what a form offers as targets."""
+    from engine.io.labels import label_columns as _columns
+
+    return _columns(path)
+
+
+def read_evaluation(out_dir):
+    """An evaluation folder read back (torch-free): its predictions, metrics, ROC curves and the
+    kept maps of each slide (``engine.evaluate.results.EvaluationFiles``)."""
+    from engine.evaluate.results import read_evaluation as _read
+
+    return _read(out_dir)
+
+
 def write_labels_csv(path, rows):
     """Write a labels CSV (``slide,label[,split]``, slides relative to the file) atomically."""
     from engine.io.labels import write_labels_csv as _write
@@ -222,4 +237,5 @@ def warm_up() -> None:
         pass
 
 
-__all__ += ["Curves", "RunSummary", "checkpoint_weights", "write_file", "list_runs", "read_run_curves", "warm_up", "write_labels_csv"]
+__all__ += ["Curves", "RunSummary", "checkpoint_weights", "write_file", "list_runs", "read_run_curves", "warm_up", "write_labels_csv",
+            "label_columns", "read_evaluation"]

@@ -342,6 +342,9 @@ class EvaluationSpec:
     prefetch: int = 2
     #: "auto", "none", or None: as the model card says (see TrainingSpec.tissue_mask).
     tissue_mask: str | None = None
+    #: Also write each slide's prediction map, ``out_dir/maps/<slide folder>/maps.npz`` (and its
+    #: TIFFs), from the same streamed pass: a viewer reopens a slide's maps without recomputing.
+    keep_maps: bool = False
 
     PATIENT_AGGREGATES = ("max", "mean")
 

@@ -21,10 +21,12 @@ from PySide6.QtWidgets import (
 )
 
 from viewer.controllers.annotations import AnnotationsController, is_annotation_file
+from viewer.controllers.cohort import CohortEvaluation
 from viewer.controllers.fine_tuning import FineTuning
 from viewer.controllers.live_maps import LiveMaps
 from viewer.controllers.scoring import Scoring
 from viewer.controllers.slides import MESSAGE_MS, SlidesController
+from viewer.model.cohort import CohortForm, CohortTable
 from viewer.model.inference import InferenceSettings, ModelChoice
 from viewer.model.labels import LabelTable
 from viewer.model.training_form import TrainingForm
@@ -40,6 +42,7 @@ from viewer.widgets.annotation_list import AnnotationList
 from viewer.widgets.annotation_tools import AnnotationToolbar, ToolDelegate
 from viewer.widgets.associated_images import AssociatedImagesPanel
 from viewer.widgets.browser_labels import BrowserLabeller
+from viewer.widgets.cohort_panel import CohortPanel
 from viewer.widgets.job_panel import JobPanel
 from viewer.widgets.model_panel import ModelPanel
 from viewer.widgets.overlay_panel import OverlayPanel
@@ -48,6 +51,7 @@ from viewer.widgets.properties_panel import PropertiesPanel
 from viewer.widgets.score_panel import ScorePanel
 from viewer.widgets.slide_browser import SlideBrowser
 from viewer.workers.background import BackgroundRunner
+from viewer.workers.evaluation import EvaluationRunner, engine_evaluation_runner
 from viewer.workers.gc_pauses import collect_on_ui_thread
 from viewer.workers.inference import Runner, engine_runner
 from viewer.workers.tiles import TileLoader
@@ -63,7 +67,8 @@ class MainWindow(QMainWindow):
     error_reported = Signal(str)
 
     def __init__(self, *, settings: QSettings | None = None, cache_bytes: int | None = None, popups: bool = True,
-                 runner: Runner = engine_runner, train_runner: TrainRunner = engine_train_runner) -> None:
+                 runner: Runner = engine_runner, train_runner: TrainRunner = engine_train_runner,
+                 evaluation_runner: EvaluationRunner = engine_evaluation_runner) -> None:
         super().__init__()
         collect_on_ui_thread()  # a collection on a worker can deadlock Qt (see viewer.workers.gc_pauses)
         self.setWindowTitle("StreamSlide")
@@ -119,6 +124,11 @@ class MainWindow(QMainWindow):
                                                  parent=self)
         self.scoring = Scoring(lambda: self.live.slide_path, parent=self)
         self.score_panel = ScorePanel(self.scoring)
+        # Cohort evaluation: queued on the live maps' engine worker (one model job at a time).
+        self.cohort_form, self.cohort_table = CohortForm(), CohortTable()
+        self.cohort = CohortEvaluation(self.cohort_form, self.cohort_table, self.labels, self.live, self.workspace,
+                                       self.slides.show_or_open, self.report_error, evaluation_runner, parent=self)
+        self.cohort_panel = CohortPanel(self.cohort_form, self.cohort_table)
         self._build_docks()
         self._build_actions()
         self._bind()
@@ -160,6 +170,9 @@ class MainWindow(QMainWindow):
         # Fine-tuning: wide curves need the bottom area; hidden until asked for (Model ▸ Train).
         self.training_dock = self._dock("Training", self.training_view, BOTTOM)
         self.training_dock.hide()
+        self.cohort_dock = self._dock("Cohort", self.cohort_panel, BOTTOM)
+        self.tabifyDockWidget(self.training_dock, self.cohort_dock)
+        self.cohort_dock.hide()
         # The right column's docks are tall: the training dock spans the view and the left column only.
         self.setCorner(Qt.Corner.BottomRightCorner, RIGHT)
         self.resizeDocks(left + right[:2], [300, 300, 380, 380], Qt.Orientation.Horizontal)
@@ -198,6 +211,8 @@ class MainWindow(QMainWindow):
         model_menu.addSeparator()
         self.train_action = self._action("&Train a model…", self.show_training, "Ctrl+T")
         model_menu.addAction(self.train_action)
+        self.cohort_action = self._action("&Evaluate a cohort…", self.show_cohort, "Ctrl+Shift+E")
+        model_menu.addAction(self.cohort_action)
 
         overlays_menu = self.menuBar().addMenu("&Overlays")
         self.to_annotations_action = self._action("To &annotations…", self.choose_to_annotations)
@@ -266,6 +281,7 @@ class MainWindow(QMainWindow):
         live.stack_shown.connect(self.scoring.set_stack)
         live.availability_changed.connect(self._update_actions)
         self.training_view.bind(self.training)
+        self.cohort_panel.bind(self.cohort)
         self.labeller.labels_changed.connect(self.training.on_browser_labels)
         self.annotations.document_shown.connect(self._on_annotation_document)
         self.annotations.status_message.connect(self.statusBar().showMessage)
@@ -376,6 +392,12 @@ class MainWindow(QMainWindow):
         self.training.warm_up()
         QTimer.singleShot(0, self._size_training_dock)  # after the dock is laid out, or Qt ignores it
 
+    def show_cohort(self) -> None:
+        self.cohort_dock.show()
+        self.cohort_dock.raise_()
+        QTimer.singleShot(0, lambda: self.resizeDocks([self.cohort_dock], [max(400, self.height() * 2 // 5)],
+                                                      Qt.Orientation.Vertical))
+
     def _size_training_dock(self) -> None:
         self.resizeDocks([self.training_dock], [max(400, self.height() * 2 // 5)], Qt.Orientation.Vertical)
 
@@ -450,6 +472,7 @@ class MainWindow(QMainWindow):
         self._shut = True
         self.view.set_slide(None)
         self.training.shutdown()  # cancels a run: the engine saves last/ first
+        self.cohort.shutdown()  # cancels an evaluation; the live maps' worker below waits for it
         self.live.shutdown()
         self.loader.shutdown()
         self.runner.shutdown()

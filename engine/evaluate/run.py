@@ -6,11 +6,14 @@ through the trunk as the trainer's validator does (:class:`engine.train.classifi
 A slide that fails is reported (a :class:`~engine.events.JobWarning` and a row of
 ``metrics.json``'s ``failed``) and skipped. Under ``torchrun`` each rank evaluates its share of
 the slides and rank 0 writes the results. A cancelled evaluation writes what it has, marked
-``"cancelled": true``.
+``"cancelled": true``. With ``keep_maps`` each slide's prediction map is written as it is
+scored (:mod:`engine.evaluate.maps`) and ``metrics.json``'s ``maps`` names each file.
+Cancellation is checked between slides and, through the streamed trunk's ``should_stop``, between tiles.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ import torch
 from engine.devices import resolve_device
 from engine.errors import Cancelled, LabelsError
 from engine.evaluate import files
+from engine.evaluate.maps import CellMap, input_region, maps_folders, write_slide_maps
 from engine.evaluate.plot import plot_svg
 from engine.evaluate.report import Predictions, cohort_metrics, format_table
 from engine.events import CancelToken, EventCallback, Finished, JobWarning, Progress
@@ -81,17 +85,33 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
 
     records = list(labels.records)
     mine = list(range(len(records)))[ctx.rank::ctx.world_size]
+    folders = maps_folders(spec.out_dir, [str(r.path) for r in records]) if spec.keep_maps else {}
 
     def job(i: int):
         try:
-            return i, read_slide_input(records[i].path, inputs), None
+            region = input_region(records[i].path, inputs) if spec.keep_maps else None
+            return i, (read_slide_input(records[i].path, inputs), region), None
         except Exception as exc:  # reported and skipped: one bad slide must not stop a cohort  # noqa: BLE001
             return i, None, exc
 
-    rows, failed, cancelled = [], [], False
+    def forward(src) -> tuple[torch.Tensor, CellMap | None]:
+        if not spec.keep_maps:
+            return net(src), None
+        cells = CellMap(task, net.head)
+        if net.pooled_head:  # the cells come block by block, from the pass that pools them
+            hooks, net.hooks = net.hooks, dataclasses.replace(net.hooks, on_block=cells.on_block)
+            try:
+                return net(src), cells
+            finally:
+                net.hooks = hooks
+        fmap = net.runner(src, hooks=net.hooks)
+        cells.put_all(fmap)
+        return net.head(fmap), cells
+
+    rows, failed, cancelled, kept = [], [], False, []
     t0 = time.perf_counter()
     with torch.no_grad(), Prefetcher([lambda i=i: job(i) for i in mine], depth=spec.prefetch) as slides:
-        for k, (i, rgb, error) in enumerate(slides):
+        for k, (i, read, error) in enumerate(slides):
             if cancel.cancelled and not ctx.active:
                 cancelled = True
                 break
@@ -99,9 +119,16 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
             try:
                 if error is not None:
                     raise error
+                rgb, region = read
                 src = input_source(rgb, Augmentation(), card.normalization_mean, card.normalization_std, dtype=dtype)
-                logits = net(src).to(torch.float64)
-                rows.append((i, task.outputs(logits)))
+                logits, cells = forward(src)
+                outputs = task.outputs(logits.to(torch.float64))
+                if cells is not None and (values := cells.values()) is not None:
+                    npz = write_slide_maps(folders[str(record.path)], str(record.path), region, values,
+                                           net.runner.stride if net.pooled_head else None, card.classes,
+                                           outputs, card.task)
+                    kept.append((str(record.path), str(Path(npz).relative_to(spec.out_dir))))
+                rows.append((i, outputs))
             except Cancelled:
                 cancelled = True
                 break
@@ -112,12 +139,13 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
             emit(Progress("evaluate", k + 1, len(mine), elapsed, elapsed / (k + 1) * (len(mine) - k - 1)))
     rows = sorted(distributed.gather_lists(rows, ctx))
     failed = distributed.gather_lists(failed, ctx)
+    kept = distributed.gather_lists(kept, ctx)
     if not ctx.is_main:
         return EvaluationResult(cancelled, {}, {}, "", failed)
-    return _write(spec, card, labels, records, rows, failed, cancelled, emit)
+    return _write(spec, card, labels, records, rows, failed, cancelled, emit, dict(kept))
 
 
-def _write(spec, card, labels, records, rows, failed, cancelled, emit) -> EvaluationResult:
+def _write(spec, card, labels, records, rows, failed, cancelled, emit, kept: dict[str, str]) -> EvaluationResult:
     done = [records[i] for i, _ in rows]
     outputs = np.array([o for _, o in rows], np.float64).reshape(len(rows), len(card.classes))
     truths = (np.array([r.label for r in done], np.int64) if card.task == "classification"
@@ -131,6 +159,8 @@ def _write(spec, card, labels, records, rows, failed, cancelled, emit) -> Evalua
         result = {"task": card.task, "names": list(card.classes)}
     result.update({"model": str(spec.model), "labels": str(spec.labels), "cancelled": cancelled,
                    "evaluated": len(rows), "failed": failed, "spec": spec.as_json()})
+    if spec.keep_maps:
+        result["maps"] = kept  # slide -> its maps.npz, relative to out_dir
     out = Path(spec.out_dir)
     atomic.make_folder(out)
     predicted = predicted_classes(outputs, spec.threshold) if card.task == "classification" and rows else None

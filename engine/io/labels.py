@@ -306,3 +306,20 @@ def write_labels_csv(path: str | os.PathLike, rows: Iterable[Sequence[str | os.P
     atomic.make_folder(path.parent)
     atomic.write_text(path, text.getvalue())
     return path
+
+
+def label_columns(path: str | Path) -> tuple[str, ...]:
+    """The target columns a labels CSV offers (every header column but slide, split, patient and
+    annotations), in file order and as the reader names them (trimmed, lower case): what a form
+    lists as the targets to choose from. Reads the header only; a file whose header the reader
+    would refuse raises the same :class:`~engine.errors.LabelsError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise LabelsError(f"{path} is a folder of classes: it has no columns to choose (its target is 'label')")
+    lines = _decode(path).splitlines()
+    header = [h.strip().lower() for h in next(csv.reader(lines[:1]), [])]
+    candidates = [h for h in header[1:] if h not in (*_RESERVED, "annotations")]
+    if not header or header[0] != "slide" or not candidates or len(set(header)) != len(header) or not all(header):
+        raise LabelsError(f"{path}:1: header is {','.join(header)!r}; expected 'slide' first, then the target "
+                          "column(s) (e.g. 'label'), optionally 'split' and 'patient', each named once")
+    return tuple(candidates)

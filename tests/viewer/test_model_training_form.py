@@ -40,11 +40,11 @@ def test_starting_from_the_loaded_model_takes_its_architecture_and_weights(tmp_p
     loaded = ModelChoice(RecentFiles())
     with pytest.raises(ValueError, match="no model is loaded"):
         form.build_spec("labels.csv", loaded)
-    card = SimpleNamespace(architecture="resnet18", split="stage3", pool="mean", model_kwargs={"width": 8})
+    card = SimpleNamespace(architecture="resnet18", split="stage3", pool="avg", model_kwargs={"width": 8})
     loaded.loaded(str(tmp_path / "model" / "model.json"), card)
     form.advanced = {"model_kwargs": {"width": 4}}
     spec = form.build_spec("labels.csv", loaded)
-    assert (spec.model, spec.split, spec.pool, spec.model_kwargs) == ("resnet18", "stage3", "mean", {"width": 8})
+    assert (spec.model, spec.split, spec.pool, spec.head, spec.model_kwargs) == ("resnet18", "stage3", "avg", "avg", {"width": 8})
     assert spec.pretrained == str(tmp_path / "model" / "model.safetensors")
 
 

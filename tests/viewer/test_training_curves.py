@@ -23,7 +23,7 @@ def test_a_training_step_redraws_the_loss_plot_only(qtbot):
     curves.add_val(0, 4, {"loss": 0.6, "accuracy": 0.5, "auc": 0.7})
     curves.redraw()
     calls: list = []
-    for item in (curves.train_item, curves.accuracy_item, curves.auc_item, curves.val_loss_item):
+    for item in (curves.train_item, curves.accuracy_item, curves.monitor_item, curves.val_loss_item):
         _count_set_data(item, calls)
     curves.add_train(5, 0.4)
     curves.redraw()
@@ -34,9 +34,9 @@ def test_a_training_step_redraws_the_loss_plot_only(qtbot):
     calls.clear()
     curves.add_val(1, 8, {"loss": 0.5, "accuracy": 0.75, "auc": 0.9})
     curves.redraw()
-    assert {id(c) for c in calls} == {id(curves.train_item), id(curves.accuracy_item), id(curves.auc_item),
+    assert {id(c) for c in calls} == {id(curves.train_item), id(curves.accuracy_item), id(curves.monitor_item),
                                      id(curves.val_loss_item)}
-    assert list(curves.auc_item.getData()[1]) == [0.7, 0.9]
+    assert list(curves.monitor_item.getData()[1]) == [0.7, 0.9]
 
 
 def test_status_values_do_not_change_the_panel_width(qtbot):

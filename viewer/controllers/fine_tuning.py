@@ -33,7 +33,7 @@ from viewer.model.training_form import (
 from viewer.model.workspace import SettingsStore
 from viewer.workers.background import BackgroundRunner
 from viewer.workers.training import TrainingJobs, TrainingRun, TrainRunner, engine_train_runner
-from viewer.workers.training_files import list_model_names, plan_run, read_labels_rows, write_labels_csv
+from viewer.workers.training_files import list_model_names, plan_run, read_labels_for_form, write_labels_csv
 
 DEFAULT_RUNS_FOLDER = Path.home() / "StreamSlide" / "runs"
 
@@ -76,6 +76,8 @@ class FineTuning(QObject):
         self.jobs.finished.connect(self._on_finished)
         self.jobs.failed.connect(self._on_failed)
         live.card_loaded.connect(self._on_card_loaded)
+        form.changed.connect(self._recheck)
+        live.card_loaded.connect(lambda _path: self._recheck("base"))
         self.refresh_runs()
 
     @property
@@ -88,13 +90,21 @@ class FineTuning(QObject):
 
     # -- labels ---------------------------------------------------------------------------------
     def import_csv(self, path: str) -> None:
-        self.background.submit(read_labels_rows, path, on_done=self._on_csv_read, on_error=self._on_csv_error)
+        self.background.submit(read_labels_for_form, path, on_done=self._on_csv_read, on_error=self._on_csv_error)
 
-    def _on_csv_read(self, result: tuple[str, dict[str, str], tuple[str, ...]]) -> None:
-        path, rows, classes = result
-        self.table.replace(rows)  # the browser shows the imported labels too
-        self.form.set(csv_path=path, labels_source="csv", labels_summary=labels_summary(Path(path).name, rows, classes))
+    def _on_csv_read(self, result: tuple[str, dict[str, str], tuple[str, ...], tuple[str, ...], str]) -> None:
+        path, rows, classes, columns, note = result
+        if rows:
+            self.table.replace(rows)  # the browser shows the imported labels too
+        summary = labels_summary(Path(path).name, rows, classes) if rows else f"{Path(path).name}: {note}"
+        self.form.set(csv_path=path, labels_source="csv", labels_summary=summary)
+        self.form.set_columns(columns)
         self.labels_imported.emit(path)
+
+    def _recheck(self, name: str) -> None:
+        """Show what stops the form's spec (its SpecError) as soon as a field makes it impossible."""
+        if name not in ("spec_problem", "state", "plan_text", "labels_summary"):
+            self.form.set(spec_problem=self.form.check(self.live.model))
 
     def _on_csv_error(self, message: str) -> None:
         self.form.set(labels_summary=f"Labels not imported: {message}")

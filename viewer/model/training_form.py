@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from engine import api
-from engine.specs import DEVICES, TrainingSpec, parse_bytes
+from engine.errors import SpecError
+from engine.specs import DEVICES, HEADS, TrainingSpec, parse_bytes
 from viewer.model.inference import ModelChoice
 from viewer.model.labels import LabelTable
 from viewer.model.notify import Fields
@@ -29,6 +30,13 @@ RESUMABLE_STATES = ("paused", "cancelled")
 #: Answers to "training is running: close the window?"
 CLOSE_CANCEL, CLOSE_BACKGROUND, CLOSE_STAY = "cancel", "background", "stay"
 NO_LABELS = "No labels yet: right-click slides in the browser, or import a CSV"
+TASKS = TrainingSpec.TASKS
+#: The metric each task's run monitors (picks best/ and is drawn in the curves), as the CLI's
+#: defaults (engine.train.cli.DEFAULT_MONITOR, which the viewer does not import).
+MONITOR_FOR_TASK = {"classification": "auc", "multilabel": "macro_auc", "regression": "spearman"}
+#: How the curves name a monitored metric.
+MONITOR_NAMES = {"auc": "AUC", "macro_auc": "macro AUC", "accuracy": "accuracy", "loss": "loss",
+                 "spearman": "Spearman ρ", "pearson": "Pearson r", "mae": "MAE", "r2": "R²"}
 
 
 def new_run_name() -> str:
@@ -55,7 +63,8 @@ class TrainingForm(Fields):
 
     FIELDS = ("labels_source", "csv_path", "labels_summary", "model", "architectures", "base", "weights",
               "input_by", "input_value", "input_size", "tile_size", "epochs", "lr", "device", "run_dir",
-              "update_saliency", "state", "graph_budget", "plan_text")
+              "update_saliency", "state", "graph_budget", "plan_text",
+              "task", "columns", "targets", "head", "tissue_mask", "freeze_trunk_epochs", "finetune_lr", "spec_problem")
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,6 +78,13 @@ class TrainingForm(Fields):
         self.state = "idle"
         # Graph budget as typed ("" none, "2G", "auto"), and the plan it gives (computed on a worker).
         self.graph_budget, self.plan_text = "", NO_PLAN
+        # The research-loop fields: the task and its target columns (``columns``: the imported
+        # CSV's), the head, the tissue mask, the head-only epochs on a frozen trunk (then the
+        # trunk's learning rate, 0: the same lr); ``spec_problem``: why the form cannot start.
+        self.task, self.columns, self.targets = "classification", (), ()
+        self.head, self.tissue_mask = "max", True
+        self.freeze_trunk_epochs, self.finetune_lr = 0, 0.0
+        self.spec_problem = ""
         self.advanced: dict = {}
 
     @property
@@ -78,6 +94,42 @@ class TrainingForm(Fields):
     @property
     def busy(self) -> bool:
         return self.state in BUSY_STATES
+
+    @property
+    def monitor(self) -> str:
+        return MONITOR_FOR_TASK[self.task]
+
+    def set_columns(self, columns: tuple[str, ...] | list[str]) -> None:
+        """An imported CSV's target columns; the targets default to what the task takes from
+        them (classification: ``label`` or the first column; otherwise every column)."""
+        columns = tuple(columns)
+        kept = tuple(t for t in self.targets if t in columns)
+        self.set(columns=columns, targets=kept or self.default_targets(columns))
+
+    def default_targets(self, columns: tuple[str, ...]) -> tuple[str, ...]:
+        if not columns:
+            return ()
+        if self.task == "classification":
+            return ("label",) if "label" in columns else columns[:1]
+        return columns
+
+    def research_fields(self) -> dict:
+        """The TrainingSpec fields of the task, targets, head, tissue mask and staged training."""
+        return {"task": self.task, "targets": tuple(self.targets) or None, "monitor": self.monitor,
+                "head": self.head, "tissue_mask": "auto" if self.tissue_mask else "none",
+                "freeze_trunk_epochs": int(self.freeze_trunk_epochs),
+                "finetune_lr": float(self.finetune_lr) if self.finetune_lr else None}
+
+    def check(self, loaded: ModelChoice) -> str:
+        """What stops this form from making a spec (the SpecError's text), or "" when nothing does.
+        Labels are not opened here: the spec's own fields and their combinations are checked."""
+        try:
+            self.build_spec("labels.csv", loaded)
+        except SpecError as exc:
+            return str(exc)
+        except ValueError:
+            return ""  # a missing choice (weights, a loaded model) is reported at Start, with what to do
+        return ""
 
     def set_architectures(self, names: list[str]) -> None:
         """The registry's architectures; the chosen one stays when it is listed."""
@@ -107,7 +159,9 @@ class TrainingForm(Fields):
             card = loaded.card
             if card is None or loaded.path is None:
                 raise ValueError("no model is loaded in the Model panel; load one or choose another starting point")
+            head = getattr(card, "head", None) or card.pool
             return {"model": card.architecture, "split": card.split, "pool": card.pool,
+                    "head": head if head in HEADS else None,
                     "model_kwargs": dict(card.model_kwargs or {}), "pretrained": checkpoint_weights(loaded.path)}
         fields = {"model": self.model.strip()}
         if self.base == "imagenet":
@@ -126,7 +180,7 @@ class TrainingForm(Fields):
         fields = {"labels": labels, "out_dir": self.run_dir.strip(), "level": level, "mpp": mpp,
                   "input_size": self.input_size or None, "tile_size": self.tile_size,
                   "epochs": self.epochs, "lr": self.lr, "device": self.device,
-                  "graph_budget": self.graph_budget_value()}
+                  "graph_budget": self.graph_budget_value(), **self.research_fields()}
         fields.update(self.advanced)
         fields.update(self.base_model_fields(loaded))  # the loaded model's architecture wins over advanced kwargs
         return TrainingSpec(**fields)

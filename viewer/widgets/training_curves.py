@@ -9,6 +9,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
+from viewer.model.training_form import MONITOR_NAMES
+
 #: Each redraw repaints the loss plot (10-20 ms); at 100 ms one sometimes met a burst of events in
 #: the same turn of the event loop and stalled it past 50 ms; at 250 ms it did not (measured).
 REDRAW_MS = 250
@@ -16,6 +18,12 @@ TRAIN_PEN = pg.mkPen((120, 120, 120), width=1)
 SMOOTH_PEN = pg.mkPen((31, 119, 180), width=2)
 VAL_PEN = pg.mkPen((214, 39, 40), width=2)
 GRID_PEN = pg.mkPen(0, 0, 0, 50)
+#: The y range of a monitored metric bounded by its definition (others: the values' own range).
+BOUNDED = {"auc": (0.0, 1.02), "macro_auc": (0.0, 1.02), "accuracy": (0.0, 1.02),
+           "spearman": (-1.02, 1.02), "pearson": (-1.02, 1.02)}
+#: Keys a validation row has when its run monitored them, most telling first (a reopened run's
+#: monitor is not in its metrics rows; its rows say which task it was).
+MONITOR_GUESSES = ("spearman", "macro_auc", "auc")
 #: Steps in the running mean drawn over the noisy per-step loss (one slide per step is noisy).
 SMOOTH_STEPS = 10
 
@@ -58,7 +66,8 @@ def add_light_grid(plot: pg.PlotWidget) -> None:
 
 class TrainingCurves(QWidget):
     """Two plots: loss (train per step, its running mean, validation per epoch) against the
-    optimiser step, and validation accuracy and AUC against the epoch."""
+    optimiser step, and validation accuracy and the run's monitored metric (``monitor``: AUC for
+    classification, Spearman for regression, ...) against the epoch, the metric named on the axis."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -89,8 +98,10 @@ class TrainingCurves(QWidget):
         legend.setBrush(pg.mkBrush(255, 255, 255, 200))
         self.accuracy_item = self.metric_plot.plot([], [], pen=pg.mkPen((44, 160, 44), width=2), symbol="s",
                                                    symbolSize=7, symbolBrush=(44, 160, 44), name="accuracy")
-        self.auc_item = self.metric_plot.plot([], [], pen=pg.mkPen((148, 103, 189), width=2), symbol="t",
-                                              symbolSize=8, symbolBrush=(148, 103, 189), name="AUC")
+        self.monitor_item = self.metric_plot.plot([], [], pen=pg.mkPen((148, 103, 189), width=2), symbol="t",
+                                                  symbolSize=8, symbolBrush=(148, 103, 189), name="AUC")
+        self.metric_legend = legend
+        self.monitor = ""
         for plot in (self.loss_plot, self.metric_plot):
             for axis in ("left", "bottom"):
                 plot.getAxis(axis).setTextPen("k")
@@ -104,8 +115,26 @@ class TrainingCurves(QWidget):
         self._val_dirty = False  # validation points change once an epoch: redraw their plot only then
         self._timer = QTimer(self, singleShot=True, interval=REDRAW_MS)
         self._timer.timeout.connect(self.redraw)
+        self.set_monitor("auc")
 
     # -- points ---------------------------------------------------------------------------------
+    def set_monitor(self, key: str) -> None:
+        """Plot validation ``key`` (a ``metrics.jsonl`` value, the run's ``monitor``) named on the axis."""
+        if key == self.monitor:
+            return
+        self.monitor = key
+        name = MONITOR_NAMES.get(key, key)
+        self.metric_legend.removeItem(self.monitor_item)
+        self.metric_legend.addItem(self.monitor_item, name)
+        self.metric_plot.setLabel("left", f"validation {name}", color="k")
+        lo_hi = BOUNDED.get(key)
+        if lo_hi is None:
+            self.metric_plot.enableAutoRange(y=True)
+        else:
+            self.metric_plot.setYRange(*lo_hi, padding=0)
+        self._val_dirty = True
+        self.redraw()
+
     def clear(self) -> None:
         self.train_steps.clear()
         self.train_loss.clear()
@@ -134,6 +163,8 @@ class TrainingCurves(QWidget):
         self.train_steps = [r["step"] for r in train]
         self.train_loss = [r.get("loss", float("nan")) for r in train]
         self.val_rows = list(val)
+        keys = {k for r in self.val_rows for k in r}
+        self.set_monitor(next((k for k in MONITOR_GUESSES if k in keys), self.monitor))
         self._val_dirty = True
         self.redraw()
 
@@ -184,4 +215,4 @@ class TrainingCurves(QWidget):
 
         self.val_loss_item.setData(val_steps, column("loss"), connect="finite")
         self.accuracy_item.setData(epochs, column("accuracy"), connect="finite")
-        self.auc_item.setData(epochs, column("auc"), connect="finite")
+        self.monitor_item.setData(epochs, column(self.monitor), connect="finite")

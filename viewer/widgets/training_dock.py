@@ -71,6 +71,7 @@ class TrainingDock(QSplitter):
         training.curves_reset.connect(self.curves.clear)
         training.curves_read.connect(lambda _path, curves: self.curves.set_curves(curves.train, curves.val))
         training.run_begun.connect(lambda run, text: self.status.begin(text, run.spec.epochs, run.spec.input_size))
+        training.run_begun.connect(lambda run, _text: self.curves.set_monitor(run.spec.monitor))
         training.progress.connect(lambda run, progress: self.status.show_progress(progress, run.spec.accumulate))
         training.metrics.connect(self._on_metrics)
         training.status_text.connect(self.status.state.setText)

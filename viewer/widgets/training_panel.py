@@ -10,8 +10,9 @@ The note under the buttons says so, because a "pause" that frees the device is n
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -20,13 +21,15 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QSpinBox,
     QWidget,
 )
 
-from engine.specs import DEVICES
-from viewer.model.training_form import BASES, INPUT_UNITS, LABEL_SOURCES, RESUMABLE_STATES, TrainingForm
+from engine.specs import DEVICES, HEADS
+from viewer.model.training_form import BASES, INPUT_UNITS, LABEL_SOURCES, RESUMABLE_STATES, TASKS, TrainingForm
 
 #: What the combo boxes show for the form's choices, in the form's order.
 LABEL_SOURCE_TEXTS = ("Slide browser labels", "CSV file")
@@ -68,6 +71,36 @@ class TrainingPanel(QWidget):
         self.save_labels_button.setToolTip("Save the slide browser's labels as slide,label (paths relative to the CSV)")
         self.labels_summary = QLabel()
         self.labels_summary.setWordWrap(True)
+
+        self.task = QComboBox()
+        self.task.addItems(list(TASKS))
+        self.task.setToolTip("classification: one label column of classes; multilabel: several 0/1 columns; "
+                             "regression: numeric columns (monitored by Spearman)")
+        self.targets = QListWidget()
+        self.targets.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.targets.setFlow(QListWidget.Flow.LeftToRight)
+        self.targets.setWrapping(True)
+        self.targets.setMaximumHeight(52)
+        self.targets.setToolTip("The imported CSV's columns to train on (tick them)")
+        self.targets_hint = QLabel("import a CSV to choose its columns")
+        self.targets_hint.setStyleSheet("color: #555")
+        self.head = QComboBox()
+        self.head.addItems(list(HEADS))
+        self.head.setToolTip("How the trunk's map becomes one prediction: max, average, GeM pooling or attention")
+        self.tissue_mask = QCheckBox("Tissue mask")
+        self.tissue_mask.setToolTip("Only tissue cells take part in the pool (blocks without tissue are skipped)")
+        self.freeze_trunk_epochs = QSpinBox()
+        self.freeze_trunk_epochs.setRange(0, 10000)
+        self.freeze_trunk_epochs.setToolTip("Epochs that train the head on the frozen trunk first")
+        self.finetune_lr = QDoubleSpinBox()
+        self.finetune_lr.setDecimals(6)
+        self.finetune_lr.setRange(0.0, 1.0)
+        self.finetune_lr.setSingleStep(1e-5)
+        self.finetune_lr.setSpecialValueText("same as lr")
+        self.finetune_lr.setToolTip("Learning rate once the trunk is unfrozen")
+        self.spec_problem = QLabel()
+        self.spec_problem.setWordWrap(True)
+        self.spec_problem.setStyleSheet("color: #b00020")
 
         self.model = ModelCombo()
         self.model.setEditable(True)
@@ -134,37 +167,54 @@ class TrainingPanel(QWidget):
         grid.addWidget(self.import_button, 0, 4)
         grid.addWidget(self.save_labels_button, 0, 5)
         grid.addWidget(self.labels_summary, 1, 1, 1, 5)
-        grid.addWidget(QLabel("Model"), 2, 0)
-        grid.addWidget(self.model, 2, 1, 1, 2)
-        grid.addWidget(self.base, 2, 3, 1, 3)
-        grid.addWidget(QLabel("Weights"), 3, 0)
-        grid.addWidget(self.weights, 3, 1, 1, 4)
-        grid.addWidget(self.weights_button, 3, 5)
-        grid.addWidget(QLabel("Input"), 4, 0)
+        grid.addWidget(QLabel("Task"), 2, 0)
+        grid.addWidget(self.task, 2, 1, 1, 2)
+        grid.addWidget(self.targets_hint, 2, 3, 1, 3)
+        grid.addWidget(QLabel("Targets"), 3, 0)
+        grid.addWidget(self.targets, 3, 1, 1, 5)
+        grid.addWidget(QLabel("Model"), 4, 0)
+        grid.addWidget(self.model, 4, 1, 1, 2)
+        grid.addWidget(self.base, 4, 3, 1, 3)
+        grid.addWidget(QLabel("Weights"), 5, 0)
+        grid.addWidget(self.weights, 5, 1, 1, 4)
+        grid.addWidget(self.weights_button, 5, 5)
+        grid.addWidget(QLabel("Head"), 6, 0)
+        head_row = QHBoxLayout()
+        head_row.addWidget(self.head, 1)
+        head_row.addWidget(self.tissue_mask)
+        grid.addLayout(head_row, 6, 1, 1, 5)
+        grid.addWidget(QLabel("Input"), 7, 0)
         input_row = QHBoxLayout()
         for w in (self.input_value, self.input_by, QLabel("size"), self.input_size, QLabel("tile"), self.tile_size):
             input_row.addWidget(w)
-        grid.addLayout(input_row, 4, 1, 1, 5)
-        grid.addWidget(QLabel("Train"), 5, 0)
+        grid.addLayout(input_row, 7, 1, 1, 5)
+        grid.addWidget(QLabel("Train"), 8, 0)
         train_row = QHBoxLayout()
         for w in (QLabel("epochs"), self.epochs, QLabel("lr"), self.lr, QLabel("device"), self.device):
             train_row.addWidget(w)
-        grid.addLayout(train_row, 5, 1, 1, 5)
-        grid.addWidget(QLabel("Graph budget"), 11, 0)
-        grid.addWidget(self.graph_budget, 11, 1, 1, 3)
-        grid.addWidget(self.plan_button, 11, 4, 1, 2)
-        grid.addWidget(self.plan_label, 12, 1, 1, 5)
-        grid.addWidget(QLabel("Run folder"), 6, 0)
-        grid.addWidget(self.run_dir, 6, 1, 1, 4)
-        grid.addWidget(self.run_dir_button, 6, 5)
-        grid.addWidget(self.update_saliency, 7, 1, 1, 3)
-        grid.addWidget(self.saliency_now, 7, 4, 1, 2)
+        grid.addLayout(train_row, 8, 1, 1, 5)
+        grid.addWidget(QLabel("Frozen trunk"), 9, 0)
+        staged_row = QHBoxLayout()
+        for w in (self.freeze_trunk_epochs, QLabel("epochs, then trunk lr"), self.finetune_lr):
+            staged_row.addWidget(w)
+        staged_row.addStretch(1)
+        grid.addLayout(staged_row, 9, 1, 1, 5)
+        grid.addWidget(QLabel("Graph budget"), 10, 0)
+        grid.addWidget(self.graph_budget, 10, 1, 1, 3)
+        grid.addWidget(self.plan_button, 10, 4, 1, 2)
+        grid.addWidget(self.plan_label, 11, 1, 1, 5)
+        grid.addWidget(QLabel("Run folder"), 12, 0)
+        grid.addWidget(self.run_dir, 12, 1, 1, 4)
+        grid.addWidget(self.run_dir_button, 12, 5)
+        grid.addWidget(self.update_saliency, 13, 1, 1, 3)
+        grid.addWidget(self.saliency_now, 13, 4, 1, 2)
+        grid.addWidget(self.spec_problem, 14, 0, 1, 6)
         buttons = QHBoxLayout()
         for b in (self.start_button, self.pause_button, self.resume_button, self.cancel_button):
             buttons.addWidget(b)
-        grid.addLayout(buttons, 8, 0, 1, 6)
-        grid.addWidget(note, 9, 0, 1, 6)
-        grid.setRowStretch(13, 1)
+        grid.addLayout(buttons, 15, 0, 1, 6)
+        grid.addWidget(note, 16, 0, 1, 6)
+        grid.setRowStretch(17, 1)
         grid.setColumnStretch(2, 1)
 
         self.import_button.clicked.connect(self._choose_csv)
@@ -185,9 +235,15 @@ class TrainingPanel(QWidget):
                  (self.device.currentTextChanged, lambda text: {"device": text}),
                  (self.run_dir.textChanged, lambda text: {"run_dir": text}),
                  (self.update_saliency.toggled, lambda on: {"update_saliency": on}),
-                 (self.graph_budget.textChanged, lambda text: {"graph_budget": text})]
+                 (self.graph_budget.textChanged, lambda text: {"graph_budget": text}),
+                 (self.task.currentTextChanged, lambda text: {"task": text}),
+                 (self.head.currentTextChanged, lambda text: {"head": text}),
+                 (self.tissue_mask.toggled, lambda on: {"tissue_mask": on}),
+                 (self.freeze_trunk_epochs.valueChanged, lambda v: {"freeze_trunk_epochs": v}),
+                 (self.finetune_lr.valueChanged, lambda v: {"finetune_lr": v})]
         for signal, fields in edits:
             signal.connect(lambda value, fields=fields: self._edit(fields(value)))
+        self.targets.itemChanged.connect(self._on_target_ticked)
         form.changed.connect(self._show)
         for name in ("architectures", *TrainingForm.FIELDS):  # the list first, then the choice in it
             self._show(name)
@@ -215,7 +271,15 @@ class TrainingPanel(QWidget):
                 self.base.setCurrentIndex(BASES.index(value))
             elif name == "state":
                 self._show_state(value)
-            elif name in ("model", "input_by", "device"):
+            elif name in ("columns", "targets"):
+                self._show_targets()
+            elif name == "spec_problem":
+                self.spec_problem.setText(value)
+                self.spec_problem.setVisible(bool(value))
+                self.start_button.setEnabled(not form.busy and not value)
+            elif name == "tissue_mask":
+                self.tissue_mask.setChecked(value)
+            elif name in ("model", "input_by", "device", "task", "head"):
                 getattr(self, name).setCurrentText(value)
             elif name == "plan_text":
                 self.plan_label.setText(value)
@@ -224,12 +288,32 @@ class TrainingPanel(QWidget):
                     getattr(self, name).setText(value)
             elif name == "update_saliency":
                 self.update_saliency.setChecked(value)
-            elif name in ("input_value", "input_size", "tile_size", "epochs", "lr"):
+            elif name in ("input_value", "input_size", "tile_size", "epochs", "lr", "freeze_trunk_epochs", "finetune_lr"):
                 getattr(self, name).setValue(value)
             if name in ("base", "state"):
                 self._update_weights_row()
         finally:
             self._filling = filling
+
+    def _show_targets(self) -> None:
+        """One tick box per imported column, ticked when it is a target."""
+        form = self.form
+        self.targets.blockSignals(True)
+        try:
+            self.targets.clear()
+            for column in form.columns:
+                item = QListWidgetItem(column)
+                item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Checked if column in form.targets else Qt.CheckState.Unchecked)
+                self.targets.addItem(item)
+        finally:
+            self.targets.blockSignals(False)
+        self.targets_hint.setVisible(not form.columns)
+
+    def _on_target_ticked(self, _item: QListWidgetItem) -> None:
+        ticked = tuple(self.targets.item(i).text() for i in range(self.targets.count())
+                       if self.targets.item(i).checkState() == Qt.CheckState.Checked)
+        self._edit({"targets": ticked})
 
     def _update_weights_row(self) -> None:
         wants_file = self.form.base == "imagenet" and not self.form.busy
@@ -261,11 +345,12 @@ class TrainingPanel(QWidget):
     def _show_state(self, state: str) -> None:
         busy = self.form.busy
         resumable = state in RESUMABLE_STATES
-        self.start_button.setEnabled(not busy)
+        self.start_button.setEnabled(not busy and not self.form.spec_problem)
         self.pause_button.setEnabled(state == "running")
         self.cancel_button.setEnabled(state == "running")
         self.resume_button.setEnabled(resumable)
         for w in (self.labels_source, self.import_button, self.model, self.base, self.input_by, self.input_value,
                   self.input_size, self.tile_size, self.epochs, self.lr, self.device, self.run_dir,
-                  self.graph_budget, self.plan_button):
+                  self.graph_budget, self.plan_button, self.task, self.targets, self.head, self.tissue_mask,
+                  self.freeze_trunk_epochs, self.finetune_lr):
             w.setEnabled(not busy)

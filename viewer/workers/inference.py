@@ -93,6 +93,11 @@ class InferenceJobs(QObject):
         self.jobs: dict[int, Job] = {}  # queued and running, in submission order
 
     # -- UI thread API ---------------------------------------------------------------------
+    @property
+    def worker(self) -> EngineWorker:
+        """The one worker of the viewer's model jobs (a cohort evaluation queues on it too)."""
+        return self._worker
+
     def warm_up(self) -> None:
         """Import the engine on the worker now, ahead of the first job."""
         self._worker.warm_up()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.api import list_models, plan_training, read_labels
+from engine.api import label_columns, list_models, plan_training, read_labels
 from engine.api import write_labels_csv as write_labels_csv_file
 
 
@@ -24,6 +24,20 @@ def read_labels_rows(path: str) -> tuple[str, dict[str, str], tuple[str, ...]]:
     Returns (path, absolute slide path -> label, classes); a bad file raises ``LabelsError``."""
     labels = read_labels(path)
     return path, {str(r.path): labels.classes[r.label] for r in labels.records}, labels.classes
+
+
+def read_labels_for_form(path: str) -> tuple[str, dict[str, str], tuple[str, ...], tuple[str, ...], str]:
+    """Worker job: a CSV's target columns (the form's choice of targets) and, when it holds
+    class labels, its rows as :func:`read_labels_rows` gives them. A CSV of numbers (regression,
+    multi-label) has no class rows: ``rows`` is empty and ``note`` says what it holds. A header
+    the engine refuses raises ``LabelsError``."""
+    columns = label_columns(path) if not Path(path).is_dir() else ("label",)
+    try:
+        _, rows, classes = read_labels_rows(path)
+        return path, rows, classes, columns, ""
+    except ValueError:  # numeric targets: not class labels, but still a labels file to train on
+        labels = read_labels(path, task="regression", targets=columns)
+        return path, {}, (), columns, f"{len(labels.records)} slides · numeric targets {', '.join(columns)}"
 
 
 def list_model_names() -> list[str]:
