@@ -31,14 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.head_arguments import HEAD_ARGUMENTS, head_arguments
 from engine.specs import HEADS
 
-#: Keyword arguments each head takes (a model card's ``head_kwargs``), with their type and default.
-HEAD_ARGUMENTS: dict[str, dict[str, tuple[type, object]]] = {
-    "max": {}, "avg": {},
-    "gem": {"p": (float, 3.0), "eps": (float, 1e-6)},
-    "attention": {"hidden": (int, 128)},
-}
 #: GeM's exponent is clamped to at least this (a generalised mean needs p > 0).
 GEM_P_MIN = 0.1
 
@@ -247,26 +242,6 @@ def build_head(name: str, stages: nn.Sequential, fc: nn.Linear, pooling: nn.Modu
     if name == "attention":
         return AttentionHead(stages, fc, pooling)
     raise ValueError(f"head must be one of {', '.join(HEADS)}, got '{name}'")
-
-
-def head_arguments(name: str, kwargs: dict) -> dict:
-    """``kwargs`` checked against the head's arguments (types, ranges) with defaults filled in."""
-    if name not in HEAD_ARGUMENTS:
-        raise ValueError(f"head must be one of {', '.join(HEADS)}, got '{name}'")
-    allowed = HEAD_ARGUMENTS[name]
-    if unknown := sorted(set(kwargs) - set(allowed)):
-        takes = ", ".join(allowed) if allowed else "none"
-        raise ValueError(f"head '{name}' takes no argument {', '.join(unknown)}; it takes {takes}")
-    out = {}
-    for key, (kind, default) in allowed.items():
-        value = kwargs.get(key, default)
-        if kind is int:
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4096:
-                raise ValueError(f"head '{name}' argument {key}={value!r} must be an integer from 1 to 4096")
-        elif not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"head '{name}' argument {key}={value!r} must be a positive number")
-        out[key] = kind(value)
-    return out
 
 
 def pooling_module(name: str, features: int, kwargs: dict) -> nn.Module | None:
