@@ -33,9 +33,11 @@ from engine.io.checkpoints import load_checkpoint
 from engine.io.labels import read_labels
 from engine.metrics import predicted_classes
 from engine.specs import EvaluationSpec
+from engine.streaming.pooled import mask_skip
 from engine.train import distributed
 from engine.train.classifier import Classifier
-from engine.train.data import Augmentation, InputSpec, Prefetcher, input_source, read_slide_input
+from engine.train.data import Augmentation, InputSpec, Prefetcher, input_source, read_slide_placed
+from engine.train.masks import SlideMasks
 from engine.train.tasks import task_from_card
 
 
@@ -86,27 +88,33 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
     records = list(labels.records)
     mine = list(range(len(records)))[ctx.rank::ctx.world_size]
     folders = maps_folders(spec.out_dir, [str(r.path) for r in records]) if spec.keep_maps else {}
+    # The masks the model was trained with (the spec may override the tissue detection).
+    masks = SlideMasks(spec.tissue_mask or card.tissue_mask or "none", card.tissue_params, net.trunk_grid,
+                       include=card.provenance.get("include_classes", ()),
+                       exclude=card.provenance.get("exclude_classes", ()), emit=emit)
 
     def job(i: int):
         try:
             region = input_region(records[i].path, inputs) if spec.keep_maps else None
-            return i, (read_slide_input(records[i].path, inputs), region), None
+            rgb, placement = read_slide_placed(records[i].path, inputs)
+            return i, (rgb, masks(records[i], rgb, placement, Augmentation()), region), None
         except Exception as exc:  # reported and skipped: one bad slide must not stop a cohort  # noqa: BLE001
             return i, None, exc
 
-    def forward(src) -> tuple[torch.Tensor, CellMap | None]:
+    def forward(src, mask) -> tuple[torch.Tensor, CellMap | None]:
         if not spec.keep_maps:
-            return net(src), None
+            return net(src, mask), None
         cells = CellMap(task, net.head)
         if net.pooled_head:  # the cells come block by block, from the pass that pools them
             hooks, net.hooks = net.hooks, dataclasses.replace(net.hooks, on_block=cells.on_block)
             try:
-                return net(src), cells
+                return net(src, mask), cells
             finally:
                 net.hooks = hooks
-        fmap = net.runner(src, hooks=net.hooks)
+        hooks = net.hooks if mask is None else dataclasses.replace(net.hooks, skip_block=mask_skip(mask))
+        fmap = net.runner(src, hooks=hooks)  # blocks without tissue stay NaN in the kept map
         cells.put_all(fmap)
-        return net.head(fmap), cells
+        return net.head(fmap, mask), cells
 
     rows, failed, cancelled, kept = [], [], False, []
     t0 = time.perf_counter()
@@ -119,9 +127,9 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
             try:
                 if error is not None:
                     raise error
-                rgb, region = read
+                rgb, mask, region = read
                 src = input_source(rgb, Augmentation(), card.normalization_mean, card.normalization_std, dtype=dtype)
-                logits, cells = forward(src)
+                logits, cells = forward(src, mask)
                 outputs = task.outputs(logits.to(torch.float64))
                 if cells is not None and (values := cells.values()) is not None:
                     npz = write_slide_maps(folders[str(record.path)], str(record.path), region, values,
