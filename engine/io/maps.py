@@ -1,5 +1,7 @@
 """Write and read a job's maps: ``maps.npz`` (float arrays with level-0 geometry), one tiled
 TIFF image per layer (colour-mapped, openable by this viewer and other tools), ``prediction.json``.
+Layers: "prediction" (classes, h, w), and (h, w) maps such as "saliency", "tissue" (the tissue
+mask a masked run used, 1 on tissue) and "attention" (an attention head's weights).
 
 Every file is written through :mod:`engine.io.atomic`, so a crash or a full disk never leaves
 a half-written result under the final name; a failed write is a
@@ -32,6 +34,10 @@ class MapLayer:
     l0_box: L0Box
 
 
+#: Layers whose values are shares in [0, 1] (class probabilities, the tissue mask): their TIFFs
+#: span 0..1. Every other layer's (saliency, attention) spans 0 to its maximum.
+UNIT_RANGE_LAYERS = ("prediction", "tissue")
+
 MAPS_NPZ = "maps.npz"
 PREDICTION_JSON = "prediction.json"
 
@@ -59,7 +65,7 @@ def write_maps(out_dir: str | os.PathLike, layers: dict[str, MapLayer], *, slide
             raise ResultsError(f"refused to write a map layer named {name!r}: layer names must be plain names")
         l0_box = Box.of(layer.l0_box)  # a Box or an (x0, y0, x1, y1) tuple
         for file_name, cls, plane in _planes(name, np.asarray(layer.values), classes):
-            hi = 1.0 if name == "prediction" else float(np.nanmax(plane)) if np.isfinite(plane).any() else 1.0
+            hi = 1.0 if name in UNIT_RANGE_LAYERS else float(np.nanmax(plane)) if np.isfinite(plane).any() else 1.0
             tiffs.append((file_name, name, cls, plane, hi, l0_box.width / plane.shape[1]))
     files = {f: {"layer": layer, "class": cls} for f, layer, cls, *_ in tiffs}
     record = {"slide": str(slide_path), "classes": list(classes), "run_id": run_id, "files": files, **(extra or {})}
