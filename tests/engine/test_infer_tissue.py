@@ -8,37 +8,19 @@ import numpy as np
 import pytest
 import shapely
 import torch
-from model_fixtures import CLASSES, GREEN, GREY, green_detector
+from model_fixtures import CLASSES, green_detector
+from tissue_fixtures import SIZE, STRIDE, TISSUE_X1, WHOLE, region_input, tissue_keep, write_half_tissue_slide
 
 from engine.annotations import Annotation, AnnotationSet
 from engine.api import run_inference
 from engine.errors import SpecError
 from engine.events import MapPatch, Progress
-from engine.geometry import Box, MapGeometry
+from engine.geometry import Box
 from engine.infer_masks import tissue_mask_setting
 from engine.io.checkpoints import ModelCard, save_checkpoint
 from engine.io.maps import read_maps
-from engine.slides import open_slide
-from engine.slides.tissue import detect_tissue
 from engine.specs import InferenceSpec
 from engine.streaming import StreamingModule
-
-SIZE = (1024, 512)  # level-0 (width, height)
-TISSUE_X1 = 512  # tissue left of this, glass right of it
-GREEN_BOX = (128, 128, 256, 256)  # on the tissue
-WHOLE = (0, 0, *SIZE)
-STRIDE = 16  # SmallNet's total stride at stage4
-
-
-def write_half_tissue_slide(path):
-    from engine.io.svs import write_svs_array
-
-    rgb = np.empty((SIZE[1], SIZE[0], 3), np.uint8)
-    rgb[:] = GREY
-    rgb[:, :TISSUE_X1] = (150, 90, 170)  # purple "tissue"
-    x0, y0, x1, y1 = GREEN_BOX
-    rgb[y0:y1, x0:x1] = GREEN
-    return write_svs_array(path, rgb, mpp=0.5, app_mag=20, tile=256, downsamples=(1, 2))
 
 
 def save_detector(directory, pool: str):
@@ -106,26 +88,15 @@ def test_the_prediction_pools_the_tissue_cells_only(workdir):
     plain, _ = _run(workdir, tissue_mask="none", saliency=False)
     # Computed by hand: the conventional trunk in float64 on the region, its mean over tissue cells.
     net = green_detector().double()
-    with open_slide(str(workdir / "half.svs")) as slide:
-        rgb = slide.read_region(0, 0, 0, *SIZE)[..., :3]
-        tissue = detect_tissue(slide)
-    x = torch.from_numpy(rgb.astype(np.float64) / 255.0).permute(2, 0, 1)[None]
-    x = (x - 0.5) / 0.5  # the card's normalisation
     with torch.no_grad():
-        fmap = net.trunk()(x)
-        logits = net.fc(fmap[0][:, torch.from_numpy(_tissue_keep(tissue, fmap))].mean(dim=1)[None])
-    out_h, out_w = fmap.shape[2:]
-    keep = _tissue_keep(tissue, fmap)
+        fmap = net.trunk()(region_input(workdir / "half.svs"))
+        keep = tissue_keep(workdir / "half.svs", fmap)
+        logits = net.fc(fmap[0][:, torch.from_numpy(keep)].mean(dim=1)[None])
     assert keep[:, :TISSUE_X1 // STRIDE].all() and not keep[:, TISSUE_X1 // STRIDE:].any()
     expected = torch.softmax(logits, dim=1)[0].numpy()
     np.testing.assert_allclose(masked.prediction.probabilities, expected, rtol=0, atol=1e-5)
     # The unmasked mean is diluted by the glass half: a different answer.
     assert abs(plain.prediction.probabilities[1] - masked.prediction.probabilities[1]) > 0.05
-
-
-def _tissue_keep(tissue, fmap) -> np.ndarray:
-    out_h, out_w = fmap.shape[2:]
-    return tissue.on_grid(MapGeometry(Box(0, 0, out_w * STRIDE, out_h * STRIDE), (out_h, out_w)))
 
 
 def test_the_tissue_layer_comes_first_and_is_written_with_the_maps(workdir, tmp_path):
