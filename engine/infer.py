@@ -52,7 +52,7 @@ from engine.slides.region import (
 from engine.slides.tissue import TissueMask, coverage_on_grid, detect_tissue
 from engine.specs import InferenceSpec
 from engine.streaming import StreamHooks, StreamingModule
-from engine.streaming.pooled import GlobalPoolReducer
+from engine.streaming.pooled import GlobalPoolReducer, mask_skip
 
 #: The layer the tissue mask is emitted and written as.
 TISSUE = "tissue"
@@ -168,7 +168,9 @@ class InferenceRun:
         self.keep: np.ndarray | None = mask.cells(self.grid)  # the trunk's output cells computed; None: all
         if self.keep is not None and not self.keep.any():
             raise SpecError(mask.nothing_kept_message((self.cell[0] * region.downsample, self.cell[1] * region.downsample)))
-        self.reducer = GlobalPoolReducer(head.head.pool) if head.pool_live else None
+        # Kept cells alone reach the pool (the reducer's mask: outside cells are neither a maximum
+        # nor summed nor counted, and get no gradient).
+        self.reducer = GlobalPoolReducer(head.head.pool, mask=self.keep) if head.pool_live else None
         self.prediction: Prediction | None = None
         self.prediction_map: MapAccumulator | None = None  # made by the first prediction patch
         self.tissue_map: MapAccumulator | None = None
@@ -180,7 +182,7 @@ class InferenceRun:
         self.hooks = StreamHooks(progress=ProgressClock(emit), should_stop=lambda: cancel.cancelled,
                                  on_block=self._on_block if head.cells_live else None, priority=priority,
                                  release_every=1 if spec.low_memory else 0,
-                                 skip_block=self._outside if self.keep is not None else None)
+                                 skip_block=mask_skip(self.keep) if self.keep is not None else None)
 
     def layers(self) -> dict[str, MapLayer]:
         maps = [self.saliency.map] if self.saliency is not None else []
@@ -238,9 +240,7 @@ class InferenceRun:
     def _saliency_backward(self, source, logits: torch.Tensor, target: int) -> None:
         if self.head.pool_live:
             grad_pooled = self.head.pooled_logit_grad(target)
-            grad_for_block = self.reducer.grad_for_block(grad_pooled)
-            if self.keep is not None:
-                grad_for_block = _kept_only(grad_for_block, self.keep)
+            grad_for_block = self.reducer.grad_for_block(grad_pooled)  # 0 outside the mask
             with _autocast(self.device):
                 # The reducer turns the pooled features' gradient into the map's, block by block.
                 self.stream.backward_from(source, grad_for_block, input_grad_sink=self.saliency.sink, hooks=self.hooks)
@@ -252,25 +252,11 @@ class InferenceRun:
     def _on_block(self, rows: tuple[int, int], cols: tuple[int, int], fmap_block: torch.Tensor) -> None:
         keep = None if self.keep is None else self.keep[rows[0]:rows[1], cols[0]:cols[1]]
         if self.reducer is not None:
-            self._reduce(rows, cols, fmap_block, keep)
+            self.reducer.add(rows, cols, fmap_block)  # the reducer leaves out the cells outside the mask
         probs = nan_outside(self.head.cell_probabilities(fmap_block), keep)
         self._prediction_patch(probs, rows, cols, self.out_hw, self.cell)
         if self.attention is not None:
             self.attention.add_block(rows, cols, fmap_block, keep)
-
-    def _reduce(self, rows, cols, fmap_block: torch.Tensor, keep: np.ndarray | None) -> None:
-        if keep is None:
-            self.reducer.add(rows, cols, fmap_block)
-            return
-        kept = torch.from_numpy(keep).to(fmap_block.device)
-        # Cells outside the mask must not reach the pool: below any maximum, or 0 and uncounted in a mean.
-        fill = -math.inf if self.reducer.pool == "max" else 0.0
-        self.reducer.add(rows, cols, torch.where(kept, fmap_block, torch.full_like(fmap_block, fill)))
-        if self.reducer.pool == "avg":
-            self.reducer.cells -= int(keep.size - keep.sum())
-
-    def _outside(self, rows: tuple[int, int], cols: tuple[int, int]) -> bool:
-        return not self.keep[rows[0]:rows[1], cols[0]:cols[1]].any()
 
     def _cells_prediction(self, fmap: torch.Tensor) -> None:
         """The prediction map of a head with spatial stages: one patch, at the head's cells, each a
@@ -290,22 +276,6 @@ class InferenceRun:
             self.prediction_map = MapAccumulator("prediction", self.region, cell_hw, map_hw, channels=(len(self.classes),),
                                                  fill=math.nan, clip=True, classes=self.classes, emit=self.emit)
         self.prediction_map.put(values, rows, cols)
-
-
-def _kept_only(grad_for_block, keep: np.ndarray):
-    """A block-gradient callable zero on the output cells outside ``keep`` (which the pool left
-    out): a block with no kept cell then gets None, so the backward pass skips it."""
-    kept = torch.from_numpy(keep)
-
-    def grad(rows, cols, values=None):
-        g = grad_for_block(rows, cols) if values is None else grad_for_block(rows, cols, values=values)
-        if g is None:
-            return None
-        mask = kept[rows[0]:rows[1], cols[0]:cols[1]].to(g.device)
-        return torch.where(mask, g, torch.zeros((), dtype=g.dtype, device=g.device))
-
-    grad.needs_values = getattr(grad_for_block, "needs_values", False)
-    return grad
 
 
 def _autocast(device: torch.device):

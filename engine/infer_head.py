@@ -47,8 +47,9 @@ class HeadEvaluator:
         # emitted per block, which is never wrong.
         self.cells_live = stages is not None and len(list(stages.children())) == 0
         self.is_attention = callable(getattr(head, "attention", None))
-        self.pool_live = (self.cells_live and not self.is_attention and getattr(head, "pool", None) in BLOCK_POOLS
-                          and hasattr(head, "fc") and callable(getattr(head, "classify", None)))
+        reducible = getattr(head, "reducible", getattr(head, "pool", None) in BLOCK_POOLS)
+        self.pool_live = (self.cells_live and reducible and not self.is_attention and getattr(head, "pool", None)
+                          in BLOCK_POOLS and hasattr(head, "fc") and callable(getattr(head, "classify", None)))
         self.takes_mask = _accepts(head.forward, "mask")
 
     def check_mask(self) -> None:
