@@ -2,24 +2,28 @@
 
 The model's trunk is streamed over the region (its frozen BatchNorms folded into the
 convolutions) and its head runs conventionally. The prediction map is emitted patch by patch
-as blocks finish when the head has no spatial stages left (it is then pool + linear, and the
-trunk's map is pooled block by block instead of being held, so memory stays flat with the
-slide's size); otherwise it comes from the head's cells once the whole map is known. The
-saliency map is the streamed input gradient of one class logit, emitted region by region.
+as blocks finish when the head has no spatial stages left; when it is besides a global pool +
+linear layer, the trunk's map is pooled block by block instead of being held, so memory stays
+flat with the slide's size. Otherwise the map is stitched and the prediction map comes from the
+head's cells once it is whole. The saliency map is the streamed input gradient of one class
+logit, emitted region by region. An attention head's weights are a map too ("attention", see
+:mod:`engine.infer_attention`).
 
-Inside annotated regions (``spec.regions``) the job reads the regions' bounding box and keeps
-the trunk's output cells whose centre lies inside the regions' area: blocks without a kept cell
-are skipped (never read or run), the slide-level pool takes the kept cells only (cells of a
-partly-inside block that lie outside are masked out of it, and NaN in the prediction map), and the
-saliency is the input gradient of that pool, NaN on saliency cells outside the area. Cells near the
-bounding box's edge see the streaming's zero padding as in any region run. Regions need a head
-that is pool + linear (the pool is taken block by block).
+Runs can be restricted to annotated regions (``spec.regions``: the job reads the regions'
+bounding box) and to the slide's tissue (``spec.tissue_mask``, else the model card's; the
+tissue is found on the slide's thumbnail, :func:`engine.slides.tissue.detect_tissue`). Both
+masks live on the trunk's output cells and combine by intersection (:mod:`engine.infer_masks`):
+blocks without a kept cell are skipped (never read or run), the slide-level pool takes the kept
+cells only (cells of a partly-kept block that are left out are masked out of it, and NaN in the
+prediction map), and the saliency is the input gradient of that pool, NaN on saliency cells
+outside the mask. The tissue mask itself is emitted once, first, as the layer "tissue" (1 on
+tissue cells, 0 elsewhere, on the prediction map's grid) and written with the other maps.
+Cells near the read box's edge see the streaming's zero padding as in any region run.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -29,15 +33,12 @@ import torch
 from engine.annotations.regions import RunArea
 from engine.devices import local_rank, resolve_device
 from engine.errors import Cancelled, CheckpointError, SpecError, TileSizeError
-from engine.events import (
-    CancelToken,
-    EventCallback,
-    Finished,
-    MapPatch,
-    Prediction,
-    Progress,
-)
+from engine.events import CancelToken, EventCallback, Finished, Prediction
 from engine.geometry import LevelRegion, MapGeometry
+from engine.infer_attention import AttentionMap
+from engine.infer_head import HeadEvaluator, head_grid_cells, masked, nan_outside
+from engine.infer_maps import MapAccumulator, ProgressClock, SaliencyMap
+from engine.infer_masks import RunMask, find_tissue
 from engine.io.checkpoints import card_path, load_checkpoint
 from engine.io.maps import MapLayer, write_maps
 from engine.models.fold import fold_batchnorm
@@ -48,10 +49,13 @@ from engine.slides.region import (
     level_region,
     tissue_box,
 )
-from engine.slides.tissue import coverage_on_grid, detect_tissue
+from engine.slides.tissue import TissueMask, coverage_on_grid, detect_tissue
 from engine.specs import InferenceSpec
-from engine.streaming import InputGradientSink, StreamHooks, StreamingModule
-from engine.streaming.pooled import GlobalPoolReducer
+from engine.streaming import StreamHooks, StreamingModule
+from engine.streaming.pooled import GlobalPoolReducer, mask_skip
+
+#: The layer the tissue mask is emitted and written as.
+TISSUE = "tissue"
 
 
 def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelToken | None = None) -> Finished:
@@ -77,10 +81,13 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
     head = HeadEvaluator(model.head())
     area = None
     if spec.regions is not None:
-        if not head.live_cells:
+        if not head.pool_live:
             raise SpecError("runs inside regions need a model whose head is a global pool and a linear layer")
         area = RunArea.of(spec.regions, spec.include_classes, spec.exclude_classes)
     with open_slide(spec.slide_path) as slide:
+        mask = RunMask(area, find_tissue(slide, spec, card))
+        if mask.active:
+            head.check_mask()
         level = choose_level(slide, level=spec.level, mpp=spec.mpp or card.input_mpp, fallback_level=card.input_level)
         l0_box = spec.l0_region or tissue_box(slide)
         if area is not None:
@@ -88,8 +95,9 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
         region = level_region(slide, level, l0_box)
         source = SlideRegionSource(slide, region, card.normalization_mean, card.normalization_std)
         stream = _stream(trunk, spec, card)
-        warnings = input_warnings(slide, region, stream.geometry[0].receptive_field, stream.geometry[1].receptive_field)
-        job = InferenceRun(spec, stream, head, region, classes, on_event, cancel, device, area=area)
+        warnings = input_warnings(slide, region, stream.geometry[0].receptive_field, stream.geometry[1].receptive_field,
+                                  tissue=mask.tissue)
+        job = InferenceRun(spec, stream, head, region, classes, on_event, cancel, device, mask=mask)
         cancelled = job.run(source)
         outputs = {}
         if spec.out_dir:
@@ -99,6 +107,8 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
             if area is not None:
                 extra["regions"] = {"source": spec.regions if isinstance(spec.regions, str) else "annotations given",
                                     "include": list(spec.include_classes), "exclude": list(spec.exclude_classes)}
+            if mask.tissue is not None:
+                extra["tissue_mask"] = "auto"  # runs without it record nothing: their files are as they were
             outputs = write_maps(spec.out_dir, job.layers(), slide_path=spec.slide_path, classes=classes,
                                  prediction=job.prediction, slide_mpp=slide.mpp[0] if slide.mpp else None, extra=extra)
     done = Finished(cancelled, outputs, job.prediction, warnings)
@@ -122,122 +132,22 @@ def _stream(trunk, spec: InferenceSpec, card) -> StreamingModule:
                               f"model: {exc} Give a tile with --tile (tile_size), or fix the card.") from None
 
 
-def input_warnings(slide, region: LevelRegion, rf_rows: int, rf_cols: int) -> tuple[str, ...]:
+def input_warnings(slide, region: LevelRegion, rf_rows: int, rf_cols: int, *,
+                   tissue: TissueMask | None = None) -> tuple[str, ...]:
     """What makes a prediction on ``region`` doubtful although it runs: no tissue in it (an
     empty or all-white slide), or a region smaller than the trunk's receptive field (the
-    prediction then rests mostly on padding)."""
+    prediction then rests mostly on padding). ``tissue``: the slide's tissue when the run
+    already found it (else it is found here, with the default parameters)."""
     warnings = []
     if region.lv_h < rf_rows or region.lv_w < rf_cols:
         warnings.append(f"the region read is only {region.lv_w}x{region.lv_h} pixels, smaller than the model's "
                         f"receptive field ({rf_cols}x{rf_rows} px): the prediction rests mostly on padding")
-    mask = detect_tissue(slide)
+    mask = tissue if tissue is not None else detect_tissue(slide)
     tissue = float(coverage_on_grid(mask.th_mask, mask.l0_box, MapGeometry(region.l0_box, (1, 1)))[0, 0])
     if tissue < MIN_TISSUE_FRACTION:
         warnings.append(f"no tissue found in the region read ({100 * tissue:.1f}% of it looks like tissue): "
                         "the prediction may mean nothing")
     return tuple(warnings)
-
-
-class ProgressClock:
-    """Turns the streaming module's per-block callbacks into Progress events with an ETA.
-
-    The ETA is linear in blocks within a phase; the streamed backward (the saliency phase) is
-    reported as its own phase.
-    """
-
-    NAMES = {"forward": "forward", "backward": "saliency"}
-
-    def __init__(self, emit: EventCallback):
-        self.emit = emit
-        self.start = self.last = time.perf_counter()
-        self.phase, self.phase_t0 = None, self.start
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if phase != self.phase:
-            self.phase, self.phase_t0 = phase, self.last
-        self.last = now
-        eta = (now - self.phase_t0) / max(done, 1) * (total - done)
-        self.emit(Progress(self.NAMES.get(phase, phase), done, total, now - self.start, eta))
-
-
-class MapAccumulator:
-    """One output map filled patch by patch: keeps the values (for the results file) and emits
-    each patch as a :class:`~engine.events.MapPatch`.
-
-    The map's cells are ``cell_hw`` level pixels of ``region``, counted from its origin. With
-    ``clip``, cells reaching past the region's far edges are cut at the region, so the map ends
-    where the region does.
-    """
-
-    def __init__(self, layer: str, region: LevelRegion, cell_hw: tuple[int, int], map_hw: tuple[int, int], *,
-                 channels: tuple[int, ...], fill: float, clip: bool, classes: tuple[str, ...], emit: EventCallback):
-        self.layer, self.region, self.cell_hw, self.map_hw = layer, region, cell_hw, map_hw
-        self.clip, self.classes, self.emit = clip, classes, emit
-        self.values = np.full((*channels, *map_hw), fill, np.float32)
-        self.map_l0_box = self.cells_l0_box((0, map_hw[0]), (0, map_hw[1]))
-
-    def cells_l0_box(self, map_rows: tuple[int, int], map_cols: tuple[int, int]):
-        box = self.region.cells_to_l0(map_rows, map_cols, self.cell_hw)
-        return box.intersect(self.region.l0_box) if self.clip else box
-
-    def put(self, values: np.ndarray, map_rows: tuple[int, int], map_cols: tuple[int, int]) -> None:
-        self.values[..., map_rows[0]:map_rows[1], map_cols[0]:map_cols[1]] = values
-        self.emit(MapPatch(self.layer, self.cells_l0_box(map_rows, map_cols), values, (map_rows[0], map_cols[0]),
-                           self.map_hw, self.map_l0_box, self.classes))
-
-    def map_layer(self) -> MapLayer:
-        """The whole map for :func:`engine.io.maps.write_maps` (which stores the box as 4 numbers)."""
-        return MapLayer(self.values, self.map_l0_box.as_tuple())
-
-
-class SaliencyMap:
-    """The saliency layer: per ``cell`` x ``cell`` input pixels, the magnitude of the mean input
-    gradient in its strongest channel (where the class score is sensitive)."""
-
-    def __init__(self, region: LevelRegion, cell: int, classes: tuple[str, ...], emit: EventCallback,
-                 area: RunArea | None = None):
-        map_hw = (-(-region.lv_h // cell), -(-region.lv_w // cell))
-        # Cells start NaN: not computed yet (transparent), never 0, which would read as "no gradient".
-        self.map = MapAccumulator("saliency", region, (cell, cell), map_hw, channels=(), fill=math.nan, clip=False,
-                                  classes=classes, emit=emit)
-        self.sink = InputGradientSink(self.add, reduce=cell)
-        self.keep = None  # with regions: the saliency cells inside their area
-        if area is not None:
-            self.keep = area.cells_inside(MapGeometry(self.map.map_l0_box, map_hw))
-
-    def add(self, reg) -> None:
-        r0, r1, c0, c1 = reg.cells
-        values = reg.values[0].abs().amax(dim=0).float().cpu().numpy()
-        if self.keep is not None:
-            values[~self.keep[r0:r1, c0:c1]] = math.nan
-        self.map.put(values, (r0, r1), (c0, c1))
-
-
-class HeadEvaluator:
-    """The conventional head on the streamed trunk's map: slide-level logits, per-cell class
-    probabilities, and the gradient of a logit with respect to the pooled features."""
-
-    def __init__(self, head):
-        self.head = head
-        # Per-block prediction patches are exact only when the head has no spatial stages left.
-        self.live_cells = len(list(head.stages.children())) == 0
-
-    def cell_probabilities(self, fmap: torch.Tensor) -> np.ndarray:
-        """(classes, h, w) float32 probabilities of the head's cells on (part of) the map."""
-        with torch.no_grad():
-            probs = torch.softmax(self.head.forward_cells(fmap.detach().float()), dim=1)[0]
-        return probs.cpu().numpy().astype(np.float32)
-
-    def logits(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.head(fmap.float())
-
-    def pooled_logits(self, reducer: GlobalPoolReducer) -> torch.Tensor:
-        return self.head.classify(reducer.pooled().float())
-
-    def pooled_logit_grad(self, target: int) -> torch.Tensor:
-        """d logit[target] / d pooled features: the classifier's row, (1, C)."""
-        return self.head.fc.weight[target].detach().float()[None, :]
 
 
 class InferenceRun:
@@ -247,45 +157,54 @@ class InferenceRun:
 
     def __init__(self, spec: InferenceSpec, stream: StreamingModule, head: HeadEvaluator, region: LevelRegion,
                  classes: tuple[str, ...], emit: EventCallback, cancel: CancelToken, device: torch.device,
-                 area: RunArea | None = None):
+                 mask: RunMask | None = None):
         self.spec, self.stream, self.head, self.region = spec, stream, head, region
-        self.classes, self.emit, self.device, self.area = classes, emit, device, area
+        self.classes, self.emit, self.device = classes, emit, device
+        self.mask = mask = mask or RunMask()
         self.out_hw = stream.output_size((region.lv_h, region.lv_w))
         self.cell = stream.stride  # level pixels per trunk output cell (rows, cols)
-        self.keep: np.ndarray | None = None  # with regions: the trunk's output cells inside their area
-        if area is not None:
-            grid = MapGeometry(region.cells_to_l0((0, self.out_hw[0]), (0, self.out_hw[1]), self.cell), self.out_hw)
-            self.keep = area.cells_inside(grid)
-            if not self.keep.any():
-                raise SpecError("the regions hold no whole output cell of the model (each is "
-                                f"{self.cell[1] * region.downsample:g} x {self.cell[0] * region.downsample:g} level-0 px)")
-        self.reducer = GlobalPoolReducer(head.head.pool) if head.live_cells else None
+        # The trunk's output cells on level 0 (the last ones reach past the region: padding).
+        self.grid = MapGeometry(region.cells_to_l0((0, self.out_hw[0]), (0, self.out_hw[1]), self.cell), self.out_hw)
+        self.keep: np.ndarray | None = mask.cells(self.grid)  # the trunk's output cells computed; None: all
+        if self.keep is not None and not self.keep.any():
+            raise SpecError(mask.nothing_kept_message((self.cell[0] * region.downsample, self.cell[1] * region.downsample)))
+        # Kept cells alone reach the pool (the reducer's mask: outside cells are neither a maximum
+        # nor summed nor counted, and get no gradient).
+        self.reducer = GlobalPoolReducer(head.head.pool, mask=self.keep) if head.pool_live else None
         self.prediction: Prediction | None = None
         self.prediction_map: MapAccumulator | None = None  # made by the first prediction patch
+        self.tissue_map: MapAccumulator | None = None
         self.saliency: SaliencyMap | None = None
+        self.attention = AttentionMap(head, region, self.cell, self.out_hw, classes, emit) if head.is_attention else None
         priority = None
         if spec.priority_l0_box is not None:
             priority = region.l0_to_cells(*spec.priority_l0_box.center, self.cell)
         self.hooks = StreamHooks(progress=ProgressClock(emit), should_stop=lambda: cancel.cancelled,
-                                 on_block=self._on_block if head.live_cells else None, priority=priority,
+                                 on_block=self._on_block if head.cells_live else None, priority=priority,
                                  release_every=1 if spec.low_memory else 0,
-                                 skip_block=self._outside if self.keep is not None else None)
+                                 skip_block=mask_skip(self.keep) if self.keep is not None else None)
 
     def layers(self) -> dict[str, MapLayer]:
         maps = [self.saliency.map] if self.saliency is not None else []
-        if self.prediction_map is not None:
-            maps.append(self.prediction_map)
+        for m in (self.prediction_map, self.tissue_map, self.attention.map if self.attention else None):
+            if m is not None:
+                maps.append(m)
         return {m.layer: m.map_layer() for m in maps}
 
     def run(self, source: SlideRegionSource) -> bool:
         try:
+            if self.mask.tissue is not None:
+                self._tissue_layer()
             if self.spec.saliency:
                 self.saliency = SaliencyMap(self.region, int(self.spec.saliency_cell), self.classes, self.emit,
-                                            self.area)
+                                            self.mask.cells if self.mask.active else None)
             logits, fmap = self._forward(source)
             probs = torch.softmax(logits.float(), dim=1)[0]
             if fmap is not None:
-                self._cells_prediction(fmap)
+                if not self.head.cells_live:
+                    self._cells_prediction(fmap)
+                if self.attention is not None:
+                    self.attention.finish(fmap, self._mask_tensor(fmap))
             self.prediction = Prediction(self.classes, tuple(float(v) for v in probs.detach().cpu()))
             self.emit(self.prediction)
             if self.saliency is not None:
@@ -295,52 +214,59 @@ class InferenceRun:
             return True
         return False
 
+    def _tissue_layer(self) -> None:
+        """The tissue mask on the trunk's cells, as one patch before any block runs (on the
+        prediction map's grid, so the two overlay cell for cell)."""
+        self.tissue_map = MapAccumulator(TISSUE, self.region, self.cell, self.out_hw, channels=(), fill=math.nan,
+                                         clip=True, classes=self.classes, emit=self.emit)
+        self.tissue_map.put_whole(self.mask.tissue_cells(self.grid).astype(np.float32))
+
+    def _mask_tensor(self, fmap: torch.Tensor) -> torch.Tensor | None:
+        """The kept cells as a (1, 1, H, W) bool tensor on ``fmap``'s device, or None."""
+        if self.keep is None:
+            return None
+        return torch.from_numpy(self.keep)[None, None].to(fmap.device)
+
     def _forward(self, source) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Slide-level logits, and the trunk's whole map unless it was pooled block by block."""
         with _autocast(self.device):
-            if self.head.live_cells:
+            if self.head.pool_live:
                 self.stream.forward_blocks(source, hooks=self.hooks)
                 return self.head.pooled_logits(self.reducer), None
             sink = self.saliency.sink if self.saliency is not None else None
             fmap = self.stream(source, input_grad_sink=sink, hooks=self.hooks)
-            return self.head.logits(fmap), fmap
+            return self.head.logits(fmap, self._mask_tensor(fmap)), fmap
 
     def _saliency_backward(self, source, logits: torch.Tensor, target: int) -> None:
-        if self.head.live_cells:
+        if self.head.pool_live:
             grad_pooled = self.head.pooled_logit_grad(target)
-            grad_for_block = self.reducer.grad_for_block(grad_pooled)
-            if self.keep is not None:
-                grad_for_block = _kept_only(grad_for_block, self.keep)
+            grad_for_block = self.reducer.grad_for_block(grad_pooled)  # 0 outside the mask
             with _autocast(self.device):
                 # The reducer turns the pooled features' gradient into the map's, block by block.
                 self.stream.backward_from(source, grad_for_block, input_grad_sink=self.saliency.sink, hooks=self.hooks)
         else:
+            # The masked model's cells outside the mask get a zero gradient (torch.where), so
+            # the streamed backward skips the blocks that hold no kept cell.
             logits[0, target].backward()
 
     def _on_block(self, rows: tuple[int, int], cols: tuple[int, int], fmap_block: torch.Tensor) -> None:
-        if self.keep is None:
-            self.reducer.add(rows, cols, fmap_block)
-            self._prediction_patch(self.head.cell_probabilities(fmap_block), rows, cols, self.out_hw, self.cell)
-            return
-        keep = self.keep[rows[0]:rows[1], cols[0]:cols[1]]
-        kept = torch.from_numpy(keep).to(fmap_block.device)
-        # Cells outside the area must not reach the pool: below any maximum, or 0 and uncounted in a mean.
-        fill = -math.inf if self.reducer.pool == "max" else 0.0
-        self.reducer.add(rows, cols, torch.where(kept, fmap_block, torch.full_like(fmap_block, fill)))
-        if self.reducer.pool == "avg":
-            self.reducer.cells -= int(keep.size - keep.sum())
-        probs = self.head.cell_probabilities(fmap_block)
-        probs[:, ~keep] = math.nan
+        keep = None if self.keep is None else self.keep[rows[0]:rows[1], cols[0]:cols[1]]
+        if self.reducer is not None:
+            self.reducer.add(rows, cols, fmap_block)  # the reducer leaves out the cells outside the mask
+        probs = nan_outside(self.head.cell_probabilities(fmap_block), keep)
         self._prediction_patch(probs, rows, cols, self.out_hw, self.cell)
-
-    def _outside(self, rows: tuple[int, int], cols: tuple[int, int]) -> bool:
-        return not self.keep[rows[0]:rows[1], cols[0]:cols[1]].any()
+        if self.attention is not None:
+            self.attention.add_block(rows, cols, fmap_block, keep)
 
     def _cells_prediction(self, fmap: torch.Tensor) -> None:
         """The prediction map of a head with spatial stages: one patch, at the head's cells, each a
-        whole number of trunk cells."""
-        cells = self.head.cell_probabilities(fmap)
+        whole number of trunk cells (with a mask, of the masked model; NaN on head cells holding
+        no kept trunk cell)."""
+        mask = self._mask_tensor(fmap)
+        cells = self.head.cell_probabilities(masked(fmap, mask))
         map_hw = tuple(cells.shape[1:])
+        if mask is not None:
+            nan_outside(cells, head_grid_cells(mask, map_hw))
         head_cell = (self.cell[0] * round(self.out_hw[0] / map_hw[0]), self.cell[1] * round(self.out_hw[1] / map_hw[1]))
         self._prediction_patch(cells, (0, map_hw[0]), (0, map_hw[1]), map_hw, head_cell)
 
@@ -350,22 +276,6 @@ class InferenceRun:
             self.prediction_map = MapAccumulator("prediction", self.region, cell_hw, map_hw, channels=(len(self.classes),),
                                                  fill=math.nan, clip=True, classes=self.classes, emit=self.emit)
         self.prediction_map.put(values, rows, cols)
-
-
-def _kept_only(grad_for_block, keep: np.ndarray):
-    """A block-gradient callable zero on the output cells outside ``keep`` (which the pool left
-    out): a block with no kept cell then gets None, so the backward pass skips it."""
-    kept = torch.from_numpy(keep)
-
-    def grad(rows, cols, values=None):
-        g = grad_for_block(rows, cols) if values is None else grad_for_block(rows, cols, values=values)
-        if g is None:
-            return None
-        mask = kept[rows[0]:rows[1], cols[0]:cols[1]].to(g.device)
-        return torch.where(mask, g, torch.zeros((), dtype=g.dtype, device=g.device))
-
-    grad.needs_values = getattr(grad_for_block, "needs_values", False)
-    return grad
 
 
 def _autocast(device: torch.device):

@@ -35,6 +35,10 @@ from engine.io.paths import file_parts, is_safe_name, safe_child
 TILE = 256
 
 
+#: Layers whose values are shares in [0, 1] (class probabilities, the tissue mask): their TIFFs
+#: span 0..1. Every other layer's (saliency, attention) spans 0 to its maximum.
+UNIT_RANGE_LAYERS = ("prediction", "tissue")
+
 def registered_levels(slide_l0_size: tuple[int, int], cell_l0: tuple[float, float], *,
                       tile: int = TILE) -> list[tuple[int, int, int]]:
     """``[(downsample, width, height), ...]`` of a registered heatmap's pyramid: level 0 covers
@@ -141,7 +145,7 @@ def registered_files(layers: dict, slide_l0_size: tuple[int, int], slide_mpp: fl
     :class:`engine.io.maps.MapLayer`-like object with ``values`` (K, h, w) or (h, w) and
     ``l0_box``). File names: ``<layer>.<kind>.tif`` or ``<layer>_<class>.<kind>.tif``, the class
     part from :func:`engine.io.paths.file_parts` (an index unless every class name is plainly
-    safe); the prediction is coloured over [0, 1], other layers over [0, their largest value]."""
+    safe); the prediction and the tissue mask are coloured over [0, 1], other layers over [0, their largest value]."""
     files = []
     for name, layer in layers.items():
         if not is_safe_name(name):
@@ -154,7 +158,7 @@ def registered_files(layers: dict, slide_l0_size: tuple[int, int], slide_mpp: fl
             planes = [(f"{name}_{part}", names[k], values[k]) for k, part in enumerate(file_parts(names))]
         for label, cls, plane in planes:
             finite = np.isfinite(plane)
-            hi = 1.0 if name == "prediction" else float(np.max(plane[finite])) if finite.any() else 1.0
+            hi = 1.0 if name in UNIT_RANGE_LAYERS else float(np.max(plane[finite])) if finite.any() else 1.0
             rgba = (colormap, 0.0, hi if hi > 0 else 1.0)
             for kind, suffix in KINDS:
                 fill = registered_tiff_fill(plane, layer.l0_box, slide_l0_size, slide_mpp,

@@ -1,6 +1,8 @@
 """Write and read a job's maps: ``maps.npz`` (float arrays with level-0 geometry), pyramidal TIFFs
 per map plane registered to the whole slide (colour-mapped and float; ASAP, QuPath and OpenSlide
 overlay them on the slide), ``prediction.json``.
+Layers: "prediction" (classes, h, w), and (h, w) maps such as "saliency", "tissue" (the tissue
+mask a masked run used, 1 on tissue) and "attention" (an attention head's weights).
 
 Every file is written through :mod:`engine.io.atomic`, so a crash or a full disk never leaves
 a half-written result under the final name; a failed write is a

@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from engine.events import Finished, Prediction
 from engine.geometry import Box
-from viewer.model.inference import AnnotationScope, InferenceSettings, ModelChoice, scoped_spec
+from viewer.model.inference import AnnotationScope, InferenceSettings, ModelChoice, card_masks_tissue, scoped_spec
 from viewer.model.layers import PREDICTION, SALIENCY, LayerKey
 from viewer.model.overlays import ColouredPatch, OverlayStack
 from viewer.model.workspace import OpenSlide, Workspace
@@ -135,6 +135,7 @@ class LiveMaps(QObject):
     def _on_card(self, result: tuple[str, object]) -> None:
         path, card = result
         self.model.loaded(path, card)
+        self.settings.set(tissue_mask=card_masks_tissue(card))  # the model's own setting, until the user changes it
         self.jobs.warm_up()  # torch's import holds the GIL for ~200 ms: now, not when Run is pressed
         self.card_loaded.emit(path)
 

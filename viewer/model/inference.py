@@ -22,14 +22,24 @@ SCOPES = ("slide", "view", "region")
 
 class InferenceSettings(Fields):
     """The options of the next run. ``region_mode``: the next left-drag on the view draws the
-    rectangle to run on (instead of panning)."""
+    rectangle to run on (instead of panning). ``tissue_mask``: compute and pool the slide's
+    tissue only (a loaded model's card sets it to the model's own setting, see
+    :func:`card_masks_tissue`)."""
 
-    FIELDS = ("device", "saliency", "low_memory", "region_mode")
+    FIELDS = ("device", "saliency", "low_memory", "region_mode", "tissue_mask")
 
-    def __init__(self, device: str = "auto", saliency: bool = True, low_memory: bool = False) -> None:
+    def __init__(self, device: str = "auto", saliency: bool = True, low_memory: bool = False,
+                 tissue_mask: bool = False) -> None:
         super().__init__()
         self.device, self.saliency, self.low_memory = device, saliency, low_memory
         self.region_mode = False
+        self.tissue_mask = tissue_mask
+
+
+def card_masks_tissue(card) -> bool:
+    """Whether a model was made to run on the tissue only (its card's ``tissue_mask`` "auto";
+    cards from before the tissue mask have none, and run on every cell)."""
+    return getattr(card, "tissue_mask", None) == "auto"
 
 
 class ModelChoice:
@@ -79,7 +89,8 @@ def inference_spec(scope: str, slide_path: str, model_path: str, settings: Infer
     region = None if l0_region is None else tuple(int(v) for v in l0_region.as_tuple())
     priority = l0_visible.as_tuple() if scope == "slide" else None
     return InferenceSpec(slide_path=slide_path, model_path=model_path, l0_region=region, device=settings.device,
-                         saliency=settings.saliency, priority_l0_box=priority, low_memory=settings.low_memory)
+                         saliency=settings.saliency, priority_l0_box=priority, low_memory=settings.low_memory,
+                         tissue_mask="auto" if settings.tissue_mask else "none")
 
 
 # -- runs on annotations: the *Selection* scope, and classes marked exclude ------------------------

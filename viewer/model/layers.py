@@ -41,6 +41,10 @@ class LayerKey:
 
 
 SALIENCY = LayerKey("saliency")
+#: The tissue mask a masked run used (1 on tissue cells, 0 on glass), on the prediction map's grid.
+TISSUE = LayerKey("tissue")
+#: An attention head's weights: unnormalised while the run goes, normalised (sum 1) at its end.
+ATTENTION = LayerKey("attention")
 
 
 def layer_keys(source: str, classes: tuple[str, ...]) -> list[LayerKey]:
@@ -80,6 +84,13 @@ class LayerStyle:
 def default_style(key: LayerKey) -> LayerStyle:
     if key.source == SALIENCY.source:
         return LayerStyle(colormap="magma", vmin=0.0, vmax=1.0, opacity=0.6, auto_range=True)
+    if key.source == TISSUE.source:
+        # Glass (0) transparent, tissue (1) a light tint at the top of the map: the slide shows through.
+        return LayerStyle(colormap="viridis", vmin=0.0, vmax=1.0, threshold=0.5, opacity=0.35)
+    if key.source == ATTENTION.source:
+        # Weights are tiny (they sum to 1 over the slide) and unnormalised while the run goes: the
+        # range follows the data.
+        return LayerStyle(colormap="inferno", vmin=0.0, vmax=1.0, opacity=0.6, auto_range=True)
     return LayerStyle(colormap="viridis", vmin=0.0, vmax=1.0, opacity=0.5)
 
 

@@ -94,6 +94,11 @@ class Layer:
 
     def write(self, map_r0: int, map_c0: int, part: LayerPatch) -> None:
         h, w = part.values.shape
+        if (map_r0, map_c0) == (0, 0) and (h, w) == self.values.shape:
+            # A patch replacing the whole map (an attention map normalised at the end of its run)
+            # replaces its range too, and an auto range fits it afresh.
+            self.data_min = self.data_max = float("nan")
+            self.auto_ranged = False
         self.values[map_r0 : map_r0 + h, map_c0 : map_c0 + w] = part.values
         self.bgra[map_r0 : map_r0 + h, map_c0 : map_c0 + w] = part.bgra
         if self.recolour_in_flight:

@@ -85,6 +85,10 @@ class ModelPanel(QWidget):
         self.selection_button = QPushButton("Selection")
         self._selected = 0  # annotations with an area selected on the shown slide
         self.saliency = QCheckBox("Saliency map")
+        self.tissue_mask = QCheckBox("Tissue mask")
+        self.tissue_mask.setToolTip("Compute and pool only the slide's tissue (found on its thumbnail): blocks on glass "
+                                    "are skipped and their cells left empty; the mask is shown as the 'tissue' layer. "
+                                    "A loaded model sets it as it was trained")
         self.low_memory = QCheckBox("Low memory")
         self.low_memory.setToolTip("Give freed memory back to the system after every tile: peak memory stays flat "
                                    "with the slide's size, at 10-20% more time (CPU)")
@@ -101,6 +105,7 @@ class ModelPanel(QWidget):
             runs.addWidget(button)
         options = QHBoxLayout()
         options.addWidget(self.saliency)
+        options.addWidget(self.tissue_mask)
         options.addWidget(self.low_memory)
         options.addStretch(1)
         options.addWidget(QLabel("Device"))
@@ -123,6 +128,7 @@ class ModelPanel(QWidget):
         self.selection_button.clicked.connect(lambda: self.run_requested.emit("selection"))
         # The user's edits go into the settings; the widgets follow the settings' changes.
         self.saliency.toggled.connect(lambda on: settings.set(saliency=on))
+        self.tissue_mask.toggled.connect(lambda on: settings.set(tissue_mask=on))
         self.low_memory.toggled.connect(lambda on: settings.set(low_memory=on))
         self.device.currentTextChanged.connect(lambda name: settings.set(device=name))
         self.region_button.toggled.connect(lambda on: settings.set(region_mode=on))
@@ -138,7 +144,8 @@ class ModelPanel(QWidget):
         if name == "device":
             self.device.setCurrentText(value)
         else:
-            {"saliency": self.saliency, "low_memory": self.low_memory, "region_mode": self.region_button}[name].setChecked(value)
+            {"saliency": self.saliency, "low_memory": self.low_memory, "region_mode": self.region_button,
+             "tissue_mask": self.tissue_mask}[name].setChecked(value)
 
     def _show_model(self) -> None:
         model = self.model
