@@ -104,3 +104,16 @@ def test_scoring_runs_on_a_worker_and_says_when_there_is_nothing_to_score(qtbot,
     assert "annotations with an area" in why.args[0]
     qtbot.waitUntil(lambda: "annotations with an area" in widget.status.text())
     assert widget.fields["Mass inside"].text() == "—"
+
+
+def test_a_choice_scores_at_once_and_live_changes_stay_throttled(qtbot, panel):
+    """A choice the user makes scores when the event loop turns; map changes after it are still
+    gathered for REFRESH_MS (an earlier version left the throttle at 0 ms after the first choice,
+    so a live run rescored on every patch)."""
+    from viewer.controllers.scoring import REFRESH_MS
+
+    _, scoring, _, _ = panel
+    _next(qtbot, scoring, lambda: scoring.set_class("Stroma"))
+    assert scoring._timer.interval() == REFRESH_MS
+    scoring._on_map_changed()
+    assert scoring._timer.isActive() and scoring._timer.interval() == REFRESH_MS

@@ -90,7 +90,9 @@ class Scoring(QObject):
     def refresh(self) -> None:
         """Score again soon (now, when the event loop turns, for a choice the user made)."""
         self._version += 1
-        self._timer.start(0)
+        # Not self._timer.start(0): that would set the throttle's interval to 0 for good.
+        self._timer.stop()
+        QTimer.singleShot(0, self._start)
 
     # -- scoring -------------------------------------------------------------------------------
     def _start(self) -> None:
