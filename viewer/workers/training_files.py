@@ -35,8 +35,14 @@ def read_labels_for_form(path: str) -> tuple[str, dict[str, str], tuple[str, ...
     try:
         _, rows, classes = read_labels_rows(path)
         return path, rows, classes, columns, ""
-    except ValueError:  # numeric targets: not class labels, but still a labels file to train on
-        labels = read_labels(path, task="regression", targets=columns)
+    except ValueError as as_classes:
+        # Numeric targets are refused as class labels but are still a labels file to train on.
+        # Anything else (a missing slide, a bad row) fails both ways: report the first reading's
+        # message, which names the row, not the retry's.
+        try:
+            labels = read_labels(path, task="regression", targets=columns)
+        except ValueError:
+            raise as_classes from None
         return path, {}, (), columns, f"{len(labels.records)} slides · numeric targets {', '.join(columns)}"
 
 
