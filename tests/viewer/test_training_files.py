@@ -38,3 +38,11 @@ def test_a_missing_slide_is_reported_as_such_not_as_a_failed_regression(slides):
     with pytest.raises(LabelsError) as err:
         read_labels_for_form(str(csv))
     assert "labels.csv:3: slide 'missing.svs' not found" in str(err.value)
+
+
+def test_a_class_csv_with_an_empty_label_is_reported_as_that_not_as_a_non_number(slides):
+    csv = slides / "labels.csv"
+    csv.write_text("slide,label\na.svs,tumour\nb.svs,\n")
+    with pytest.raises(LabelsError) as err:
+        read_labels_for_form(str(csv))
+    assert "labels.csv:3: empty label" in str(err.value) and "not a number" not in str(err.value)
