@@ -102,19 +102,24 @@ def test_the_job_fills_the_table_and_plot_and_a_row_reopens_with_its_kept_maps(q
 
 def test_cancel_stops_the_job_and_shows_the_slides_done(qtbot, tmp_path, cohort):
     root, model = cohort
-    stop_asked = threading.Event()
+    cancel_pressed = threading.Event()
 
     def runner(spec, on_event, token):
         """The real evaluation; after its first slide the worker waits for the user's Cancel."""
         def relay(event):
             on_event(event)
             if isinstance(event, Progress) and event.done == 1:
-                stop_asked.set()
-                while not token.cancelled:  # worker thread: hold the job where the test can cancel it
-                    threading.Event().wait(0.01)
+                assert cancel_pressed.wait(60)  # worker thread: hold the job where the test can cancel it
         return engine_evaluation_runner(spec, relay, token)
 
     win = make_window(qtbot, tmp_path, runner)
+    cancel = win.cohort.jobs.cancel
+
+    def cancel_and_release():
+        cancel()
+        cancel_pressed.set()
+
+    win.cohort.jobs.cancel = cancel_and_release
     try:
         load_model(qtbot, win, model)
         run_cohort(qtbot, win, root / "test.csv", until=("running",))
@@ -124,6 +129,29 @@ def test_cancel_stops_the_job_and_shows_the_slides_done(qtbot, tmp_path, cohort)
         qtbot.waitUntil(lambda: win.cohort_form.state == "cancelled", timeout=60_000)
         assert win.cohort_panel.model.rowCount() == 1 and win.cohort.files.metrics["cancelled"] is True
         assert win.cohort_panel.evaluate_button.isEnabled() and win.cohort_form.progress_text.startswith("Cancelled")
+    finally:
+        win.shutdown()
+
+
+def test_cancel_while_the_browser_labels_are_written_starts_no_job(qtbot, tmp_path, cohort):
+    root, model = cohort
+    win = make_window(qtbot, tmp_path)
+    try:
+        load_model(qtbot, win, model)
+        win.labels.set_labels([str(root / "s0.svs")], "green")
+        win.labels.set_labels([str(root / "s1.svs")], "other")
+        win.cohort.use_browser()
+        written = []  # the labels job, held: the user presses Cancel before it ends
+        win.cohort.background.submit = lambda fn, *args, on_done, on_error: written.append((fn, args, on_done))
+        started = []
+        win.cohort.jobs.start = started.append
+        qtbot.mouseClick(win.cohort_panel.evaluate_button, Qt.MouseButton.LeftButton)
+        assert written and win.cohort_form.state == "running"
+        qtbot.mouseClick(win.cohort_panel.cancel_button, Qt.MouseButton.LeftButton)
+        assert win.cohort_form.state == "cancelled"
+        fn, args, on_done = written[0]
+        on_done(fn(*args))  # the labels are written after all
+        assert started == [] and win.cohort_panel.evaluate_button.isEnabled()
     finally:
         win.shutdown()
 

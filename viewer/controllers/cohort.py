@@ -44,6 +44,7 @@ class CohortEvaluation(QObject):
         self.files = None
         self._warnings: list[str] = []
         self._pending_maps: tuple[str, str] | None = None  # (resolved slide, maps.npz) to show when it is current
+        self._preparing = False  # the cohort's labels CSV is being written; the job starts after
         self.jobs.started.connect(lambda _job: self.form.set(state="running", progress_text="Evaluating…"))
         self.jobs.progress.connect(self._on_progress)
         self.jobs.warning.connect(self._on_warning)
@@ -86,14 +87,20 @@ class CohortEvaluation(QObject):
             self.report_error(f"Cannot evaluate: {exc}")
             return
         self._warnings = []
+        self._preparing = False
         self.form.set(state="running", progress_text="Queued…", summary="", failed_text="")
         if self.form.source == "csv":
             self._submit(spec)
         else:
+            self._preparing = True  # the labels are written first; Cancel meanwhile means do not start
             self.background.submit(write_labels_csv, labels, self.labels.items(),
                                    on_done=lambda _path: self._submit(spec), on_error=self._on_labels_error)
 
     def _submit(self, spec: EvaluationSpec) -> None:
+        if self._preparing and self.form.state == "cancelled":
+            self._preparing = False
+            return  # cancelled while the cohort's labels were being written
+        self._preparing = False
         self.jobs.start(spec)
 
     def _on_labels_error(self, message: str) -> None:
@@ -104,6 +111,8 @@ class CohortEvaluation(QObject):
         if self.jobs.active:
             self.jobs.cancel()
             self.form.set(state="stopping", progress_text="Cancelling at the next tile…")
+        elif self._preparing:
+            self.form.set(state="cancelled", progress_text="Cancelled before it started")
 
     def _on_progress(self, _job, progress: Progress) -> None:
         self.form.set(progress_text=eta_text(progress.done, progress.total, progress.eta_s))
