@@ -217,6 +217,8 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--pool", default=d.pool, choices=POOLS)
     p.add_argument("--head", choices=HEADS, help="head on the streamed map: max, avg, gem (learnable exponent) "
                    "or attention (gated attention MIL; default: --pool)")
+    p.add_argument("--head-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="head argument, e.g. hidden=256 (attention) or p=4 (gem) (repeatable)")
     p.add_argument("--tissue-mask", default=d.tissue_mask, choices=TISSUE_MASKS,
                    help="pool only each slide's detected tissue and skip blocks without it (default auto)")
     p.add_argument("--tissue-param", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
@@ -283,7 +285,7 @@ def _train(args) -> int:
         device=args.device, dtype=args.dtype, mixed_precision=not args.no_amp,
         seed=args.seed, resume=args.resume, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
         max_nonfinite=args.max_nonfinite, low_memory=args.low_memory, graph_budget=args.graph_budget,
-        head=args.head, tissue_mask=args.tissue_mask, tissue_params=dict(args.tissue_param),
+        head=args.head, head_kwargs=dict(args.head_arg), tissue_mask=args.tissue_mask, tissue_params=dict(args.tissue_param),
         include_classes=args.include, exclude_classes=args.exclude, freeze_trunk_epochs=args.freeze_trunk_epochs,
         finetune_lr=args.finetune_lr, finetune_tile=args.finetune_tile,
         **task_fields(args))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-from engine.specs import HEADS
-
 #: Keyword arguments of each head: name -> (type, default). GeM: the exponent's initial value
 #: ``p`` and the clamp ``eps`` of its input; attention: the width ``hidden`` of its MLP.
 HEAD_ARGUMENTS: dict[str, dict[str, tuple[type, object]]] = {
@@ -18,6 +16,9 @@ HEAD_ARGUMENTS: dict[str, dict[str, tuple[type, object]]] = {
     "attention": {"hidden": (int, 128)},
 }
 MAX_HIDDEN = 4096
+#: The heads on the streamed map: the two pools, generalised mean (learnable exponent) and
+#: gated attention (attention-MIL over the map's cells). Re-exported by :mod:`engine.specs`.
+HEADS = tuple(HEAD_ARGUMENTS)
 
 
 def head_arguments(name: str, kwargs: dict) -> dict:

@@ -12,15 +12,13 @@ from dataclasses import dataclass, field
 from engine.devices import DEVICES, check_device_name
 from engine.errors import SpecError
 from engine.geometry import Box
+from engine.head_arguments import HEADS, head_arguments
 
 __all__ = ["DEVICES", "GRAPH_BUDGET_AUTO_SHARE", "HEADS", "POOLS", "TISSUE_MASKS", "EvaluationSpec", "InferenceSpec",
            "TrainingSpec", "parse_bytes"]
 
 #: The global pools a classifier head may end in (a spec's ``pool``, a model card's): max or mean.
 POOLS = ("max", "avg")
-#: The heads on the streamed map: the two pools, generalised mean (learnable exponent) and
-#: gated attention (attention-MIL over the map's cells).
-HEADS = ("max", "avg", "gem", "attention")
 #: Where a slide's pooled cells come from: its detected tissue ("auto") or every cell ("none").
 TISSUE_MASKS = ("auto", "none")
 
@@ -159,7 +157,8 @@ class TrainingSpec:
     :data:`GRAPH_BUDGET_AUTO_SHARE` of the device's free memory when the run starts; None: every
     block recomputed.
     Head: ``head`` one of :data:`HEADS` (None: ``pool``, "max" or "avg"; giving "max" or "avg"
-    here sets ``pool`` too). ``tissue_mask`` "auto": each slide's tissue (``tissue_params``, the
+    here sets ``pool`` too), ``head_kwargs`` its arguments (GeM ``p``, ``eps``; attention ``hidden``;
+    see :mod:`engine.head_arguments`). ``tissue_mask`` "auto": each slide's tissue (``tissue_params``, the
     fields of :class:`engine.slides.tissue.TissueParams`) on the trunk's output grid; cells outside
     take no part in the pool or the attention, and blocks without tissue are not computed; "none":
     every cell. A labels CSV ``annotations`` column (an annotation file per slide) makes that
@@ -217,6 +216,7 @@ class TrainingSpec:
     folds: int = 1
     graph_budget: int | str | None = None
     head: str | None = None
+    head_kwargs: dict = field(default_factory=dict)
     tissue_mask: str = "auto"
     tissue_params: dict = field(default_factory=dict)
     include_classes: tuple[str, ...] = ()
@@ -285,6 +285,11 @@ class TrainingSpec:
             raise SpecError(f"head '{self.head}' is not one of {', '.join(HEADS)}")
         if self.head in POOLS:
             object.__setattr__(self, "pool", self.head)
+        try:
+            head_arguments(self.head_name, self.head_kwargs)
+        except ValueError as exc:
+            raise SpecError(f"head_kwargs: {exc}") from None
+        object.__setattr__(self, "head_kwargs", dict(self.head_kwargs))
         if self.pool not in POOLS:
             raise SpecError(f"pool '{self.pool}' is not one of {', '.join(POOLS)}")
         _check_tissue_mask(self.tissue_mask, optional=False)

@@ -171,8 +171,8 @@ def load_pretrained_backbone(model: torch.nn.Module, path: str | Path, *, skip_c
     loadable, skipped, problems = {}, [], []
     for key, target in own.items():
         # The head's own parameters (GeM's exponent, attention's MLP: ``pooling.*``) are never in a
-        # backbone file; they keep their initial values, as a new classifier does.
-        is_classifier = key.startswith("fc.") or (key.startswith("pooling.") and key not in state)
+        # backbone file, and another head's differ: they keep their initial values, as a new classifier does.
+        is_classifier = key.startswith(("fc.", "pooling."))
         if key not in state:
             if key.endswith("num_batches_tracked"):
                 continue
@@ -187,7 +187,12 @@ def load_pretrained_backbone(model: torch.nn.Module, path: str | Path, *, skip_c
                 problems.append(f"{key} has shape {tuple(state[key].shape)}, model has {tuple(target.shape)}")
         else:
             loadable[key] = state[key]
-    if unexpected := sorted(set(state) - set(own)):
+    extra = set(state) - set(own)
+    if skip_classifier:
+        # A StreamSlide checkpoint with another head (attention's MLP, GeM's exponent): the new
+        # head starts afresh, as a new classifier does.
+        extra = {k for k in extra if not k.startswith("pooling.")}
+    if unexpected := sorted(extra):
         problems.append(f"unexpected {few_keys(unexpected)}")
     if problems:
         raise CheckpointError(f"{path} does not fit {type(model).__name__}: {'; '.join(problems[:6])}"

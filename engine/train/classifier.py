@@ -109,7 +109,7 @@ def build_model(spec: TrainingSpec, classes: tuple[str, ...], card_fields: dict 
     kwargs = dict(spec.model_kwargs)
     if spec.split is not None:
         kwargs["split"] = spec.split
-    head_kwargs = head_arguments(spec.head_name, {})  # the defaults, written out: a card keeps its own
+    head_kwargs = head_arguments(spec.head_name, spec.head_kwargs)  # defaults written out: a card keeps its own
     model: SplitNet = create_model(spec.model, num_classes=len(classes), pool=spec.pool, head=spec.head_name,
                                    head_kwargs=head_kwargs, **kwargs)
     if spec.pretrained:

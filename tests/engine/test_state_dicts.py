@@ -198,3 +198,24 @@ def test_load_pretrained_backbone_refuses_missing_or_foreign_keys(tmp_path, mode
     torch.save({**state, "head.extra": torch.zeros(1)}, tmp_path / "extra.pt")
     with pytest.raises(CheckpointError, match=r"unexpected 1 key\(s\): head\.extra"):
         load_pretrained_backbone(model, tmp_path / "extra.pt")
+
+
+def test_a_checkpoint_with_another_head_loads_its_trunk_and_starts_the_head_afresh(tmp_path):
+    """Fine-tuning a StreamSlide attention model as a GeM one (or with another hidden width):
+    the trunk's weights load, the head's own parameters keep their initial values."""
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.io.state_dicts import load_pretrained_backbone
+    from engine.models import create_model
+
+    torch.manual_seed(0)
+    source = create_model("smallnet", num_classes=2, width=4, head="attention", head_kwargs={"hidden": 16})
+    path = tmp_path / "attention.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    for head, kwargs in (("gem", {}), ("attention", {"hidden": 8}), ("max", {})):
+        target = create_model("smallnet", num_classes=2, width=4, head=head, head_kwargs=kwargs)
+        left = load_pretrained_backbone(target, path)
+        trunk_keys = [k for k in target.state_dict() if not k.startswith(("fc.", "pooling."))]
+        assert all(torch.equal(target.state_dict()[k], source.state_dict()[k]) for k in trunk_keys)
+        assert all(k.startswith(("fc.", "pooling.")) for k in left)

@@ -56,3 +56,15 @@ def test_unknown_devices_are_spec_errors():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(SpecError, match="unknown device 'gpu0'; use auto, cpu, cuda or cuda:N"):
         resolve_device("gpu0")
+
+
+@pytest.mark.parametrize("head, kwargs, message", [
+    ("attention", {"hidden": 0}, "hidden=0 must be an integer"),
+    ("max", {"hidden": 8}, "head 'max' takes no argument hidden"),
+    ("gem", {"p": -1.0}, "p=-1.0 must be a positive number")])
+def test_head_arguments_are_checked_when_the_spec_is_made(head, kwargs, message):
+    from engine.errors import SpecError
+
+    with pytest.raises(SpecError, match=message):
+        TrainingSpec(labels="l.csv", out_dir="o", head=head, head_kwargs=kwargs)
+    assert TrainingSpec(labels="l.csv", out_dir="o", head="attention", head_kwargs={"hidden": 32}).head_kwargs == {"hidden": 32}

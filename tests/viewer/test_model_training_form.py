@@ -103,3 +103,13 @@ def test_the_label_table_notifies_and_writes_paths_relative_to_its_csv(tmp_path)
     out = write_labels_csv(tmp_path / "run" / "labels.csv", table.items())
     with open(out, newline="") as f:
         assert list(csv.reader(f)) == [["slide", "label"], [str(Path("..") / "slides" / "a.svs"), "tumour"]]
+
+
+def test_starting_from_a_loaded_attention_model_keeps_its_head_and_arguments(tmp_path):
+    form = form_for(tmp_path, base="loaded", head="max")
+    loaded = ModelChoice(RecentFiles())
+    card = SimpleNamespace(architecture="smallnet", split="stage4", pool="max", model_kwargs={},
+                           head="attention", head_kwargs={"hidden": 32})
+    loaded.loaded(str(tmp_path / "model" / "model.json"), card)
+    spec = form.build_spec("labels.csv", loaded)
+    assert (spec.head_name, spec.head_kwargs) == ("attention", {"hidden": 32})

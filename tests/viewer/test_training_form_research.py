@@ -85,3 +85,11 @@ def test_the_validation_curve_is_the_monitored_metric_named_on_its_axis(qtbot):
     curves.set_monitor("auc")
     curves.set_curves([], [{"epoch": 0, "step": 4, "spearman": 0.7}])
     assert curves.monitor == "spearman" and np.allclose(curves.monitor_item.getData()[1], [0.7])
+
+
+def test_starting_from_the_loaded_model_locks_the_head_choice(panel):
+    assert panel.head.isEnabled()
+    panel.form.set(base="loaded")
+    assert not panel.head.isEnabled() and "loaded model" in panel.head.toolTip()
+    panel.form.set(base="random")
+    assert panel.head.isEnabled()

@@ -17,7 +17,7 @@ from typing import Callable
 from PySide6.QtCore import QObject, Signal
 
 from engine.events import CheckpointSaved, Finished, Metrics, Progress, StepSkipped
-from engine.specs import TrainingSpec
+from engine.specs import HEADS, TrainingSpec
 from viewer.controllers.live_maps import LiveMaps
 from viewer.model.labels import LabelTable
 from viewer.model.layers import SALIENCY
@@ -103,6 +103,12 @@ class FineTuning(QObject):
 
     def _recheck(self, name: str) -> None:
         """Show what stops the form's spec (its SpecError) as soon as a field makes it impossible."""
+        card = self.live.model.card
+        if name == "base" and self.form.base == "loaded" and card is not None:
+            # Starting from the loaded model: the form shows the head it will keep.
+            head = getattr(card, "head", None) or card.pool
+            if head in HEADS and head != self.form.head:
+                self.form.set(head=head)
         if name not in ("spec_problem", "state", "plan_text", "labels_summary"):
             self.form.set(spec_problem=self.form.check(self.live.model))
 

@@ -160,8 +160,10 @@ class TrainingForm(Fields):
             if card is None or loaded.path is None:
                 raise ValueError("no model is loaded in the Model panel; load one or choose another starting point")
             head = getattr(card, "head", None) or card.pool
+            # The loaded model's head, with its arguments, so its trained head carries over (the
+            # panel shows it and locks the head choice while starting from the loaded model).
             return {"model": card.architecture, "split": card.split, "pool": card.pool,
-                    "head": head if head in HEADS else None,
+                    "head": head if head in HEADS else None, "head_kwargs": dict(getattr(card, "head_kwargs", None) or {}),
                     "model_kwargs": dict(card.model_kwargs or {}), "pretrained": checkpoint_weights(loaded.path)}
         fields = {"model": self.model.strip()}
         if self.base == "imagenet":

@@ -38,6 +38,8 @@ PAUSE_NOTE = ("Pause saves the last checkpoint at the next step and stops; Resum
               "from it exactly (same data order and optimiser state).")
 
 
+HEAD_TOOLTIP = "How the trunk's map becomes one prediction: max, average, GeM pooling or attention"
+
 class ModelCombo(QComboBox):
     """Editable architecture list that asks for the registry's names the first time it opens:
     listing them imports torch (on a worker), which a viewer session that never trains should not pay."""
@@ -86,7 +88,7 @@ class TrainingPanel(QWidget):
         self.targets_hint.setStyleSheet("color: #555")
         self.head = QComboBox()
         self.head.addItems(list(HEADS))
-        self.head.setToolTip("How the trunk's map becomes one prediction: max, average, GeM pooling or attention")
+        self.head.setToolTip(HEAD_TOOLTIP)
         self.tissue_mask = QCheckBox("Tissue mask")
         self.tissue_mask.setToolTip("Only tissue cells take part in the pool (blocks without tissue are skipped)")
         self.freeze_trunk_epochs = QSpinBox()
@@ -319,6 +321,10 @@ class TrainingPanel(QWidget):
         wants_file = self.form.base == "imagenet" and not self.form.busy
         self.weights.setEnabled(wants_file)
         self.weights_button.setEnabled(wants_file)
+        # Fine-tuning the loaded model keeps its head (and the weights of it): the choice is its.
+        from_loaded = self.form.base == "loaded"
+        self.head.setEnabled(not from_loaded and not self.form.busy)
+        self.head.setToolTip("Fine-tuning the loaded model keeps its head" if from_loaded else HEAD_TOOLTIP)
 
     def _choose_csv(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Import labels", "", "Labels (*.csv);;All files (*)")
