@@ -38,7 +38,8 @@ MANIFEST = "manifest.json"
 _VERSION = 1  # of the cache's layout and key: a cache of another version is stale
 #: The spec fields a slide's trunk map depends on besides the slides and the trunk's weights.
 _INPUT_FIELDS = ("level", "mpp", "input_size", "tissue_crop", "normalization_mean", "normalization_std",
-                 "dtype", "model", "model_kwargs", "split", "streaming")
+                 "dtype", "model", "model_kwargs", "split", "streaming", "tissue_mask", "tissue_params",
+                 "include_classes", "exclude_classes")
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 

@@ -258,7 +258,8 @@ class Stages:
         return values
 
     def close(self) -> None:
-        """Remove the map cache (rank 0): when the trunk is unfrozen, at the end, on a clean cancel."""
-        if self.ctx.is_main and self.staged:
+        """Remove the map cache (rank 0): when the trunk is unfrozen, at the end, on a clean cancel
+        (also in a plain run, which may reuse the folder of a staged run that was killed)."""
+        if self.ctx.is_main:
             (self.cache or MapCache(self.run.path, "")).remove()
         self.cache = None
