@@ -63,6 +63,15 @@ class Classifier(nn.Module):
         """Stop a streamed pass between tiles when ``should_stop()`` turns True (raises Cancelled)."""
         self.hooks = dataclasses.replace(self.hooks, should_stop=should_stop)
 
+    def set_tile(self, tile_size: int) -> None:
+        """Stream the trunk with tiles of ``tile_size`` input pixels from now on (staged training's
+        ``finetune_tile``); the streamed result is the same, only memory and overlap change."""
+        if not self.streaming or self.runner.tile_size == (tile_size, tile_size):
+            return
+        runner = StreamingModule(self.trunk, tile_size, freeze_batchnorm=True, channels_last=self.channels_last,
+                                 graph_budget=self.graph_budget)
+        object.__setattr__(self, "runner", runner)
+
     def train(self, mode: bool = True):
         super().train(mode)
         freeze_norms(self.trunk)  # a training loop's .train() must not bring back batch statistics
@@ -72,10 +81,6 @@ class Classifier(nn.Module):
         """Logits (1, classes) for ``x``: a lazy source when streaming, else an NCHW tensor."""
         if self.pooled_head:
             return self.head.classify(self.runner.pooled(x, self.head.pool, hooks=self.hooks))
-        return self.head(self.trunk_map(x))
-
-    def trunk_map(self, x) -> torch.Tensor:
-        """The trunk's output map of ``x`` (streamed or conventional, as :meth:`forward` runs it)."""
         if self.channels_last and isinstance(x, torch.Tensor) and x.is_cuda:
             # Not on CPU: a whole-slide NHWC tensor sent oneDNN's weight gradient to its reference
             # kernel (a 4096² ResNet-34 step had not finished in 9 minutes); streamed tiles are small.
@@ -83,16 +88,7 @@ class Classifier(nn.Module):
         fmap = self.runner(x, hooks=self.hooks) if self.streaming else self.runner(x)
         if self.channels_last:
             fmap = fmap.contiguous(memory_format=torch.channels_last)
-        return fmap
-
-    def set_tile(self, tile_size: int) -> None:
-        """Stream the trunk with tiles of ``tile_size`` input pixels from now on (staged training's
-        ``finetune_tile``); the streamed result is the same, only memory and overlap change."""
-        if not self.streaming or self.runner.tile_size == (tile_size, tile_size):
-            return
-        runner = StreamingModule(self.trunk, tile_size, freeze_batchnorm=True, channels_last=self.channels_last,
-                                 graph_budget=self.graph_budget)
-        object.__setattr__(self, "runner", runner)
+        return self.head(fmap)
 
 
 def build_model(spec: TrainingSpec, classes: tuple[str, ...], card_fields: dict | None = None) -> tuple[SplitNet, ModelCard]:

@@ -114,6 +114,14 @@ class HeadOnly(nn.Module):
         return head(features)
 
 
+def trunk_map(classifier: Classifier, x) -> torch.Tensor:
+    """The trunk's output map of ``x`` (a lazy source when streaming, else NCHW), computed as
+    :meth:`Classifier.forward` computes it before the head."""
+    if classifier.channels_last and isinstance(x, torch.Tensor) and x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)  # on GPU only, as Classifier.forward
+    return classifier.runner(x, hooks=classifier.hooks) if classifier.streaming else classifier.runner(x)
+
+
 class HeadForward:
     """Logits of one slide in a head epoch: the trunk's map from the cache, or computed forward
     only (and cached when the slide comes as a :class:`CachedSlide`), then the head with autograd.
@@ -142,7 +150,7 @@ class HeadForward:
         with torch.no_grad(), precision.autocast(plain.device, plain.amp_dtype):
             if pooled:
                 return classifier.runner.pooled(x, classifier.head.pool, hooks=classifier.hooks)
-            return classifier.trunk_map(x)
+            return trunk_map(classifier, x)
 
     def _cache_map(self, slide: CachedSlide, aug: Augmentation) -> torch.Tensor:
         fmap = self.trunk_features(slide.rgb, aug)
