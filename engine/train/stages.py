@@ -239,10 +239,11 @@ class Stages:
 
     def _enter_full(self) -> Stage:
         spec, classifier = self.spec, self.classifier
-        for p in classifier.trunk.parameters():
-            p.requires_grad_(True)
-        if self.staged and spec.finetune_tile is not None:
-            classifier.set_tile(spec.finetune_tile)
+        if self.staged:  # a plain run's parameters are left as they were built
+            for p in classifier.trunk.parameters():
+                p.requires_grad_(True)
+            if spec.finetune_tile is not None:
+                classifier.set_tile(spec.finetune_tile)
         self.close()
         # DDP is built anew: it syncs only the parameters that required gradients when it was made.
         return Stage(distributed.wrap(classifier, self.ctx, self.device), self.plain.forward, self.plain.validate)

@@ -320,3 +320,22 @@ def test_two_gloo_ranks_train_staged_as_one_process_with_the_same_effective_batc
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-10, atol=1e-13, msg=k)
     assert not (tmp_path / "ddp" / CACHE_FOLDER).exists()
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
+def test_staged_training_runs_under_the_gpu_numerics_forced_on_cpu(spec, monkeypatch, amp_dtype):
+    """Mixed precision and channels-last tiles (GPU only) forced on CPU: the cached maps come from
+    the autocast trunk, are kept in float16 and feed the head; the run saves finite float32 weights."""
+    import engine.train.precision
+
+    monkeypatch.setattr(engine.train.precision, "autocast_dtype", lambda spec, device, dtype: amp_dtype)
+    monkeypatch.setattr(engine.train.precision, "use_channels_last", lambda spec, device: True)
+    folder = Path(spec.out_dir) / CACHE_FOLDER
+    dtypes = []
+    rec = Recorder(on_save=lambda e: dtypes.extend(np.load(p).dtype for p in folder.glob("*.npy")))
+    run_training(dataclasses.replace(spec, epochs=2, freeze_trunk_epochs=1), rec)
+    assert dtypes and set(dtypes) == {np.dtype(np.float16)}
+    losses = rec.losses()
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    model, _ = load_checkpoint(Path(spec.out_dir) / "last")
+    assert all(torch.isfinite(v).all() and v.dtype in (torch.float32, torch.int64) for v in model.state_dict().values())
