@@ -31,7 +31,8 @@ from engine.metrics import predicted_classes
 from engine.specs import EvaluationSpec
 from engine.train import distributed
 from engine.train.classifier import Classifier
-from engine.train.data import Augmentation, InputSpec, Prefetcher, input_source, read_slide_input
+from engine.train.data import Augmentation, InputSpec, Prefetcher, input_source, read_slide_placed
+from engine.train.masks import SlideMasks
 from engine.train.tasks import task_from_card
 
 
@@ -81,17 +82,22 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
 
     records = list(labels.records)
     mine = list(range(len(records)))[ctx.rank::ctx.world_size]
+    # The masks the model was trained with (the spec may override the tissue detection).
+    masks = SlideMasks(spec.tissue_mask or card.tissue_mask or "none", card.tissue_params, net.trunk_grid,
+                       include=card.provenance.get("include_classes", ()),
+                       exclude=card.provenance.get("exclude_classes", ()), emit=emit)
 
     def job(i: int):
         try:
-            return i, read_slide_input(records[i].path, inputs), None
+            rgb, placement = read_slide_placed(records[i].path, inputs)
+            return i, (rgb, masks(records[i], rgb, placement, Augmentation())), None
         except Exception as exc:  # reported and skipped: one bad slide must not stop a cohort  # noqa: BLE001
             return i, None, exc
 
     rows, failed, cancelled = [], [], False
     t0 = time.perf_counter()
     with torch.no_grad(), Prefetcher([lambda i=i: job(i) for i in mine], depth=spec.prefetch) as slides:
-        for k, (i, rgb, error) in enumerate(slides):
+        for k, (i, read, error) in enumerate(slides):
             if cancel.cancelled and not ctx.active:
                 cancelled = True
                 break
@@ -99,8 +105,9 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
             try:
                 if error is not None:
                     raise error
+                rgb, mask = read
                 src = input_source(rgb, Augmentation(), card.normalization_mean, card.normalization_std, dtype=dtype)
-                logits = net(src).to(torch.float64)
+                logits = net(src, mask).to(torch.float64)
                 rows.append((i, task.outputs(logits)))
             except Cancelled:
                 cancelled = True

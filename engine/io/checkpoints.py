@@ -135,7 +135,8 @@ def build_model(card: ModelCard, source: str = "the model card") -> SplitNet:
 
     try:
         model = create_model(card.architecture, num_classes=len(card.classes), split=card.split,
-                             pool=card.pool, **card.model_kwargs)
+                             pool=card.pool, head=card.head, head_kwargs=card.head_kwargs or None,
+                             **card.model_kwargs)
     except (ValueError, TypeError, RuntimeError, OverflowError) as e:
         raise CheckpointError(f"{source}: cannot build '{card.architecture}' from fields 'architecture' and "
                               f"'model_kwargs': {e}; fix the card or re-export the model") from e

@@ -1,4 +1,4 @@
-"""Slide-level labels: the ``slide,<targets>[,split][,patient]`` CSV and the folder-per-class tree.
+"""Slide-level labels: the ``slide,<targets>[,split][,patient][,annotations]`` CSV and the folder-per-class tree.
 
 One module reads and writes the format (the training loop, evaluation, the CLI, the viewer's
 labels table and the demo cohort all go through it). Torch-free. Slide paths in a CSV are
@@ -7,12 +7,15 @@ file and line and saying what to do.
 
 Three tasks read the target columns differently: ``classification`` one column of class names
 (compared after trimming and case-folding), ``multilabel`` several 0/1 columns, ``regression``
-one or more numeric columns.
+one or more numeric columns. An ``annotations`` column (optional, never a target) names each
+slide's annotation file (GeoJSON or ASAP XML, relative to the CSV; empty: none), whose classes
+define the area training pools over (:mod:`engine.train.masks`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -30,7 +33,7 @@ TASKS = ("classification", "multilabel", "regression")
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test", "": None}
 _BINARY = {"0": 0.0, "1": 1.0, "false": 0.0, "true": 1.0, "no": 0.0, "yes": 1.0, "neg": 0.0, "pos": 1.0}
-_RESERVED = ("slide", "split", "patient")
+_RESERVED = ("slide", "split", "patient", "annotations")
 #: Distinct numeric values above which a "class" column is taken for a regression target.
 _MAX_NUMERIC_CLASSES = 10
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -42,6 +45,7 @@ class SlideRecord:
 
     ``label`` is the class index (classification; 0 for the other tasks); ``values`` holds one
     number per target (multilabel 0/1, regression in the targets' units; empty for classification).
+    ``annotations``: the slide's annotation file (from the CSV's ``annotations`` column), or None.
     """
 
     path: Path
@@ -50,6 +54,7 @@ class SlideRecord:
     where: str
     patient: str | None = None
     values: tuple[float, ...] = ()
+    annotations: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ def read_labels_csv(path: str | Path, classes: Sequence[str] | None = None, *, t
                           "column(s) (e.g. 'label'), optionally 'split' and 'patient', each named once")
     target_names = _choose_targets(path, task, candidates, targets)
     target_cols = [columns[t.strip().lower()] for t in target_names]
-    entries, seen = [], {}
+    entries, seen, annotation_files = [], {}, {}
     for line_no, row in enumerate(rows[1:], start=2):
         where = f"{path}:{line_no}"
         if not row or all(not c.strip() for c in row):
@@ -157,12 +162,28 @@ def read_labels_csv(path: str | Path, classes: Sequence[str] | None = None, *, t
                                                  f"{', '.join(values)})")
                               + "; keep one row per slide")
         seen[slide_path] = (line_no, values)
+        if "annotations" in columns and row[columns["annotations"]].strip():
+            annotation_files[slide_path] = _annotation_file(path, row[columns["annotations"]].strip(), where)
         entries.append((slide_path, values, _SPLIT_NAMES[split_text], where, patient))
     if not entries:
         raise LabelsError(f"{path} lists no slides")
     if task == "classification":
-        return _class_set([(p, v[0], s, w, pt) for p, v, s, w, pt in entries], classes, str(path), target_names)
-    return _value_set(entries, task, target_names)
+        labels = _class_set([(p, v[0], s, w, pt) for p, v, s, w, pt in entries], classes, str(path), target_names)
+    else:
+        labels = _value_set(entries, task, target_names)
+    if not annotation_files:
+        return labels
+    return dataclasses.replace(labels, records=tuple(dataclasses.replace(r, annotations=annotation_files.get(r.path))
+                                                     for r in labels.records))
+
+
+def _annotation_file(csv_path: Path, text: str, where: str) -> Path:
+    """A row's annotation file, relative to the CSV's folder; it must exist."""
+    file = (csv_path.parent / text).resolve()
+    if not file.is_file():
+        raise LabelsError(f"{where}: annotation file {text!r} not found (looked for {file}); paths are relative "
+                          "to the CSV's folder; fix the path or leave the cell empty for no annotations")
+    return file
 
 
 def _choose_targets(path: Path, task: str, candidates: list[str], targets: Sequence[str] | None) -> tuple[str, ...]:

@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import CheckpointError
-from engine.specs import POOLS
+from engine.head_arguments import head_arguments
+from engine.specs import HEADS, POOLS, TISSUE_MASKS
 
 CARD_FORMAT_VERSION = 1
 TASKS = ("classification", "multilabel", "regression")  # mirrors engine.io.labels.TASKS
 #: Fields a classification card leaves out, so its model.json is what it was before tasks existed.
 _TASK_FIELDS = ("task", "targets", "target_mean", "target_std")
+#: Fields a card from before heads and tissue masks leaves out (None or empty): it reads as it did.
+_HEAD_FIELDS = ("head", "head_kwargs", "tissue_mask", "tissue_params")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BUILDER_ARGS = ("num_classes", "split", "pool")  # set from the card's own fields, never from model_kwargs
 #: The largest streaming tile a card may ask for: a 65536² RGB float tile is already 48 GiB.
@@ -60,6 +63,15 @@ class ModelCard:
     targets: tuple[str, ...] = ()
     target_mean: tuple[float, ...] | None = None
     target_std: tuple[float, ...] | None = None
+    head: str | None = None
+    head_kwargs: dict = field(default_factory=dict)
+    tissue_mask: str | None = None
+    tissue_params: dict = field(default_factory=dict)
+
+    @property
+    def head_name(self) -> str:
+        """The head the model was built with: ``head``, or ``pool`` for cards from before heads."""
+        return self.head or self.pool
 
     def __post_init__(self) -> None:
         _validate_card(self, "<ModelCard>")
@@ -71,6 +83,9 @@ class ModelCard:
             d[key] = None if d[key] is None else list(d[key])
         if self.task == "classification" and not self.targets:
             for key in _TASK_FIELDS:
+                del d[key]
+        for key in _HEAD_FIELDS:
+            if d[key] is None or d[key] == {}:
                 del d[key]
         return d
 
@@ -188,6 +203,33 @@ def _validate_card(card: ModelCard, source: str) -> None:
         put(name, tuple(float(v) for v in value))
     if card.task == "regression" and any(s <= 0 for s in card.target_std):
         raise bad("target_std", "must be positive")
+    _validate_head(card, bad)
     if not isinstance(card.sha256, str) or (card.sha256 and not _SHA256.fullmatch(card.sha256)):
         raise bad("sha256", "must be 64 lowercase hex digits, or empty before saving")
 
+
+
+def _validate_head(card: ModelCard, bad) -> None:
+    """``head`` and its arguments, and the tissue mask the model was trained with."""
+    if card.head is not None:
+        if card.head not in HEADS:
+            raise bad("head", f"is not a head this StreamSlide knows; it must be one of {', '.join(HEADS)} "
+                              "(a newer StreamSlide may have written it: update StreamSlide)")
+        if card.head in POOLS and card.head != card.pool:
+            raise bad("head", f"is '{card.head}' but field 'pool' is '{card.pool}'; they must agree")
+    if not isinstance(card.head_kwargs, dict):
+        raise bad("head_kwargs", "must be an object")
+    try:
+        head_arguments(card.head_name, card.head_kwargs)
+    except ValueError as exc:
+        raise bad("head_kwargs", str(exc)) from None
+    if card.tissue_mask is not None and card.tissue_mask not in TISSUE_MASKS:
+        raise bad("tissue_mask", f"must be one of {', '.join(TISSUE_MASKS)}, or null")
+    if not isinstance(card.tissue_params, dict) or not all(isinstance(k, str) for k in card.tissue_params):
+        raise bad("tissue_params", "must be an object with string keys")
+    from engine.slides.tissue import TissueParams
+
+    try:
+        TissueParams(**card.tissue_params)
+    except (TypeError, ValueError) as exc:  # SpecError is a ValueError
+        raise bad("tissue_params", f"are not tissue detection parameters ({exc})") from None

@@ -161,7 +161,7 @@ def _pickle_globals(data: bytes) -> set[str]:
 def load_pretrained_backbone(model: torch.nn.Module, path: str | Path, *, skip_classifier: bool = True) -> list[str]:
     """Load e.g. torchvision/timm ImageNet ResNet weights into ``model`` by parameter name.
 
-    The classifier (``fc.*``) is skipped when it is absent or its shape differs (another number
+    The classifier (``fc.*``, and a head's ``pooling.*``) is skipped when it is absent or its shape differs (another number
     of classes) and ``skip_classifier`` is true; every other key must be present with the same
     shape. Missing ``num_batches_tracked`` counters (old torchvision files) are tolerated: they
     are counters, not weights. Returns the model keys left at their initial values, sorted.
@@ -170,7 +170,9 @@ def load_pretrained_backbone(model: torch.nn.Module, path: str | Path, *, skip_c
     own = model.state_dict()
     loadable, skipped, problems = {}, [], []
     for key, target in own.items():
-        is_classifier = key.startswith("fc.")
+        # The head's own parameters (GeM's exponent, attention's MLP: ``pooling.*``) are never in a
+        # backbone file; they keep their initial values, as a new classifier does.
+        is_classifier = key.startswith("fc.") or (key.startswith("pooling.") and key not in state)
         if key not in state:
             if key.endswith("num_batches_tracked"):
                 continue

@@ -29,14 +29,27 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return add
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered architecture, e.g. ``create_model("resnet34", num_classes=2, split="layer2")``."""
+def create_model(name: str, *, head: str | None = None, head_kwargs: dict | None = None, **kwargs) -> nn.Module:
+    """Build a registered architecture, e.g. ``create_model("resnet34", num_classes=2, split="layer2")``.
+
+    ``head`` (one of :data:`engine.specs.HEADS`; None: the ``pool``) and ``head_kwargs`` choose
+    the head (:mod:`engine.models.heads`); its parameters are made after the architecture's, so
+    a seed gives the same trunk whatever the head."""
     try:
         builder = _BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown model '{name}'; available: {', '.join(list_models())}") from None
+    if head in ("max", "avg"):
+        if kwargs.get("pool", head) != head:
+            raise ValueError(f"head '{head}' and pool '{kwargs['pool']}' disagree; give one of them")
+        kwargs["pool"] = head
     check_arguments(name, builder, kwargs)
-    return builder(**kwargs)
+    model = builder(**kwargs)
+    if head is not None or head_kwargs:
+        if not hasattr(model, "set_head"):
+            raise ValueError(f"'{name}' has no choice of head")
+        model.set_head(head or model.pool, head_kwargs)
+    return model
 
 
 def check_arguments(name: str, builder: Callable[..., nn.Module], kwargs: dict) -> None:

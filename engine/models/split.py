@@ -1,8 +1,9 @@
 """A classifier split into a streamed trunk and a conventional head.
 
 The trunk is the local early part (streamed tile by tile); the head runs on the stitched
-feature map: the remaining stages, a global pool (max or average) and a linear layer. The
-split point is a stage name, as in the paper, which streamed the early layers only.
+feature map: the remaining stages, a global pool (max, average, GeM or gated attention:
+:mod:`engine.models.heads`) and a linear layer. The split point is a stage name, as in the
+paper, which streamed the early layers only.
 """
 
 from __future__ import annotations
@@ -12,40 +13,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from engine.models.heads import ClassifierHead, build_head, pooling_module
 from engine.specs import POOLS
 
-
-class ClassifierHead(nn.Module):
-    """Remaining stages, global pool, linear classifier.
-
-    ``forward`` gives slide-level logits (N, classes). ``forward_cells`` applies the same
-    classifier to every cell of the head's feature map (N, classes, h, w) before pooling,
-    which is the prediction map at the head's output stride.
-    """
-
-    def __init__(self, stages: nn.Sequential, fc: nn.Linear, pool: str):
-        super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got '{pool}'")
-        self.stages, self.fc, self.pool = stages, fc, pool
-
-    def features(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.stages(fmap)
-
-    def pooled(self, fmap: torch.Tensor) -> torch.Tensor:
-        f = self.features(fmap)
-        return f.amax(dim=(2, 3)) if self.pool == "max" else f.mean(dim=(2, 3))
-
-    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.pooled(fmap))
-
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Logits from the pooled (N, C) features (a streamed trunk may pool block by block)."""
-        return self.fc(pooled)
-
-    def forward_cells(self, fmap: torch.Tensor) -> torch.Tensor:
-        f = self.features(fmap)
-        return torch.einsum("nchw,kc->nkhw", f, self.fc.weight) + self.fc.bias[None, :, None, None]
+__all__ = ["ClassifierHead", "SplitNet"]  # ClassifierHead lives in engine.models.heads; importable here as before
 
 
 class SplitNet(nn.Module):
@@ -59,8 +30,26 @@ class SplitNet(nn.Module):
 
     def __init__(self, *, split: str, pool: str):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got '{pool}'")
         self.split = split
         self.pool = pool
+        self.head_name = pool  # set_head chooses another head
+
+    def set_head(self, name: str, head_kwargs: dict | None = None) -> None:
+        """Use head ``name`` (:data:`engine.specs.HEADS`) with ``head_kwargs``. Max and avg add no
+        parameters; GeM's exponent and attention's MLP are registered as ``pooling``, and
+        attention's ``fc`` classifies its embedding (``hidden`` wide), so it is made anew."""
+        pooling = pooling_module(name, self.fc.in_features, dict(head_kwargs or {}))
+        if name in POOLS:
+            self.pool = name
+        self.head_name = name
+        if hasattr(self, "pooling"):
+            del self.pooling
+        if pooling is not None:
+            self.pooling = pooling
+        if name == "attention":
+            self.fc = nn.Linear(pooling.embed.out_features, self.fc.out_features)
 
     def _check_split(self) -> int:
         if self.split not in self.stage_names:
@@ -74,10 +63,10 @@ class SplitNet(nn.Module):
         return nn.Sequential(OrderedDict((n, getattr(self, n)) for n in self.stage_names[:end]))
 
     def head(self) -> ClassifierHead:
-        """Stages after ``split``, global pool and ``fc`` (shares modules with this net)."""
+        """Stages after ``split``, the head's pool and ``fc`` (shares modules with this net)."""
         end = self._check_split()
         rest = nn.Sequential(OrderedDict((n, getattr(self, n)) for n in self.stage_names[end:]))
-        return ClassifierHead(rest, self.fc, self.pool)
+        return build_head(self.head_name, rest, self.fc, getattr(self, "pooling", None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head()(self.trunk()(x))

@@ -28,11 +28,12 @@ class StreamFunction(torch.autograd.Function):
 
 class PooledStreamFunction(torch.autograd.Function):
     """``trunk(x)`` globally pooled as one node: the map is reduced block by block in forward and
-    its gradient made block by block in backward; neither is ever whole."""
+    its gradient made block by block in backward; neither is ever whole. ``pool`` is "max" or
+    "avg", or a fresh :class:`GlobalPoolReducer` (e.g. one with a mask)."""
 
     @staticmethod
-    def forward(ctx, module, source, sink, run, pool: str, x_anchor, *params):
-        reducer = GlobalPoolReducer(pool)
+    def forward(ctx, module, source, sink, run, pool, x_anchor, *params):
+        reducer = pool if isinstance(pool, GlobalPoolReducer) else GlobalPoolReducer(pool)
         module.run_forward(source, run, keep_output=False, reducer=reducer)
         _keep(ctx, module, source, sink, run)
         ctx.reducer = reducer

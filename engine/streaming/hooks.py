@@ -33,8 +33,10 @@ class StreamHooks:
     back to the OS every that many blocks, forward and backward counted together (CPU, glibc;
     0: never): keeps peak memory flat over many blocks (see :mod:`engine.streaming.heap`).
     ``skip_block(rows, cols)``: True leaves a forward block (its owned output cells, output-plane
-    intervals) uncomputed: it is not read, run, pooled or sent to ``on_block`` (a stitched map
-    holds NaN there). The backward pass does not consult it: a block gradient of None skips a block there.
+    intervals) uncomputed, forward and backward: it is not read, run, pooled or sent to
+    ``on_block`` (a stitched map holds NaN there), its gradient is taken to be 0 (the
+    input-gradient sink gets None for it) and a graph budget keeps no graph for it. Exact when
+    what follows the trunk does not read those cells (a masked head: :func:`engine.streaming.pooled.mask_skip`).
     ``graph_budget``: this call's bytes for kept forward graphs (None: the module's
     ``graph_budget``; 0: keep none); ``on_plan(plan)`` receives a training call's
     :class:`~engine.streaming.keep.GraphPlan` before its forward pass.

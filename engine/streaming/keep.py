@@ -98,15 +98,22 @@ def saved_elements_per_pixel(graph: StreamGraph, trunk: nn.Module, geometry: tup
 
 def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, saved_per_px: float,
                 work_per_px: float, batch: int, element_bytes: int, out_channels: int,
-                budget: int | None) -> GraphPlan:
+                budget: int | None, skip=None) -> GraphPlan:
     """The blocks to keep within ``budget`` bytes (None: none), first in backward (raster) order.
 
     Cost of keeping the first k blocks: their saved tensors plus one block's backward work;
     of recomputing the rest: one block's saved tensors plus its work. Blocks are kept while
-    the larger of the two stays within the budget. When the whole image fits, one block.
+    the larger of the two stays within the budget. When the whole image fits, one block,
+    unless ``skip`` (a pass's ``skip_block``) leaves blocks out: those are worth more than the
+    overlap one block saves, and are neither kept nor counted.
     """
     scale = batch * element_bytes
-    if budget is not None and plan.n_blocks > 1:
+    skips_any = skip is not None and any(skip((plan.rows[i].own_start, plan.rows[i].end),
+                                              (plan.cols[j].own_start, plan.cols[j].end))
+                                         for i, j in plan.block_order())
+    if not skips_any:
+        skip = None
+    if budget is not None and plan.n_blocks > 1 and skip is None:
         whole = plan_tiles(graph, plan.out_hw, plan.in_hw)
         saved, work = _block_costs(whole, saved_per_px, work_per_px, scale)
         if whole.n_blocks == 1 and saved[0] + work <= budget:
@@ -117,6 +124,12 @@ def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, sa
     recompute_peak = block_bytes + work
     kept: list[tuple[int, int]] = []
     kept_bytes = 0
+    if skip is not None:
+        computed = [(i, j) for i, j in order
+                    if not skip((plan.rows[i].own_start, plan.rows[i].end), (plan.cols[j].own_start, plan.cols[j].end))]
+        wanted = set(computed)
+        saved = [b for ij, b in zip(order, saved, strict=True) if ij in wanted]
+        order = computed
     if budget is not None:
         for ij, b in zip(order, saved, strict=True):
             rest = recompute_peak if len(kept) + 1 < len(order) else 0

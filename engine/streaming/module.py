@@ -166,9 +166,10 @@ class StreamingModule(nn.Module):
         return budget.tile_for_budget(self.activation_elements_per_pixel(), self.geometry, memory_budget, **kw)
 
     def graph_plan(self, in_hw: tuple[int, int], *, batch: int = 1, element_bytes: int | None = None,
-                   graph_budget: int | None = None) -> GraphPlan:
+                   graph_budget: int | None = None, skip=None) -> GraphPlan:
         """Which blocks a training pass over ``in_hw`` input pixels keeps the graph of, within
-        ``graph_budget`` bytes (None: the module's); ``element_bytes`` defaults to the parameters'."""
+        ``graph_budget`` bytes (None: the module's); ``element_bytes`` defaults to the parameters'.
+        ``skip``: the pass's ``skip_block`` (blocks left out cost nothing and are never kept)."""
         if not hasattr(self, "_saved_per_px"):
             self._saved_per_px = saved_elements_per_pixel(self.graph, self.trunk, self.geometry,
                                                           budget._input_channels(self.trunk))
@@ -179,7 +180,7 @@ class StreamingModule(nn.Module):
         return plan_graphs(self.graph, self.tile_plan(in_hw), self.tile_size, saved_per_px=saved_per_px,
                            work_per_px=largest_per_px, batch=batch,
                            element_bytes=element_bytes, out_channels=channels,
-                           budget=self.graph_budget if graph_budget is None else graph_budget)
+                           budget=self.graph_budget if graph_budget is None else graph_budget, skip=skip)
 
     def plan_summary(self, in_hw: tuple[int, int], **kw) -> dict:
         """:meth:`graph_plan` as JSON values: tile, blocks, kept, recomputed, bytes."""
@@ -220,18 +221,20 @@ class StreamingModule(nn.Module):
         return StreamFunction.apply(self, source, input_grad_sink, run, anchor, *params)
 
     def pooled(self, x: torch.Tensor | RegionSource, pool: str, *, input_grad_sink: InputGradientSink | None = None,
-               hooks: StreamHooks | None = None) -> torch.Tensor:
+               hooks: StreamHooks | None = None, mask=None) -> torch.Tensor:
         """``trunk(x)`` globally max- or mean-pooled (``pool`` "max" or "avg"): (N, C), with
         autograd, equal to pooling :meth:`forward`'s map, but the map is reduced block by block
-        and never held, nor its gradient (see :mod:`engine.streaming.pooled`)."""
+        and never held, nor its gradient (see :mod:`engine.streaming.pooled`). With ``mask``
+        (output plane, bool (H, W) or (N or 1, 1, H, W)) only its cells are pooled; blocks outside
+        it are still computed unless ``hooks.skip_block`` leaves them out (:func:`~engine.streaming.pooled.mask_skip`)."""
         source, anchor, params, grad_wanted = self._prepare(x, input_grad_sink)
         run = self._pass(hooks)
+        reducer = GlobalPoolReducer(pool, mask)
         if not grad_wanted:
-            reducer = GlobalPoolReducer(pool)
             self.run_forward(source, run, keep_output=False, reducer=reducer)
             return reducer.pooled().to(reducer.dtype)
         self._plan_keep(source, run, anchor, input_grad_sink)
-        return PooledStreamFunction.apply(self, source, input_grad_sink, run, pool, anchor, *params)
+        return PooledStreamFunction.apply(self, source, input_grad_sink, run, reducer, anchor, *params)
 
     def forward_blocks(self, x: torch.Tensor | RegionSource, *, hooks: StreamHooks | None = None) -> None:
         """Run the forward pass for ``hooks.on_block`` only, without autograd and keeping no
@@ -263,7 +266,7 @@ class StreamingModule(nn.Module):
         if torch.is_autocast_enabled(device.type):
             element_bytes = torch.get_autocast_dtype(device.type).itemsize
         plan = self.graph_plan(source.shape[2:], batch=int(source.shape[0]), element_bytes=element_bytes,
-                               graph_budget=limit)
+                               graph_budget=limit, skip=run.hooks.skip_block)
         run.keep = frozenset(plan.kept)
         run.tile_plan = plan.tile_plan
         run.keep_x = anchor.requires_grad or sink is not None
@@ -366,9 +369,18 @@ class StreamingModule(nn.Module):
         # A block gradient that depends on the block's values (ties of a global max too many to
         # store) gets them from the recomputation, so that runs before the gradient is known.
         needs_values = callable(grad_out) and getattr(grad_out, "needs_values", False)
+        skip = run.hooks.skip_block
         for done, (bi, bj) in enumerate(plan.block_order(), start=1):
             rb, rp, cb, cp = plan.rows[bi], plan.row_plans[bi], plan.cols[bj], plan.col_plans[bj]
             run.check_stop()
+            if skip is not None and skip((rb.own_start, rb.end), (cb.own_start, cb.end)):
+                # Left out in forward too: its cells are outside what the head reads, so its
+                # gradient is 0; the sink still hears of it, to emit what is final.
+                if sink is not None:
+                    sink.add(bi, bj, None)
+                run.kept.pop((bi, bj), None)
+                run.block_done("backward", done, plan.n_blocks)
+                continue
             x = y = None
             if needs_values:
                 x, y = self._block_graph(source, run, (bi, bj), need_x)

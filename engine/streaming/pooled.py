@@ -7,10 +7,18 @@ mean, ``w / ties`` at the maxima for the max (as ``amax`` spreads it). So
 :class:`GlobalPoolReducer` takes the blocks of :meth:`StreamingModule.forward_blocks` as they
 come and :meth:`GlobalPoolReducer.grad_for_block` feeds :meth:`StreamingModule.backward_from`.
 Results equal pooling the stitched map (the mean up to summation order).
+
+With an output-plane ``mask`` (a tissue mask on the trunk's grid), cells outside it take no
+part: they are neither a maximum nor summed nor counted, and their gradient is 0. A block with
+no cell in the mask then needs no computing at all: :func:`mask_skip` is the
+:attr:`~engine.streaming.hooks.StreamHooks.skip_block` that leaves it out, forward and backward.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from engine.specs import POOLS
@@ -21,13 +29,43 @@ from engine.specs import POOLS
 TIE_CAP = 64
 
 
-class GlobalPoolReducer:
-    """Running global ``"max"`` or ``"avg"`` pool of an (N, C, H, W) map given in disjoint blocks."""
+def _mask_planes(mask) -> torch.Tensor:
+    """A mask (H, W), (N, H, W) or (N, 1, H, W), bool tensor or array, as (N or 1, 1, H, W) bool."""
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).to(torch.bool)
+    if m.dim() == 2:
+        m = m[None]
+    if m.dim() == 3:
+        m = m[:, None]
+    if m.dim() != 4 or m.shape[1] != 1:
+        raise ValueError(f"a pool mask is (H, W) or (N, 1, H, W) on the output plane, got shape {tuple(m.shape)}")
+    return m
 
-    def __init__(self, pool: str):
+
+def mask_skip(mask):
+    """A ``skip_block(rows, cols)`` that leaves out every block whose owned output cells all lie
+    outside ``mask`` (output plane; for several images, outside each image's)."""
+    any_image = _mask_planes(mask).any(dim=0)[0].cpu().numpy()
+    # A summed-area table answers "any cell of the mask in this block" in O(1) per block.
+    table = np.zeros((any_image.shape[0] + 1, any_image.shape[1] + 1), np.int64)
+    table[1:, 1:] = any_image.cumsum(0).cumsum(1)
+
+    def skip(rows: tuple[int, int], cols: tuple[int, int]) -> bool:
+        (r0, r1), (c0, c1) = rows, cols
+        return int(table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]) == 0
+
+    return skip
+
+
+class GlobalPoolReducer:
+    """Running global ``"max"`` or ``"avg"`` pool of an (N, C, H, W) map given in disjoint blocks,
+    over the cells of ``mask`` (output plane, (H, W) or (N or 1, 1, H, W); None: every cell)."""
+
+    def __init__(self, pool: str, mask=None):
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got '{pool}'")
         self.pool = pool
+        self.mask: torch.Tensor | None = None if mask is None else _mask_planes(mask)
+        self._counted: torch.Tensor | None = None  # (N or 1, 1) float64: mask cells added (masked mean)
         self.cells = 0
         self.dtype: torch.dtype | None = None  # the map's
         self._sum: torch.Tensor | None = None  # (N, C), float64 for the mean
@@ -40,12 +78,23 @@ class GlobalPoolReducer:
         values = values.detach()
         self.dtype = values.dtype
         self.cells += values.shape[2] * values.shape[3]
+        inside = self._inside(rows, cols, values.device)
         if self.pool == "avg":
+            if inside is not None:
+                values = torch.where(inside, values, torch.zeros((), dtype=values.dtype, device=values.device))
+                counted = inside.sum(dim=(2, 3)).double()
+                self._counted = counted if self._counted is None else self._counted + counted
             block_sum = values.double().sum(dim=(2, 3))
             self._sum = block_sum if self._sum is None else self._sum + block_sum
             return
-        block_max = values.amax(dim=(2, 3))
-        at_max = values == block_max[:, :, None, None]
+        pooled_values = values
+        if inside is not None:
+            pooled_values = torch.where(inside, values, torch.full((), -math.inf, dtype=values.dtype,
+                                                                   device=values.device))
+        block_max = pooled_values.amax(dim=(2, 3))
+        at_max = pooled_values == block_max[:, :, None, None]
+        if inside is not None:
+            at_max = at_max & inside
         block_ties = at_max.sum(dim=(2, 3)).double()
         if self._max is None:
             raised, equal = torch.ones_like(block_max, dtype=torch.bool), torch.zeros_like(block_max, dtype=torch.bool)
@@ -62,6 +111,14 @@ class GlobalPoolReducer:
             if len(self._where) > 64:  # keep the list short: drop rows below the running max
                 self._where = [self._maxima()]
 
+    def _inside(self, rows: tuple[int, int], cols: tuple[int, int], device) -> torch.Tensor | None:
+        """The mask's cells ``[rows) x [cols)``, (N or 1, 1, rows, cols), or None without a mask."""
+        if self.mask is None:
+            return None
+        if self.mask.device != torch.device(device):
+            self.mask = self.mask.to(device)
+        return self.mask[:, :, rows[0]:rows[1], cols[0]:cols[1]]
+
     def _maxima(self) -> torch.Tensor:
         """Stored positions at the final maximum, of channels with at most TIE_CAP ties."""
         rows = torch.cat(self._where) if self._where else torch.zeros((0, 5), dtype=torch.float64)
@@ -75,8 +132,16 @@ class GlobalPoolReducer:
         if self.cells == 0:
             raise ValueError("no blocks were added")
         if self.pool == "avg":
-            return self._sum / self.cells
+            return self._sum / self._count()
         return self._max.clone()
+
+    def _count(self):
+        """The mean's divisor: every cell added, or the mask's cells among them, per image."""
+        if self.mask is None:
+            return self.cells
+        if self._counted is None or not bool((self._counted > 0).all()):
+            raise ValueError("the pool mask holds no cell of the blocks added for some image: nothing to pool")
+        return self._counted
 
     def grad_for_block(self, grad_pooled: torch.Tensor, dtype: torch.dtype | None = None):
         """The map's gradient block by block, given the gradient of the pooled (N, C) vector:
@@ -85,11 +150,18 @@ class GlobalPoolReducer:
         block's recomputed values too, and finds those channels' maxima in them."""
         grad_pooled = grad_pooled.detach()
         if self.pool == "avg":
-            per_cell = grad_pooled / self.cells
+            per_cell = grad_pooled / self._count().to(grad_pooled.device) if self.mask is not None \
+                else grad_pooled / self.cells
 
             def grad_avg(rows, cols, values=None):
                 shape = (*per_cell.shape, rows[1] - rows[0], cols[1] - cols[0])
-                return per_cell.to(dtype or per_cell.dtype)[:, :, None, None].expand(shape)
+                g = per_cell.to(dtype or per_cell.dtype)[:, :, None, None].expand(shape)
+                inside = self._inside(rows, cols, g.device)
+                if inside is None:
+                    return g
+                if not bool(inside.any()):
+                    return None
+                return torch.where(inside, g, torch.zeros((), dtype=g.dtype, device=g.device))
 
             return grad_avg
         device = grad_pooled.device
@@ -111,6 +183,9 @@ class GlobalPoolReducer:
                 g[n[inside], c[inside], r[inside] - rows[0], k[inside] - cols[0]] = sparse_share[inside].to(g.dtype)
             if values is not None and bool(dense.any()):
                 at = (values.detach() == top[:, :, None, None].to(values.dtype)) & dense[:, :, None, None]
+                inside = self._inside(rows, cols, at.device)
+                if inside is not None:
+                    at = at & inside
                 if bool(at.any()):
                     g = torch.zeros(shape, dtype=dtype or grad_pooled.dtype, device=device) if g is None else g
                     g += at * share[:, :, None, None].to(g.dtype)

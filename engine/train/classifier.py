@@ -10,13 +10,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.head_arguments import head_arguments
 from engine.io.checkpoints import ModelCard
 from engine.io.state_dicts import load_pretrained_backbone
 from engine.models import SplitNet, create_model
 from engine.specs import GRAPH_BUDGET_AUTO_SHARE, TrainingSpec
 from engine.streaming import StreamHooks, StreamingModule
-from engine.streaming.graph import FROZEN_MODULES
+from engine.streaming.graph import FROZEN_MODULES, trace_trunk
 from engine.streaming.keep import resolve_graph_budget
+from engine.streaming.plan import axis_geometry
+from engine.streaming.pooled import mask_skip
 from engine.train.data import Augmentation, input_source
 
 CALIBRATION_CROP = 1024  # input pixels per side of the crops that set BatchNorm statistics
@@ -55,9 +58,9 @@ class Classifier(nn.Module):
         object.__setattr__(self, "trunk", trunk)
         object.__setattr__(self, "runner", runner)
         object.__setattr__(self, "head", model.head())
-        # Pool and linear only after the trunk: streamed, the map is pooled block by block and
-        # never held (StreamingModule.pooled), so memory does not grow with the slide.
-        self.pooled_head = streaming and len(list(self.head.stages.children())) == 0
+        # Pool and linear only after the trunk: streamed, a max or mean is pooled block by block and
+        # the map never held (StreamingModule.pooled), so memory does not grow with the slide.
+        self.pooled_head = streaming and not self.head.has_stages and self.head.reducible
 
     def set_should_stop(self, should_stop) -> None:
         """Stop a streamed pass between tiles when ``should_stop()`` turns True (raises Cancelled)."""
@@ -77,18 +80,34 @@ class Classifier(nn.Module):
         freeze_norms(self.trunk)  # a training loop's .train() must not bring back batch statistics
         return self
 
-    def forward(self, x) -> torch.Tensor:
-        """Logits (1, classes) for ``x``: a lazy source when streaming, else an NCHW tensor."""
+    def trunk_grid(self, in_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The trunk's output size (rows, cols) for an input of ``in_hw`` pixels, and its stride."""
+        if not hasattr(self, "_graph"):
+            graph = self.runner.graph if self.streaming else trace_trunk(self.trunk, freeze_batchnorm=True)
+            geometry = (axis_geometry(graph, 0), axis_geometry(graph, 1))
+            object.__setattr__(self, "_graph", graph)
+            object.__setattr__(self, "_stride", (geometry[0].stride, geometry[1].stride))
+        return self._graph.spatial_sizes(tuple(in_hw))[-1], self._stride
+
+    def forward(self, x, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (1, classes) for ``x``: a lazy source when streaming, else an NCHW tensor.
+
+        ``mask``: bool (1, 1, h, w) on the trunk's output grid, or None. The head pools only its
+        cells (:mod:`engine.models.heads`), and the streamed trunk leaves out, forward and
+        backward, every block with none of them: exact for the masked model."""
+        hooks = self.hooks
+        if mask is not None and self.streaming:
+            hooks = dataclasses.replace(hooks, skip_block=mask_skip(mask))
         if self.pooled_head:
-            return self.head.classify(self.runner.pooled(x, self.head.pool, hooks=self.hooks))
+            return self.head.classify(self.runner.pooled(x, self.head.pool, hooks=hooks, mask=mask))
         if self.channels_last and isinstance(x, torch.Tensor) and x.is_cuda:
             # Not on CPU: a whole-slide NHWC tensor sent oneDNN's weight gradient to its reference
             # kernel (a 4096² ResNet-34 step had not finished in 9 minutes); streamed tiles are small.
             x = x.contiguous(memory_format=torch.channels_last)
-        fmap = self.runner(x, hooks=self.hooks) if self.streaming else self.runner(x)
+        fmap = self.runner(x, hooks=hooks) if self.streaming else self.runner(x)
         if self.channels_last:
             fmap = fmap.contiguous(memory_format=torch.channels_last)
-        return self.head(fmap)
+        return self.head(fmap, mask)
 
 
 def build_model(spec: TrainingSpec, classes: tuple[str, ...], card_fields: dict | None = None) -> tuple[SplitNet, ModelCard]:
@@ -99,16 +118,22 @@ def build_model(spec: TrainingSpec, classes: tuple[str, ...], card_fields: dict 
     kwargs = dict(spec.model_kwargs)
     if spec.split is not None:
         kwargs["split"] = spec.split
-    model: SplitNet = create_model(spec.model, num_classes=len(classes), pool=spec.pool, **kwargs)
+    head_kwargs = head_arguments(spec.head_name, {})  # the defaults, written out: a card keeps its own
+    model: SplitNet = create_model(spec.model, num_classes=len(classes), pool=spec.pool, head=spec.head_name,
+                                   head_kwargs=head_kwargs, **kwargs)
     if spec.pretrained:
         load_pretrained_backbone(model, spec.pretrained)
     card = ModelCard(
         architecture=spec.model, classes=classes, split=model.split, pool=spec.pool,
+        head=spec.head_name, head_kwargs=head_kwargs, tissue_mask=spec.tissue_mask,
+        tissue_params=dict(spec.tissue_params) if spec.tissue_mask == "auto" else {},
         model_kwargs={k: v for k, v in spec.model_kwargs.items() if k not in ("split", "pool", "num_classes")},
         input_mpp=spec.mpp, input_level=spec.level, normalization_mean=tuple(spec.normalization_mean),
         normalization_std=tuple(spec.normalization_std), tile_size=spec.tile_size,
         provenance={"made_by": "engine.train", "labels": str(spec.labels), "pretrained": spec.pretrained,
-                    "input_size": spec.input_size, "tissue_crop": spec.tissue_crop},
+                    "input_size": spec.input_size, "tissue_crop": spec.tissue_crop,
+                    **({"include_classes": list(spec.include_classes)} if spec.include_classes else {}),
+                    **({"exclude_classes": list(spec.exclude_classes)} if spec.exclude_classes else {})},
         **(card_fields or {}))
     return model, card
 

@@ -21,15 +21,15 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from engine.errors import LabelsError
-from engine.geometry import Box, lv_to_l0_origin
+from engine.geometry import Box, lv_to_l0, lv_to_l0_origin
 from engine.io.labels import LabelSet, SlideRecord, read_labels
 from engine.slides import open_slide, to_rgb
 from engine.slides.region import choose_level, level_region, tissue_box
 
 # read_labels stays importable from here until engine.api and viewer.labels_table import it
 # from engine.io.labels (the lead's merge); nothing in engine.train uses it through this name.
-__all__ = ["Augmentation", "InputSpec", "LabelSet", "Prefetcher", "SlideRecord", "draw_augmentation", "input_source",
-           "oriented", "read_labels", "read_slide_input", "split_records"]
+__all__ = ["Augmentation", "InputSpec", "LabelSet", "Placement", "Prefetcher", "SlideRecord", "draw_augmentation",
+           "input_source", "oriented", "read_labels", "read_slide_input", "read_slide_placed", "split_records"]
 
 _READ_BAND_BYTES = 64 * 1024 * 1024  # read big regions in row bands: OpenSlide allocates RGBA up front
 
@@ -80,32 +80,57 @@ class InputSpec:
     tissue_crop: bool = True
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where an input lies on its slide: its pixel (0, 0) is level pixel (``lv_x0``, ``lv_y0``) of a
+    level with ``downsample``; it is ``width`` x ``height`` pixels (padding included)."""
+
+    downsample: float
+    lv_x0: int
+    lv_y0: int
+    width: int
+    height: int
+
+    @property
+    def l0_box(self) -> Box:
+        """The input's extent in level-0 pixels."""
+        return lv_to_l0(Box(self.lv_x0, self.lv_y0, self.lv_x0 + self.width, self.lv_y0 + self.height),
+                        self.downsample)
+
+
 def read_slide_input(path: str | Path, spec: InputSpec, rng: np.random.Generator | None = None) -> np.ndarray:
     """The slide as uint8 (H, W, 3) at the chosen level, cropped/padded per ``spec``.
 
     With ``rng`` the crop (when the tissue is larger than ``size``) and the padding offset are
     random (translation augmentation); without it both are centred.
     """
+    return read_slide_placed(path, spec, rng)[0]
+
+
+def read_slide_placed(path: str | Path, spec: InputSpec,
+                      rng: np.random.Generator | None = None) -> tuple[np.ndarray, Placement]:
+    """:func:`read_slide_input`, and where the input lies on the slide (for annotation masks)."""
     with open_slide(path) as slide:
         level = choose_level(slide, level=spec.level, mpp=spec.mpp, fallback_level=None)
         l0_box = tissue_box(slide) if spec.tissue_crop else Box(0, 0, *slide.dimensions)
         region = level_region(slide, level, l0_box)
         lv_x0, lv_y0, lv_w, lv_h = region.lv_x0, region.lv_y0, region.lv_w, region.lv_h
         if spec.size is None:
-            return _read_level_box(slide, level, region.downsample, lv_x0, lv_y0, lv_w, lv_h)
+            rgb = _read_level_box(slide, level, region.downsample, lv_x0, lv_y0, lv_w, lv_h)
+            return rgb, Placement(region.downsample, lv_x0, lv_y0, lv_w, lv_h)
         size = int(spec.size)
         # Crop: a window of at most size x size inside the tissue box.
         crop_x, crop_y = _offset(lv_w - size, rng), _offset(lv_h - size, rng)
         read_w, read_h = min(size, lv_w), min(size, lv_h)
         rgb = _read_level_box(slide, level, region.downsample, lv_x0 + crop_x, lv_y0 + crop_y, read_w, read_h)
         if read_w == size and read_h == size:
-            return rgb
+            return rgb, Placement(region.downsample, lv_x0 + crop_x, lv_y0 + crop_y, size, size)
         # Pad: place the read box inside a background canvas.
         out = np.empty((size, size, 3), np.uint8)
         out[:] = slide.background_rgb
         pad_x, pad_y = _offset(size - read_w, rng), _offset(size - read_h, rng)
         out[pad_y:pad_y + read_h, pad_x:pad_x + read_w] = rgb
-        return out
+        return out, Placement(region.downsample, lv_x0 + crop_x - pad_x, lv_y0 + crop_y - pad_y, size, size)
 
 
 def _offset(slack: int, rng: np.random.Generator | None) -> int:

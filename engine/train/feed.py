@@ -13,18 +13,20 @@ import numpy as np
 
 from engine.io.labels import SlideRecord
 from engine.specs import TrainingSpec
-from engine.train.data import Augmentation, InputSpec, draw_augmentation, read_slide_input
+from engine.train.data import Augmentation, InputSpec, draw_augmentation, read_slide_input, read_slide_placed
 from engine.train.distributed import DistContext
 
 #: One slide ready for the network: uint8 (H, W, 3) pixels, its augmentation, its target (the
-#: class index, or the tuple of target values: :mod:`engine.train.tasks`).
-Item = tuple[np.ndarray, Augmentation, object]
+#: class index, or the tuple of target values: :mod:`engine.train.tasks`), and its mask on the
+#: trunk's grid (bool (1, 1, h, w), already turned with the augmentation; None: pool every cell).
+Item = tuple[np.ndarray, Augmentation, object, object]
 
 
 class SlideFeed:
     def __init__(self, spec: TrainingSpec, train_set: Sequence[SlideRecord], ctx: DistContext,
-                 target: Callable[[SlideRecord], object] = lambda r: r.label):
+                 target: Callable[[SlideRecord], object] = lambda r: r.label, masks=None):
         self.spec, self.train_set, self.ctx, self.target = spec, list(train_set), ctx, target
+        self.masks = masks  # an engine.train.masks.SlideMasks, or None: no masks
         self.input = InputSpec(level=spec.level, mpp=spec.mpp, size=spec.input_size, tissue_crop=spec.tissue_crop)
 
     def epoch_groups(self, epoch: int) -> list[np.ndarray]:
@@ -43,9 +45,10 @@ class SlideFeed:
 
     def load(self, record: SlideRecord, rng: np.random.Generator | None) -> Item:
         """``record`` read as an input; with ``rng`` randomly placed and augmented, else centred."""
-        rgb = read_slide_input(record.path, self.input, rng)
+        rgb, placement = read_slide_placed(record.path, self.input, rng)
         aug = draw_augmentation(rng, self.spec.colour_jitter) if rng is not None else Augmentation()
-        return rgb, aug, self.target(record)
+        mask = self.masks(record, rgb, placement, aug) if self.masks is not None else None
+        return rgb, aug, self.target(record), mask
 
     def train_jobs(self, epoch: int, groups: list[np.ndarray], first_step: int) -> Iterator[Callable[[], Item]]:
         """Loading jobs for this rank's slides of ``groups[first_step:]``, in order (for a Prefetcher)."""
@@ -57,5 +60,4 @@ class SlideFeed:
     def calibration_slides(self) -> Iterator[tuple[np.ndarray, Augmentation]]:
         """The first ``spec.calibrate_norms`` training slides, centred and not augmented, one at a time."""
         for record in self.train_set[:self.spec.calibrate_norms]:
-            rgb, aug, _ = self.load(record, None)
-            yield rgb, aug
+            yield read_slide_input(record.path, self.input, None), Augmentation()

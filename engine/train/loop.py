@@ -27,6 +27,7 @@ from engine.train.checkpointer import RESUME_MAY_CHANGE, Checkpointer, Counters,
 from engine.train.classifier import Classifier, build_model, calibrate_norms
 from engine.train.data import Prefetcher, split_records
 from engine.train.feed import SlideFeed
+from engine.train.masks import SlideMasks
 from engine.train.metrics_log import MetricsLogger
 from engine.train.stages import Stages, base_lrs, build_staged_optimizer, build_staged_scheduler
 from engine.train.step import FP16_OVERFLOW, SlideForward, TrainStep
@@ -79,6 +80,8 @@ class Trainer:
                                      low_memory=spec.low_memory,
                                      graph_budget=spec.graph_budget)
         self.net: torch.nn.Module = self.classifier  # replaced by the DDP wrapper in run()
+        self.feed.masks = SlideMasks(spec.tissue_mask, spec.tissue_params, self.classifier.trunk_grid,
+                                     include=spec.include_classes, exclude=spec.exclude_classes, emit=self.emit)
 
         amp_dtype = precision.autocast_dtype(spec, self.device, self.dtype)
         scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)

@@ -35,12 +35,12 @@ class SlideForward:
                  amp_dtype: torch.dtype | None):
         self.spec, self.dtype, self.device, self.amp_dtype = spec, dtype, device, amp_dtype
 
-    def __call__(self, net: nn.Module, rgb: np.ndarray, aug: Augmentation) -> torch.Tensor:
+    def __call__(self, net: nn.Module, rgb: np.ndarray, aug: Augmentation, mask: torch.Tensor | None = None) -> torch.Tensor:
         spec = self.spec
         src = input_source(rgb, aug, spec.normalization_mean, spec.normalization_std, dtype=self.dtype)
         x = src if spec.streaming else src.read((0, src.shape[2]), (0, src.shape[3])).to(self.device)
         with precision.autocast(self.device, self.amp_dtype):
-            logits = net(x)
+            logits = net(x, mask)
         return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
@@ -56,11 +56,11 @@ class TrainStep:
         """(mean loss over all ranks, the reason the step was skipped or None)."""
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for i, (rgb, aug, label) in enumerate(items):
+        for i, (rgb, aug, label, mask) in enumerate(items):
             last = i == len(items) - 1
             sync = net.no_sync() if self.ctx.active and not last else nullcontext()
             with sync:
-                logits = self.forward(net, rgb, aug)
+                logits = self.forward(net, rgb, aug, mask)
                 loss = self.task.loss(logits, label) / len(items)
                 self.scaler.scale(loss).backward()
             total += float(loss.detach())

@@ -48,10 +48,10 @@ class Validator:
         classifier.eval()
         t0 = time.perf_counter()
         with torch.no_grad(), Prefetcher(jobs, depth=self.prefetch) as slides:
-            for k, (rgb, aug, label) in enumerate(slides):
+            for k, (rgb, aug, label, mask) in enumerate(slides):
                 if self.cancel.cancelled and not self.ctx.active:
                     raise Cancelled("validation cancelled")
-                logits = self.forward(classifier, rgb, aug)
+                logits = self.forward(classifier, rgb, aug, mask)
                 loss = self.task.loss(logits, label, weighted=False)
                 rows.append((self.task.outputs(logits), label, float(loss)))
                 elapsed = time.perf_counter() - t0
