@@ -2,8 +2,9 @@
 
 While the trunk is frozen (``TrainingSpec.freeze_trunk_epochs``) and the slides are not
 augmented, a slide's trunk map is the same every epoch: it is computed once, written to
-``<run>/map-cache/<set>-<index>.npy`` (``set`` "train" or "val", ``index`` the slide's position in
-that set, never its name) and read back in later epochs, so those cost only the head.
+``<run>/map-cache/<set>-<index>.npz`` (``set`` "train" or "val", ``index`` the slide's position in
+that set, never its name; with its tissue or annotation mask beside it) and read back in later
+epochs, so those cost only the head.
 
 Maps are kept in half precision (a slide whose map leaves float16's range is kept in float32)
 and float64 runs keep float64 maps, so exactness checks stay exact. Every file is written
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -103,28 +105,35 @@ class MapCache:
                           error=TrainingError)
 
     def path(self, name: str) -> Path:
-        """The file of map ``name`` ("train-3", "val-0": from indices, never from slide names)."""
-        return self.folder / f"{name}.npy"
+        """The file of entry ``name`` ("train-3", "val-0": from indices, never from slide names)."""
+        return self.folder / f"{name}.npz"
 
-    def load(self, name: str) -> torch.Tensor | None:
-        """Map ``name`` as cached, or None when it is not (yet) there or unreadable."""
+    def load(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Entry ``name`` as cached, (map, mask or None), or None when it is not (yet) there or unreadable."""
         try:
-            array = np.load(self.path(name), allow_pickle=False)
-        except (OSError, ValueError, EOFError):
+            with np.load(self.path(name), allow_pickle=False) as entry:
+                fmap = entry["map"]
+                mask = entry["mask"] if "mask" in entry.files else None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None
-        if array.ndim != 4:
+        if fmap.ndim != 4 or (mask is not None and (mask.ndim != 4 or mask.dtype != np.bool_)):
             return None
-        return torch.from_numpy(array)
+        return torch.from_numpy(fmap), (torch.from_numpy(mask) if mask is not None else None)
 
-    def store(self, name: str, fmap: torch.Tensor) -> torch.Tensor:
-        """Write ``fmap`` (N, C, h, w) as map ``name``; returns the map as cached (rounded to the
-        cache dtype, on the CPU), which is what this and every later epoch trains on."""
+    def store(self, name: str, fmap: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Write ``fmap`` (N, C, h, w) as entry ``name``, with its ``mask`` (bool (N or 1, 1, h, w)
+        on the same grid) when given; returns the map as cached (rounded to the cache dtype, on the
+        CPU), which is what this and every later epoch trains on. Cells of blocks the mask left out
+        are NaN, as the streamed trunk leaves them (the head never reads them)."""
         array = fmap.detach().to("cpu", torch.float64 if self.dtype == np.float64 else torch.float32).numpy()
         dtype = self.dtype
-        if dtype == np.float16 and np.isfinite(array).all() and np.abs(array).max(initial=0.0) > _FP16_MAX:
+        if dtype == np.float16 and np.abs(np.where(np.isfinite(array), array, 0.0)).max(initial=0.0) > _FP16_MAX:
             dtype = np.dtype(np.float32)  # float16 would turn its largest values into inf
         array = np.ascontiguousarray(array.astype(dtype))
-        atomic.write_with(self.path(name), lambda f: np.save(f, array, allow_pickle=False), error=TrainingError)
+        arrays = {"map": array}
+        if mask is not None:
+            arrays["mask"] = np.ascontiguousarray(mask.detach().cpu().numpy().astype(np.bool_))
+        atomic.write_with(self.path(name), lambda f: np.savez(f, allow_pickle=False, **arrays), error=TrainingError)
         self.writes += 1
         return torch.from_numpy(array)
 

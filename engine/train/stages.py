@@ -22,6 +22,7 @@ and its training rows carry ``trunk_lr`` beside ``lr``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
@@ -32,6 +33,7 @@ from torch import nn
 from engine.io.labels import SlideRecord
 from engine.io.runs import RunFolder
 from engine.specs import TrainingSpec
+from engine.streaming.pooled import mask_skip
 from engine.train import distributed, precision
 from engine.train.classifier import Classifier
 from engine.train.data import Augmentation, input_source
@@ -88,12 +90,13 @@ def build_staged_scheduler(spec: TrainingSpec, optimizer: torch.optim.Optimizer,
 
 @dataclass
 class CachedSlide:
-    """A head epoch's input without augmentation: the cached map ``fmap`` of cache entry ``name``,
-    or (not cached yet) the slide's pixels ``rgb``, whose map is computed and cached."""
+    """A head epoch's input without augmentation: the cached map ``fmap`` (and ``mask``) of cache
+    entry ``name``, or (not cached yet) the slide's pixels ``rgb``, whose map is computed and cached."""
 
     name: str
     rgb: np.ndarray | None = None
     fmap: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
 
 class HeadOnly(nn.Module):
@@ -104,58 +107,75 @@ class HeadOnly(nn.Module):
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, features: torch.Tensor, pooled: bool = False) -> torch.Tensor:
-        """Logits from the trunk's map (N, C, h, w), or from its global pool (N, C) when ``pooled``."""
+    def forward(self, features: torch.Tensor, pooled: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from the trunk's map (N, C, h, w) and its ``mask`` (as :meth:`Classifier.forward`
+        takes it), or from its global pool (N, C) when ``pooled`` (the mask already applied)."""
         head = self.classifier.head
         if pooled:
             return head.classify(features)
         if self.classifier.channels_last:
             features = features.contiguous(memory_format=torch.channels_last)
-        return head(features)
+        return head(features, mask)
 
 
-def trunk_map(classifier: Classifier, x) -> torch.Tensor:
+def _hooks(classifier: Classifier, mask: torch.Tensor | None):
+    """The classifier's hooks, leaving out the blocks without a cell of ``mask`` (as its forward does)."""
+    if mask is None or not classifier.streaming:
+        return classifier.hooks
+    return dataclasses.replace(classifier.hooks, skip_block=mask_skip(mask))
+
+
+def trunk_map(classifier: Classifier, x, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The trunk's output map of ``x`` (a lazy source when streaming, else NCHW), computed as
-    :meth:`Classifier.forward` computes it before the head."""
+    :meth:`Classifier.forward` computes it before the head (blocks outside ``mask`` left as NaN)."""
     if classifier.channels_last and isinstance(x, torch.Tensor) and x.is_cuda:
         x = x.contiguous(memory_format=torch.channels_last)  # on GPU only, as Classifier.forward
-    return classifier.runner(x, hooks=classifier.hooks) if classifier.streaming else classifier.runner(x)
+    return classifier.runner(x, hooks=_hooks(classifier, mask)) if classifier.streaming else classifier.runner(x)
 
 
 class HeadForward:
     """Logits of one slide in a head epoch: the trunk's map from the cache, or computed forward
-    only (and cached when the slide comes as a :class:`CachedSlide`), then the head with autograd.
-    Called as :class:`~engine.train.step.SlideForward` is, with a :class:`HeadOnly` as ``net``."""
+    only (and cached with its mask when the slide comes as a :class:`CachedSlide`), then the head
+    with autograd. Called as :class:`~engine.train.step.SlideForward` is, with a :class:`HeadOnly`
+    as ``net``."""
 
     def __init__(self, plain: SlideForward, classifier: Classifier, cache: MapCache | None):
         self.plain, self.classifier, self.cache = plain, classifier, cache
 
-    def __call__(self, net: nn.Module, x: CachedSlide | np.ndarray, aug: Augmentation) -> torch.Tensor:
+    def __call__(self, net: nn.Module, x: CachedSlide | np.ndarray, aug: Augmentation,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
         plain, pooled = self.plain, False
         if isinstance(x, CachedSlide):
-            features = x.fmap if x.fmap is not None else self._cache_map(x, aug)
+            if x.fmap is not None:
+                features, mask = x.fmap, x.mask
+            else:
+                features, mask = self._cache_map(x, aug, mask)
         else:  # augmented: a new view of the slide each epoch, so nothing is kept
             pooled = self.classifier.pooled_head  # then the map is pooled block by block, never held
-            features = self.trunk_features(x, aug, pooled=pooled)
+            features = self.trunk_features(x, aug, mask, pooled=pooled)
         features = features.to(plain.device, plain.dtype)
+        if mask is not None:
+            mask = mask.to(plain.device)
         with precision.autocast(plain.device, plain.amp_dtype):
-            logits = net(features, pooled=pooled)
+            logits = net(features, pooled=pooled, mask=mask)
         return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
-    def trunk_features(self, rgb: np.ndarray, aug: Augmentation, *, pooled: bool = False) -> torch.Tensor:
-        """The frozen trunk's map of ``rgb`` (or its global pool), forward only."""
+    def trunk_features(self, rgb: np.ndarray, aug: Augmentation, mask: torch.Tensor | None = None, *,
+                       pooled: bool = False) -> torch.Tensor:
+        """The frozen trunk's map of ``rgb`` (or its global pool over ``mask``), forward only."""
         spec, plain, classifier = self.plain.spec, self.plain, self.classifier
         src = input_source(rgb, aug, spec.normalization_mean, spec.normalization_std, dtype=plain.dtype)
         x = src if spec.streaming else src.read((0, src.shape[2]), (0, src.shape[3])).to(plain.device)
         with torch.no_grad(), precision.autocast(plain.device, plain.amp_dtype):
             if pooled:
-                return classifier.runner.pooled(x, classifier.head.pool, hooks=classifier.hooks)
-            return trunk_map(classifier, x)
+                return classifier.runner.pooled(x, classifier.head.pool, hooks=_hooks(classifier, mask), mask=mask)
+            return trunk_map(classifier, x, mask)
 
-    def _cache_map(self, slide: CachedSlide, aug: Augmentation) -> torch.Tensor:
-        fmap = self.trunk_features(slide.rgb, aug)
+    def _cache_map(self, slide: CachedSlide, aug: Augmentation,
+                   mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fmap = self.trunk_features(slide.rgb, aug, mask)
         # Trained on as cached (rounded), so the first head epoch sees what the later ones read.
-        return self.cache.store(slide.name, fmap)
+        return self.cache.store(slide.name, fmap, mask), mask
 
 
 class CachedValidator(Validator):
@@ -175,13 +195,14 @@ class CachedValidator(Validator):
 
 
 def cached_item(cache: MapCache, name: str, record: SlideRecord, feed: SlideFeed) -> Item:
-    """Cache entry ``name`` of ``record`` as a training item: its map when cached, else its pixels
-    (read centred, not augmented) for the map to be computed."""
-    fmap = cache.load(name)
-    if fmap is not None:
-        return CachedSlide(name, fmap=fmap), Augmentation(), feed.target(record)
-    rgb, aug, target = feed.load(record, None)
-    return CachedSlide(name, rgb=rgb), aug, target
+    """Cache entry ``name`` of ``record`` as a training item: its map and mask when cached, else
+    its pixels and mask (read centred, not augmented) for the map to be computed."""
+    found = cache.load(name)
+    if found is not None:
+        fmap, mask = found
+        return CachedSlide(name, fmap=fmap, mask=mask), Augmentation(), feed.target(record), mask
+    rgb, aug, target, mask = feed.load(record, None)
+    return CachedSlide(name, rgb=rgb), aug, target, mask
 
 
 class Stage(NamedTuple):

@@ -21,7 +21,7 @@ from engine.errors import SpecError, TileSizeError
 from engine.events import CancelToken, CheckpointSaved, Metrics
 from engine.io.checkpoints import load_checkpoint
 from engine.io.labels import read_labels
-from engine.specs import TrainingSpec
+from engine.specs import HEADS, TrainingSpec
 from engine.streaming.module import StreamingModule
 from engine.train import stages
 from engine.train.classifier import Classifier, build_model
@@ -68,10 +68,10 @@ def trunk_calls(monkeypatch):
     calls = {"map": 0, "pooled": 0}
     original_map, original_pooled = stages.trunk_map, StreamingModule.pooled
 
-    def trunk_map(classifier, x):
+    def trunk_map(classifier, x, mask=None):
         if not any(p.requires_grad for p in classifier.trunk.parameters()):
             calls["map"] += 1
-        return original_map(classifier, x)
+        return original_map(classifier, x, mask)
 
     def pooled(self, x, pool, **kw):
         if not any(p.requires_grad for p in self.trunk.parameters()):
@@ -105,15 +105,15 @@ def test_maps_are_cached_once_in_half_precision_in_the_run_folder_and_removed_at
     folder = Path(spec.out_dir) / CACHE_FOLDER
     seen = []
 
-    def look(event):  # at every checkpoint: what the cache holds
+    def look(event):  # at every checkpoint: what the cache holds (map dtype; the tissue mask beside it)
         if folder.is_dir():
-            seen.append({p.name: np.load(p).dtype for p in folder.glob("*.npy")})
+            seen.append({p.name: (np.load(p)["map"].dtype, np.load(p)["mask"].dtype) for p in folder.glob("*.npz")})
 
     run_training(dataclasses.replace(spec, epochs=2), Recorder(on_save=look))
     # 4 training and 2 validation slides: the trunk ran once on each over both head epochs
     assert trunk_calls == {"map": 6, "pooled": 0}
-    names = {f"train-{i}.npy" for i in range(4)} | {"val-0.npy", "val-1.npy"}
-    assert len(seen) == 2 and all(s == dict.fromkeys(names, np.dtype(np.float16)) for s in seen)
+    names = {f"train-{i}.npz" for i in range(4)} | {"val-0.npz", "val-1.npz"}
+    assert len(seen) == 2 and all(s == dict.fromkeys(names, (np.dtype(np.float16), np.dtype(bool))) for s in seen)
     assert not folder.exists()
     assert not any("benign" in n or "tumour" in n for n in names)
 
@@ -130,39 +130,47 @@ def test_with_augmentation_the_trunk_runs_every_head_epoch_and_only_validation_m
     folder = Path(spec.out_dir) / CACHE_FOLDER
     seen = []
     run_training(dataclasses.replace(spec, epochs=2, augment=True),
-                 Recorder(on_save=lambda e: seen.append(sorted(p.name for p in folder.glob("*.npy")))))
+                 Recorder(on_save=lambda e: seen.append(sorted(p.name for p in folder.glob("*.npz")))))
     # smallnet's head is pool + linear: augmented slides are pooled block by block, the map never held
     assert trunk_calls == {"map": 2, "pooled": 8}
-    assert seen == [["val-0.npy", "val-1.npy"]] * 2
+    assert seen == [["val-0.npz", "val-1.npz"]] * 2
 
 
-@pytest.mark.parametrize("split", ["stage4", "stage2"])  # pooled head; head with stages of its own
-def test_the_head_on_a_cached_map_gives_the_full_models_logits(spec, tmp_path, split):
-    s = dataclasses.replace(spec, split=split, dtype="float64")
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("split", ["stage4", "stage2"])  # no head stages (max/avg pool streamed); stages of its own
+def test_the_head_on_a_cached_map_gives_the_full_models_logits(spec, tmp_path, split, head, masked):
+    s = dataclasses.replace(spec, split=split, head=head, dtype="float64")
     model, _ = build_model(s, ("benign", "tumour"))
     model.to(torch.float64)
     classifier = Classifier(model, streaming=True, tile_size=s.tile_size).eval()
-    assert classifier.pooled_head == (split == "stage4")
+    assert classifier.pooled_head == (split == "stage4" and head in ("max", "avg"))
     plain = SlideForward(s, torch.float64, torch.device("cpu"), None)
     rgb = slide_rgb(96, True, np.random.default_rng(3))
+    mask = None
+    if masked:  # the top rows of the trunk's grid: with 64-px tiles some blocks are left out (NaN in the map)
+        (h, w), _ = classifier.trunk_grid((96, 96))
+        mask = torch.zeros((1, 1, h, w), dtype=torch.bool)
+        mask[..., : h // 2, : w - 1] = True
     with torch.no_grad():
-        full = plain(classifier, rgb, Augmentation())
+        full = plain(classifier, rgb, Augmentation(), mask)
         head_net = stages.HeadOnly(classifier)
         for dtype in (np.float64, np.float16):
             cache = MapCache(tmp_path / dtype.__name__, "key", dtype)
             cache.prepare()
             forward = stages.HeadForward(plain, classifier, cache)
-            first = forward(head_net, stages.CachedSlide("train-0", rgb=rgb), Augmentation())
-            stored = cache.load("train-0")
+            first = forward(head_net, stages.CachedSlide("train-0", rgb=rgb), Augmentation(), mask)
+            stored, stored_mask = cache.load("train-0")
             assert stored.dtype == torch.from_numpy(np.zeros(0, dtype)).dtype
-            again = forward(head_net, stages.CachedSlide("train-0", fmap=stored), Augmentation())
+            assert (stored_mask is None) == (mask is None) and (mask is None or torch.equal(stored_mask, mask))
+            again = forward(head_net, stages.CachedSlide("train-0", fmap=stored, mask=stored_mask), Augmentation())
             assert torch.equal(first, again)  # the first epoch trains on the map as cached
-            fmap = stages.trunk_map(classifier, plain_source(s, rgb))
             if dtype is np.float64:
                 torch.testing.assert_close(again, full, rtol=1e-12, atol=1e-12)
             else:  # exactly the head on the float16-rounded map, in float64
+                fmap = stages.trunk_map(classifier, plain_source(s, rgb), mask)
                 rounded = fmap.to(torch.float16).to(torch.float64)
-                assert torch.equal(again, classifier.head(rounded))
+                assert torch.equal(again, classifier.head(rounded, mask))
                 torch.testing.assert_close(again, full, rtol=1e-2, atol=1e-2)
 
 
@@ -243,7 +251,7 @@ def test_a_killed_runs_cache_is_reused_when_it_fits_and_rebuilt_when_it_is_stale
         _kill_instead_of_cancel(m)
         token = CancelToken()
         run_training(spec, Recorder(cancel_after_step=2, token=token), token)
-    cached = sorted(p.name for p in folder.glob("*.npy"))
+    cached = sorted(p.name for p in folder.glob("*.npz"))
     assert len(cached) == 3 and all(n.startswith("train-") for n in cached)  # the three steps' slides
     assert trunk_calls["map"] == 3
     trunk_calls["map"] = 0
@@ -253,18 +261,18 @@ def test_a_killed_runs_cache_is_reused_when_it_fits_and_rebuilt_when_it_is_stale
         _kill_instead_of_cancel(m)
         token = CancelToken()
         run_training(dataclasses.replace(spec, resume=True), Recorder(cancel_after_step=5, token=token), token)
-    assert trunk_calls["map"] == 3 and len(list(folder.glob("*.npy"))) == 6
+    assert trunk_calls["map"] == 3 and len(list(folder.glob("*.npz"))) == 6
     trunk_calls["map"] = 0
 
     # Stale (here a manifest of another key, as another trunk, slide list or spec would give): rebuilt.
     manifest = json.loads((folder / MANIFEST).read_text())
     (folder / MANIFEST).write_text(json.dumps({**manifest, "key": "0" * 64}))
-    np.save(folder / "train-7.npy", np.full((1, 16, 6, 6), 7.0, np.float16))
+    np.savez(folder / "train-7.npz", map=np.full((1, 16, 6, 6), 7.0, np.float16))
     seen = []
     run_training(dataclasses.replace(spec, resume=True),
-                 Recorder(on_save=lambda e: seen.append(sorted(p.name for p in folder.glob("*.npy")))))
+                 Recorder(on_save=lambda e: seen.append(sorted(p.name for p in folder.glob("*.npz")))))
     # from step 6: two training slides and the two validation slides of epoch 1, all computed anew
-    assert trunk_calls["map"] == 4 and len(seen[0]) == 4 and "train-7.npy" not in seen[0]
+    assert trunk_calls["map"] == 4 and len(seen[0]) == 4 and "train-7.npz" not in seen[0]
     assert not folder.exists()
 
 
@@ -332,7 +340,7 @@ def test_staged_training_runs_under_the_gpu_numerics_forced_on_cpu(spec, monkeyp
     monkeypatch.setattr(engine.train.precision, "use_channels_last", lambda spec, device: True)
     folder = Path(spec.out_dir) / CACHE_FOLDER
     dtypes = []
-    rec = Recorder(on_save=lambda e: dtypes.extend(np.load(p).dtype for p in folder.glob("*.npy")))
+    rec = Recorder(on_save=lambda e: dtypes.extend(np.load(p)["map"].dtype for p in folder.glob("*.npz")))
     run_training(dataclasses.replace(spec, epochs=2, freeze_trunk_epochs=1), rec)
     assert dtypes and set(dtypes) == {np.dtype(np.float16)}
     losses = rec.losses()
