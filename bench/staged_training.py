@@ -62,7 +62,7 @@ class EpochClock:
             if event.done == event.total:
                 self.epoch_s.append(event.elapsed_s)
         elif isinstance(event, CheckpointSaved) and event.kind == "last":
-            files = list(self.cache.glob("*.npy")) if self.cache.is_dir() else []
+            files = list(self.cache.glob("*.npz")) if self.cache.is_dir() else []
             self.cache_mib.append(sum(f.stat().st_size for f in files) / 2**20)
 
 
@@ -104,7 +104,7 @@ def main() -> None:
     print(f"{'full streamed epoch (trunk forward + backward)':<44} {full_s:8.2f} {1.0:7.2f}")
     print(f"{'first head epoch (trunk forward, maps cached)':<44} {first_s:8.2f} {first_s / full_s:7.2f}")
     print(f"{'head-only epoch on cached maps':<44} {head_s:8.2f} {head_s / full_s:7.3f}")
-    print(f"map cache on disk: {staged.cache_mib[0]:.1f} MiB (float16), removed at the end of the run")
+    print(f"map cache on disk: {staged.cache_mib[0]:.2f} MiB (float16), removed at the end of the run")
     print(f"head-only / full = {head_s / full_s:.3f}x (target <= 0.1x): "
           f"{'met' if head_s / full_s <= 0.1 else 'NOT met'}")
 
