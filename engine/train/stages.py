@@ -227,7 +227,8 @@ class Stages:
         self.cache: MapCache | None = None
         if spec.freeze_trunk_epochs and spec.finetune_tile is not None and spec.streaming:
             # Refused now rather than after the head epochs (raises TileSizeError with the reason).
-            classifier.runner.geometry[0].block_for_tile(spec.finetune_tile)
+            for axis in classifier.runner.geometry:
+                axis.block_for_tile(spec.finetune_tile)
 
     @property
     def staged(self) -> bool:
