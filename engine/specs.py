@@ -304,6 +304,10 @@ class TrainingSpec:
             raise SpecError(f"finetune_lr must be a positive learning rate (or None: lr), got {self.finetune_lr}")
         if self.finetune_tile is not None and self.finetune_tile < 1:
             raise SpecError(f"finetune_tile must be at least 1 input pixel (or None: tile_size), got {self.finetune_tile}")
+        if self.freeze_trunk_epochs == 0 and (self.finetune_lr is not None or self.finetune_tile is not None):
+            raise SpecError("finetune_lr and finetune_tile apply once the trunk is unfrozen after "
+                            "freeze_trunk_epochs head-only epochs; give freeze_trunk_epochs (--freeze-trunk-epochs K) "
+                            "too, or use lr and tile_size")
 
     @property
     def head_name(self) -> str:

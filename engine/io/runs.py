@@ -26,6 +26,9 @@ SPEC_JSON = "spec.json"
 #: A row of ``metrics.jsonl`` that is not a curve point: something the run wants on record
 #: (a resume that changed the epochs or the learning rate), ``{"phase": "note", ..., "note": text}``.
 NOTE = "note"
+#: A row that says which stage of a staged run an epoch trains (``engine.train.stages``):
+#: ``{"phase": "stage", "epoch": e, "step": first step of the epoch, "stage": "head" | "full"}``.
+STAGE = "stage"
 _ROW_KEYS = ("phase", "epoch", "step")
 #: What makes a folder hold a run: anything :func:`engine.api.run_training` writes there.
 _RUN_NAMES = (SPEC_JSON, METRICS_LOG, LAST, BEST)
@@ -147,6 +150,11 @@ class RunFolder:
         atomic.append_text(self.metrics_log, json.dumps({"phase": NOTE, "epoch": epoch, "step": step,
                                                          "note": note}) + "\n")
 
+    def append_stage(self, epoch: int, step: int, stage: str) -> None:
+        """A :data:`STAGE` row of ``metrics.jsonl``."""
+        atomic.append_text(self.metrics_log, json.dumps({"phase": STAGE, "epoch": epoch, "step": step,
+                                                         "stage": stage}) + "\n")
+
     def read_notes(self) -> list[str]:
         """The notes of ``metrics.jsonl``, oldest first."""
         try:
@@ -172,7 +180,7 @@ class RunFolder:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 return False
-            if row["phase"] in ("train", NOTE):
+            if row["phase"] in ("train", NOTE, STAGE):
                 return row["step"] < global_step
             return row["epoch"] < epoch
 

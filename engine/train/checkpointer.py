@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -112,13 +112,15 @@ class Checkpointer:
         counters.best_value, counters.nonfinite_run = saved["best_value"], saved["nonfinite_run"]
         return True
 
-    def apply_schedule(self, lr: float) -> None:
+    def apply_schedule(self, lr: float | Sequence[float]) -> None:
         """After :meth:`resume` with another learning rate or number of epochs: the restored
-        optimiser and schedule continue from base rate ``lr`` on the new schedule (the schedule's
-        length comes from the spec that built it, its position from the checkpoint)."""
+        optimiser and schedule continue from base rate ``lr`` (one, or one per param group) on the
+        new schedule (the schedule's length comes from the spec that built it, its position from
+        the checkpoint)."""
         scheduler = self.scheduler
-        scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
-        for group, factor in zip(self.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
-            group["initial_lr"] = lr
-            group["lr"] = lr * factor(scheduler.last_epoch)
+        lrs = [lr] * len(scheduler.base_lrs) if isinstance(lr, (int, float)) else list(lr)
+        scheduler.base_lrs = lrs
+        for group, factor, base in zip(self.optimizer.param_groups, scheduler.lr_lambdas, lrs, strict=True):
+            group["initial_lr"] = base
+            group["lr"] = base * factor(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]

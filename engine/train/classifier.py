@@ -66,6 +66,15 @@ class Classifier(nn.Module):
         """Stop a streamed pass between tiles when ``should_stop()`` turns True (raises Cancelled)."""
         self.hooks = dataclasses.replace(self.hooks, should_stop=should_stop)
 
+    def set_tile(self, tile_size: int) -> None:
+        """Stream the trunk with tiles of ``tile_size`` input pixels from now on (staged training's
+        ``finetune_tile``); the streamed result is the same, only memory and overlap change."""
+        if not self.streaming or self.runner.tile_size == (tile_size, tile_size):
+            return
+        runner = StreamingModule(self.trunk, tile_size, freeze_batchnorm=True, channels_last=self.channels_last,
+                                 graph_budget=self.graph_budget)
+        object.__setattr__(self, "runner", runner)
+
     def train(self, mode: bool = True):
         super().train(mode)
         freeze_norms(self.trunk)  # a training loop's .train() must not bring back batch statistics

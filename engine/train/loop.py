@@ -29,7 +29,7 @@ from engine.train.data import Prefetcher, split_records
 from engine.train.feed import SlideFeed
 from engine.train.masks import SlideMasks
 from engine.train.metrics_log import MetricsLogger
-from engine.train.optim import build_optimizer, build_scheduler
+from engine.train.stages import Stages, base_lrs, build_staged_optimizer, build_staged_scheduler
 from engine.train.step import FP16_OVERFLOW, SlideForward, TrainStep
 from engine.train.tasks import build_task
 from engine.train.validator import Validator, improves
@@ -85,14 +85,17 @@ class Trainer:
 
         amp_dtype = precision.autocast_dtype(spec, self.device, self.dtype)
         scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
-        optimizer = build_optimizer(spec, self.model)
+        optimizer = build_staged_optimizer(spec, self.model, self.classifier.trunk)
         self.counters = Counters(steps_per_epoch=len(self.feed.epoch_groups(0)))
-        scheduler = build_scheduler(spec, optimizer, spec.epochs * self.counters.steps_per_epoch)
+        scheduler = build_staged_scheduler(spec, optimizer, self.counters.steps_per_epoch)
 
         forward = SlideForward(spec, self.dtype, self.device, amp_dtype)
         self.step = TrainStep(forward, self.model, optimizer, scheduler, scaler, self.task, ctx, self.device)
         self.scheduler = scheduler
         self.validate = Validator(val_set, self.feed, forward, self.task, ctx, self.emit, self.cancel, spec.prefetch)
+        # Head epochs on the frozen trunk first when spec.freeze_trunk_epochs > 0 (engine.train.stages).
+        self.stages = Stages(spec, self.classifier, self.feed, val_set, self.run_folder, ctx, self.device,
+                             forward, self.validate)
         self.metrics = MetricsLogger(self.run_folder, ctx, self.emit)
         self.checkpoints = Checkpointer(self.run_folder, self.model, card, optimizer=optimizer, scheduler=scheduler,
                                         scaler=scaler, ctx=ctx, emit=self.emit)
@@ -112,7 +115,7 @@ class Trainer:
             self.metrics.resumed_at(counters.epoch, counters.global_step)
             if changes:
                 if "lr" in changes or "epochs" in changes:
-                    self.checkpoints.apply_schedule(spec.lr)
+                    self.checkpoints.apply_schedule(base_lrs(spec))
                 if self.ctx.is_main:
                     run.append_note(counters.epoch, counters.global_step,
                                     f"resumed at step {counters.global_step} with {describe_changes(changes)}")
@@ -125,7 +128,6 @@ class Trainer:
         if spec.streaming and not self.ctx.active:
             # One process may stop between tiles; ranks must agree, so they stop between steps only.
             self.classifier.set_should_stop(lambda: self.cancel.cancelled)
-        self.net = distributed.wrap(self.classifier, self.ctx, self.device)
         outputs = {"last": str(run.last), "metrics": str(run.metrics_log)}
         self._in_step = False
         try:
@@ -171,6 +173,9 @@ class Trainer:
         spec, run, counters = self.spec, self.run_folder, self.counters
         self._in_step = False
         while counters.epoch < spec.epochs:
+            stage = self.stages.enter(counters.epoch, counters.global_step, counters.step_in_epoch)
+            if stage is not None:
+                self.net, self.step.forward, self.validate = stage
             if not self._run_epoch():
                 self._in_step = True
                 return self._finish(True, outputs)
@@ -199,7 +204,7 @@ class Trainer:
         t0 = time.perf_counter()
         first = counters.step_in_epoch
         self.net.train()
-        with Prefetcher(self.feed.train_jobs(epoch, groups, first), depth=spec.prefetch) as slides:
+        with Prefetcher(self.stages.train_jobs(epoch, groups, first), depth=spec.prefetch) as slides:
             stream = iter(slides)
             while counters.step_in_epoch < len(groups):
                 if distributed.any_rank(self.cancel.cancelled, self.ctx, self.device):
@@ -215,7 +220,7 @@ class Trainer:
                 step = counters.global_step
                 self._count(skipped, step)
                 counters.step_in_epoch += 1
-                self.metrics.log(Metrics("train", epoch, step, {"loss": loss, "lr": self.scheduler.get_last_lr()[0]}))
+                self.metrics.log(Metrics("train", epoch, step, self.stages.train_values(loss, self.scheduler)))
                 done, total = counters.step_in_epoch, len(groups)
                 elapsed = time.perf_counter() - t0
                 self.emit(Progress("train", done, total, elapsed, elapsed / (done - first) * (total - done)))
@@ -237,6 +242,7 @@ class Trainer:
                                 "The last checkpoint holds the weights from before.")
 
     def _finish(self, cancelled: bool, outputs: dict) -> Finished:
+        self.stages.close()  # the trunk-map cache goes at the end and on a clean cancel
         done = Finished(cancelled, outputs)
         self.emit(done)
         return done

@@ -13,7 +13,11 @@ from engine.specs import TrainingSpec
 
 def build_optimizer(spec: TrainingSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum or AdamW over the trainable parameters (``spec.optimizer``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    return optimizer_over(spec, [p for p in model.parameters() if p.requires_grad])
+
+
+def optimizer_over(spec: TrainingSpec, params: list) -> torch.optim.Optimizer:
+    """``spec.optimizer`` over ``params``: tensors, or param groups (dicts, e.g. with their own ``lr``)."""
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)

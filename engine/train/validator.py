@@ -43,11 +43,10 @@ class Validator:
         here (:class:`~engine.errors.Cancelled`); ranks only stop between steps."""
         if not self.records:
             return None
-        mine = self.records[self.ctx.rank::self.ctx.world_size]
+        jobs = self.jobs()
         rows = []
         classifier.eval()
         t0 = time.perf_counter()
-        jobs = [lambda rec=rec: self.feed.load(rec, None) for rec in mine]
         with torch.no_grad(), Prefetcher(jobs, depth=self.prefetch) as slides:
             for k, (rgb, aug, label, mask) in enumerate(slides):
                 if self.cancel.cancelled and not self.ctx.active:
@@ -56,8 +55,12 @@ class Validator:
                 loss = self.task.loss(logits, label, weighted=False)
                 rows.append((self.task.outputs(logits), label, float(loss)))
                 elapsed = time.perf_counter() - t0
-                self.emit(Progress("val", k + 1, len(mine), elapsed, elapsed / (k + 1) * (len(mine) - k - 1)))
+                self.emit(Progress("val", k + 1, len(jobs), elapsed, elapsed / (k + 1) * (len(jobs) - k - 1)))
         classifier.train()
         rows = distributed.gather_lists(rows, self.ctx)
         return self.task.metrics(np.array([r[0] for r in rows]), [r[1] for r in rows],
                                  np.array([r[2] for r in rows]))
+
+    def jobs(self) -> list:
+        """Loading jobs for this rank's share of the validation slides, in order (for a Prefetcher)."""
+        return [lambda rec=rec: self.feed.load(rec, None) for rec in self.records[self.ctx.rank::self.ctx.world_size]]
