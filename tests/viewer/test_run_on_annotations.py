@@ -54,12 +54,13 @@ def test_excluded_classes_go_into_every_scope():
     assert spec.include_classes == (RUN_AREA_CLASS,) and spec.exclude_classes == ("Pen",)
     assert [a.class_name for a in spec.regions] == [RUN_AREA_CLASS, "Pen"]
     assert spec.regions[0].geometry.equals(POLYGON)
+    # Any other scope: the regions hold only the exclusions; the engine covers the scope's usual
+    # region (the view, the drawn box, the whole slide's tissue box) less them.
     for scope_name, box in (("view", None), ("region", Box(0, 0, 512, 400)), ("slide", None)):
+        plain = _spec(scope_name, AnnotationScope.of(items, (), ()), box)
         spec = _spec(scope_name, scope, box)
-        assert spec.exclude_classes == ("Pen",) and spec.include_classes == (RUN_AREA_CLASS,)
-        run_area = spec.regions[0]
-        expected = Box(0, 0, 1024, 768) if scope_name == "slide" else Box.of(spec.l0_region)
-        assert run_area.class_name == RUN_AREA_CLASS and run_area.l0_box == expected
+        assert spec.exclude_classes == ("Pen",) and spec.include_classes == ()
+        assert list(spec.regions) == [items[1]] and spec.l0_region == plain.l0_region
     # No class marked exclude, or none of its annotations has an area: the plain spec.
     assert _spec("view", AnnotationScope.of(items, (), ())).regions is None
     assert AnnotationScope.of([items[3]], (), ("Pen",)).exclude_classes == ()

@@ -131,8 +131,9 @@ def scoped_spec(scope: str, slide_path: str, model_path: str, settings: Inferenc
     ``"selection"``: the run covers the union of the selected annotations (the engine's
     ``regions``; the map starts where the user is looking). Any other scope: as
     :func:`inference_spec`. Either way, when classes are marked exclude, their annotations are
-    taken out (``exclude_classes``): the scope's own area (the selected annotations, the view,
-    the drawn rectangle or the whole slide) becomes the one included class.
+    taken out (``exclude_classes``): on the selection, the selected annotations become the one
+    included class; on any other scope the regions hold only the exclusions, and the engine
+    covers the scope's usual region less them.
     """
     if scope not in RUN_SCOPES:
         raise ValueError(f"unknown run scope {scope!r}; use one of {', '.join(RUN_SCOPES)}")
@@ -144,12 +145,11 @@ def scoped_spec(scope: str, slide_path: str, model_path: str, settings: Inferenc
         return dataclasses.replace(spec, regions=AnnotationSet(annotations.selected))
     if not annotations.excluded:
         return spec
-    if scope == SELECTION:
-        include = [a.replace(class_name=RUN_AREA_CLASS) for a in annotations.selected]
-    else:
-        # The whole slide here, not its tissue box: the viewer does not know the tissue box the
-        # engine would find, and the engine reads the bounding box of the regions given.
-        l0_box = Box.of(spec.l0_region) if spec.l0_region else Box(0, 0, viewport.l0_width, viewport.l0_height)
-        include = [Annotation.rectangle(l0_box, class_name=RUN_AREA_CLASS)]
+    if scope != SELECTION:
+        # Only exclusions: the engine covers the scope's usual region (the view, the drawn box, or
+        # the tissue box of the whole slide) less the excluded areas.
+        return dataclasses.replace(spec, regions=AnnotationSet(annotations.excluded),
+                                   exclude_classes=annotations.exclude_classes)
+    include = [a.replace(class_name=RUN_AREA_CLASS) for a in annotations.selected]
     return dataclasses.replace(spec, regions=AnnotationSet([*include, *annotations.excluded]),
                                include_classes=(RUN_AREA_CLASS,), exclude_classes=annotations.exclude_classes)
