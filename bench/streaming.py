@@ -184,6 +184,12 @@ def worker(cfg: dict) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    else:
+        # The warm-up's freed heap pages back to the OS first: left resident, the step would
+        # reuse them unseen and its peak above the base would understate what it needs.
+        from engine.streaming.heap import release_free_heap
+
+        release_free_heap()
     base = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mib()
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()

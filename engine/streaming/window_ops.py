@@ -44,37 +44,27 @@ def _symmetric(pads: tuple[int, int, int, int]) -> tuple[int, int] | None:
     return None
 
 
-def _own_padding(x: torch.Tensor, th: AxisTile, tw: AxisTile, kernel, stride, dilation, most: tuple[int, int] | None):
-    """Symmetric padding the layer can apply itself instead of an asymmetric explicit pad, and
-    the outputs to keep: ((pad rows, pad cols), (rows slice, cols slice)), or None.
+def _own_padding(x: torch.Tensor, th: AxisTile, tw: AxisTile, kernel, stride, dilation,
+                 most: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Symmetric padding the layer can apply itself instead of an asymmetric explicit pad, or None.
 
-    Border tiles often need padding on one side only, or less on one side (a stride-2 layer
-    whose last window ends inside the image): an explicit ``F.pad`` then copies the tile, and
-    autograd saves that copy beside the unpadded tensor (ResNet-34 to layer2, whole 2048²
-    image: 15% more saved bytes than the conventional layer, which pads internally). Padding
-    both sides by the larger amount gives the same outputs, shifted by a whole number of
-    strides and with extra ones at the end, which a view drops. ``most``: the layer's largest
-    own padding (max-pool allows half its kernel)."""
-    pads, keep = [], []
+    A stride-2 layer at the image border often needs less padding on its far side (its last
+    window ends inside the image): ResNet's 7x7/2 stem pads (3, 2), its max-pool (1, 0). An
+    explicit ``F.pad`` copies the tile and autograd saves that copy beside the unpadded tensor
+    (ResNet-34 to layer2, whole 2048² image: 15% more saved bytes than conventional, which pads
+    inside the layer). Padding both sides by the larger amount gives exactly the wanted outputs
+    when the extra padding adds no output: then no copy is made. (When it would add outputs,
+    slicing them off and copying costs more than the explicit pad, measured: None.) ``most``:
+    the layer's largest own padding (max-pool allows half its kernel)."""
+    pads = []
     for t, n_in, k, s, d, cap in zip((th, tw), x.shape[-2:], kernel, stride, dilation, most or (None, None), strict=True):
         p = max(t.crop.pad_lo, t.crop.pad_hi)
-        extra = p - t.crop.pad_lo
-        if extra % s or (cap is not None and p > cap):
+        if p != t.crop.pad_lo or (cap is not None and p > cap):
             return None
-        first = extra // s
-        want = t.out_end - t.out_start
-        if first + want > (n_in + 2 * p - d * (k - 1) - 1) // s + 1:
+        if (n_in + 2 * p - d * (k - 1) - 1) // s + 1 != t.out_end - t.out_start:
             return None
         pads.append(p)
-        keep.append(slice(first, first + want))
-    return (pads[0], pads[1]), (keep[0], keep[1])
-
-
-def _keep_outputs(y: torch.Tensor, keep: tuple[slice, slice]) -> torch.Tensor:
-    rows, cols = keep
-    if rows.start == 0 and cols.start == 0 and rows.stop == y.shape[-2] and cols.stop == y.shape[-1]:
-        return y
-    return y[..., rows, cols]
+    return pads[0], pads[1]
 
 
 def conv_runner(conv: nn.Conv2d) -> Callable[[torch.Tensor, AxisTile, AxisTile], torch.Tensor]:
@@ -88,9 +78,9 @@ def conv_runner(conv: nn.Conv2d) -> Callable[[torch.Tensor, AxisTile, AxisTile],
             else:
                 own = _own_padding(x, th, tw, conv.kernel_size, conv.stride, conv.dilation, None)
                 if own is not None:
-                    y = F.conv2d(x, conv.weight, conv.bias, conv.stride, own[0], conv.dilation, conv.groups)
-                    return _keep_outputs(y, own[1])
-                x = F.pad(x, pads)
+                    padding = own
+                else:
+                    x = F.pad(x, pads)
         return F.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
 
     return run
@@ -110,8 +100,7 @@ def maxpool_runner(pool: nn.MaxPool2d, axes: tuple[AxisWindow, AxisWindow]):
             if sym is not None and 2 * sym[0] <= kernel[0] and 2 * sym[1] <= kernel[1]:
                 padding = sym  # max-pool's own padding is -inf, as the explicit pad below
             elif own is not None:
-                y = F.max_pool2d(x, kernel, stride, own[0], dilation, ceil_mode=False)
-                return _keep_outputs(y, own[1])
+                padding = own
             else:
                 # -inf never wins a max; every window holds at least one real element.
                 x = F.pad(x, pads, value=float("-inf"))
