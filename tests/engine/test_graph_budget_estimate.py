@@ -49,16 +49,19 @@ def test_whole_image_estimate_matches_what_conventional_saves(trunk, measured):
     assert whole.kept_bytes == pytest.approx(saved - input_bytes, rel=0.05)
 
 
-def test_budget_of_conventional_saved_bytes_runs_the_whole_image(trunk, measured):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_budget_of_conventional_saved_bytes_runs_the_whole_image(trunk, measured, layout):
+    """One block over the whole image; its input gradient lands in the input's own layout
+    (the block's own gradient when the layouts agree, no second input-sized buffer)."""
     stream = StreamingModule(trunk, 64)
     plans = []
-    x = torch.randn(BATCH, 3, *SIZE, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(BATCH, 3, *SIZE, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
     y = stream(x, hooks=StreamHooks(graph_budget=measured[0], on_plan=plans.append))
     (plan,) = plans
     assert plan.summary()["whole_image"] and plan.blocks == 1 and plan.recomputed == 0
     assert plan.tile_plan.row_plans[0].cone == (0, SIZE[0]) and plan.tile_plan.col_plans[0].cone == (0, SIZE[1])
     y.square().sum().backward()
-    x_ref = x.detach().clone().requires_grad_(True)
+    x_ref = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
     trunk(x_ref).square().sum().backward()
     assert torch.allclose(x.grad, x_ref.grad, rtol=1e-10, atol=1e-14)
     assert x.grad.stride() == x_ref.grad.stride()
