@@ -124,7 +124,7 @@ def worker(cfg: dict) -> dict:
         stream = StreamingModule(trunk, cfg["tile"], channels_last=method != "stream-nchw")
         hooks = StreamHooks(release_every=1 if method == "stream-pooled-trim" else 0)
         if method == "stream-budget":  # graph budget: see streaming_budgets.py
-            hooks = StreamHooks(graph_budget=cfg["budget"])
+            hooks = StreamHooks(graph_budget=cfg["budget"], release_every=cfg.get("release_every", 0))
             out["plan"] = stream.plan_summary((size, size), graph_budget=cfg["budget"])
         run_trunk = lambda t: stream(t, hooks=hooks)  # noqa: E731
         inp = CallableSource((1, 3, size, size), make_tile) if lazy else x
@@ -174,7 +174,8 @@ def worker(cfg: dict) -> dict:
 
     # Warm up on a small input: one-time costs (library init, tracing, kernel selection) are not
     # what a whole-slide step costs.
-    warm = make_tile((0, 512), (0, 512)).to(device).contiguous(memory_format=layout).requires_grad_(mode == "train")
+    w = min(512, size)  # (a smoke run's image may be smaller than 512²)
+    warm = make_tile((0, w), (0, w)).to(device).contiguous(memory_format=layout).requires_grad_(mode == "train")
     step(CallableSource(warm.shape, make_tile) if lazy else warm)
     model.zero_grad(set_to_none=True)
     fc.zero_grad(set_to_none=True)
@@ -183,6 +184,12 @@ def worker(cfg: dict) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    else:
+        # The warm-up's freed heap pages back to the OS first: left resident, the step would
+        # reuse them unseen and its peak above the base would understate what it needs.
+        from engine.streaming.heap import release_free_heap
+
+        release_free_heap()
     base = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mib()
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
@@ -282,8 +289,9 @@ def run_config(cfg: dict, python: str = sys.executable) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--quick", action="store_true", help="sizes 1024 and 2048, tile 1024")
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--quick", action="store_true", help="sizes 1024 and 2048, tile 1024 (with --budgets: a smoke check, "
+                    "smallnet 1024², tile 512)")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="default: all (with --budgets --quick: smallnet)")
     ap.add_argument("--sizes", nargs="+", type=int)
     ap.add_argument("--tiles", nargs="+", type=int)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -322,7 +330,7 @@ def main(argv=None) -> int:
     tiles = args.tiles or ([1024] if args.quick else [1024, 2048])
     rows = []
     with tempfile.TemporaryDirectory() as ref_dir:
-        for model in args.models:
+        for model in args.models or list(MODELS):
             for size in sizes:
                 methods = []
                 if size <= args.no_conventional_above:

@@ -5,17 +5,30 @@ than conventional back-propagation. A block whose graph is built in the forward 
 needs no recomputation; it costs the cone's saved tensors from the forward until its backward.
 With a budget of bytes for kept graphs, as many blocks are kept as fit and only the rest are
 recomputed. Which blocks: the backward pass runs in raster order (the input-gradient sink
-relies on it), so the blocks kept are the *first* ones in that order: each is freed before
-any recomputation starts, and the peak is the larger of (all kept graphs + one block's
-backward work) and (one recomputed block), never their sum. When the whole image's graph fits,
-the pass runs as one block (no overlap recomputed either): conventional back-propagation.
+relies on it), so the blocks kept are the *first* ones in that order (the forward pass runs
+them last, so the last forward block is backward's first): each is freed before any
+recomputation starts, and the peak is the larger of (all kept graphs + one block's backward
+work) and (one recomputed block), never their sum.
 
-Bytes are estimates: saved-tensor elements per input pixel, measured once on a probe cone
-(:func:`saved_elements_per_pixel`), times each block's cone area, batch and element size.
+The plan also chooses its blocks: besides the module's tiles it tries fewer, larger blocks
+(down to the whole image as one block: conventional back-propagation, no overlap recomputed)
+and takes the fastest schedule that fits: estimated compute is every block's forward and
+backward plus one more forward for each recomputed block, weighted by its saved bytes (a
+larger tile recomputes less overlap, a kept block nothing).
+
+Bytes are measured, not modelled per layer: :func:`saved_profile` runs the trunk once on a small
+whole image with ``saved_tensors_hooks`` and attributes every saved storage (counted once) to
+the layer that saved it, as elements per cell of that layer's output. A block's saved bytes
+are then the sum over layers of that figure times the layer's region in the block (exact for
+any block shape, the whole image included: within a few per cent of what conventional
+back-propagation saves). Backward's working memory is modelled from the same profile: walking
+the layers backwards, what is still saved plus the gradient of a layer's output and inputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -32,11 +45,13 @@ class GraphPlan:
 
     ``kept``: (row block, col block) of the blocks whose forward graph is kept, in backward
     order; ``budget`` the bytes given (None: no budget, nothing kept); ``kept_bytes`` their
-    estimated saved tensors; ``block_bytes`` the largest block's; ``work_bytes`` one block's
-    backward working memory (one gradient the size of its largest saved tensor: backward frees
-    the saved tensors as it goes, so little more is live at once); ``map_bytes`` the stitched output map and
-    its gradient; ``peak_bytes`` the estimated peak besides the map and the input;
-    ``tile_plan`` the blocks the pass runs (one block over the whole image when it all fits).
+    estimated saved tensors; ``block_bytes`` the largest block's; ``work_bytes`` the largest
+    block's backward working memory beyond its saved tensors; ``map_bytes`` the stitched output
+    map and its gradient; ``peak_bytes`` the estimated peak besides the map, the input and the
+    input's gradient; ``compute`` the estimated compute relative to conventional
+    back-propagation (1.0: the whole image kept; 4/3 and more: every block recomputed);
+    ``tile_plan`` the blocks the pass runs (the plan's own choice, the whole image as one block
+    when it fits).
     """
 
     tile: tuple[int, int]
@@ -48,6 +63,7 @@ class GraphPlan:
     work_bytes: int
     map_bytes: int
     peak_bytes: int
+    compute: float = 0.0
     tile_plan: TilePlan | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -64,16 +80,31 @@ class GraphPlan:
         return d
 
 
-def saved_elements_per_pixel(graph: StreamGraph, trunk: nn.Module, geometry: tuple[AxisGeometry, AxisGeometry],
-                             in_channels: int) -> tuple[float, float, int]:
-    """Elements autograd saves for backward per input pixel of a cone, per image: all of them
-    and the largest single tensor; and the trunk's output channels.
+@dataclass(frozen=True)
+class SavedProfile:
+    """What each node of the graph makes autograd save, measured (:func:`saved_profile`).
 
-    Measured on a probe cone with ``saved_tensors_hooks`` (each storage counted once; the
-    parameters, which exist anyway, not at all): closer than counting layer outputs, since a
-    layer may save its input, its output, both, or an index mask.
+    ``saved[i]``: elements (in the parameters' dtype) saved while node i ran, per cell of its
+    output region, per image; ``channels[i]`` its output channels (a gradient of its output
+    holds that many elements per cell).
     """
-    probe = tuple(g.cone_len(4) for g in geometry)
+
+    saved: tuple[float, ...]
+    channels: tuple[int, ...]
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels[-1]
+
+
+def saved_profile(graph: StreamGraph, trunk: nn.Module, geometry: tuple[AxisGeometry, AxisGeometry],
+                  in_channels: int) -> SavedProfile:
+    """Run the trunk once, with autograd, on a small whole image (a few output cells, as the
+    streamed executor runs it) and attribute every storage autograd saves (each once; the
+    parameters, which exist anyway, not at all) to the node that was running: closer than
+    counting layer outputs, since a layer may save its input, its output, both, or an index
+    mask (bytes are counted, in elements of the parameters' size)."""
+    probe = tuple(max(g.cone_len(4), 8 * g.stride) for g in geometry)
     p = next(iter(trunk.parameters()), None)
     dtype = p.dtype if p is not None else torch.float32
     device = p.device if p is not None else torch.device("cpu")
@@ -81,73 +112,174 @@ def saved_elements_per_pixel(graph: StreamGraph, trunk: nn.Module, geometry: tup
     sizes = graph.spatial_sizes(probe)
     rp = plan_axis(graph, [s[0] for s in sizes], 0, (0, sizes[-1][0]))
     cp = plan_axis(graph, [s[1] for s in sizes], 1, (0, sizes[-1][1]))
-    skip = {q.untyped_storage().data_ptr() for q in trunk.parameters()}
-    seen: dict[int, int] = {}
+    n = len(graph.nodes)
+    running = [0]
+    saved = [0.0] * n
+    shapes: list[tuple[int, ...]] = [tuple(x.shape)] + [(1, 1, 1, 1)] * (n - 1)
+    owner = {q.untyped_storage().data_ptr(): -1 for q in trunk.parameters()}
+    owner[x.untyped_storage().data_ptr()] = 0
+    saved[0] = float(x.numel())
+    element = x.element_size()
+
+    def tagged(i, fn):
+        def run(*a, **kw):
+            running[0] = i
+            out = fn(*a, **kw)
+            shapes[i] = tuple(out.shape)
+            return out
+        return run
 
     def pack(t: torch.Tensor):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip:
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes() // max(t.element_size(), 1))
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in owner:
+            owner[storage.data_ptr()] = running[0]
+            saved[running[0]] += storage.nbytes() / element
         return t
 
+    nodes = [dataclasses.replace(nd, run=tagged(i, nd.run)) if nd.run is not None else nd
+             for i, nd in enumerate(graph.nodes)]
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        channels = int(run_block(graph, x, rp, cp).shape[1])
-    area = probe[0] * probe[1]
-    return sum(seen.values()) / area, max(seen.values(), default=0) / area, channels
+        run_block(StreamGraph(nodes, graph.modules), x, rp, cp)
+    cells = [max(s[-2] * s[-1], 1) for s in shapes]
+    return SavedProfile(tuple(b / c for b, c in zip(saved, cells, strict=True)), tuple(int(s[1]) for s in shapes))
 
 
-def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, saved_per_px: float,
-                work_per_px: float, batch: int, element_bytes: int, out_channels: int,
-                budget: int | None, skip=None) -> GraphPlan:
-    """The blocks to keep within ``budget`` bytes (None: none), first in backward (raster) order.
+@dataclass(frozen=True)
+class _Costs:
+    """One tile plan's blocks: saved bytes and backward work per block (backward order)."""
 
-    Cost of keeping the first k blocks: their saved tensors plus one block's backward work;
-    of recomputing the rest: one block's saved tensors plus its work. Blocks are kept while
-    the larger of the two stays within the budget. When the whole image fits, one block,
-    unless ``skip`` (a pass's ``skip_block``) leaves blocks out: those are worth more than the
-    overlap one block saves, and are neither kept nor counted.
-    """
+    plan: TilePlan
+    order: list[tuple[int, int]]
+    saved: list[int]
+    work: list[int]
+    input_bytes: int
+
+
+def block_costs(graph: StreamGraph, plan: TilePlan, profile: SavedProfile, scale: int, skip=None) -> _Costs:
+    """Each block's saved bytes and backward working memory (``scale``: batch x element bytes);
+    blocks ``skip`` (a pass's ``skip_block``) leaves out cost nothing and are not listed.
+
+    The whole image as one block counts neither its input (the caller's tensor, read without a
+    copy), nor its input's gradient (it becomes the input's gradient), nor its output's gradient
+    (the map's, in ``map_bytes``): every method holds them."""
+    whole = plan.n_blocks == 1
+    order = [(i, j) for i, j in plan.block_order()
+             if skip is None or not skip((plan.rows[i].own_start, plan.rows[i].end), (plan.cols[j].own_start, plan.cols[j].end))]
+    saved, work = [], []
+    for i, j in order:
+        s, w = _one_block(graph, plan.row_plans[i].regions, plan.col_plans[j].regions, profile, whole)
+        saved.append(int(s * scale))
+        work.append(int(w * scale))
+    return _Costs(plan, order, saved, work, int(profile.saved[0] * plan.in_hw[0] * plan.in_hw[1] * scale))
+
+
+def _one_block(graph: StreamGraph, rows, cols, profile: SavedProfile, whole: bool) -> tuple[float, float]:
+    """(saved elements, working elements beyond them) of one block; walking the nodes
+    backwards, working memory is what is still saved plus the gradients of the node's output
+    and of its inputs (backward frees a node's saved tensors once it ran)."""
+    cells = [0 if r is None or c is None else (r[1] - r[0]) * (c[1] - c[0]) for r, c in zip(rows, cols, strict=True)]
+    per_node = [f * a for f, a in zip(profile.saved, cells, strict=True)]
+    if whole:
+        per_node[0] = 0.0
+    total = sum(per_node)
+    grads = [c * a for c, a in zip(profile.channels, cells, strict=True)]
+    if whole:  # the map's gradient and the input's are held by every method (map_bytes; the caller's)
+        grads[0] = grads[-1] = 0
+    live, worst = total, 0.0
+    for k in range(len(cells) - 1, 0, -1):
+        if not cells[k]:
+            continue
+        inputs = set(graph.nodes[k].inputs)
+        # A join (residual add, concatenation) hands its gradient on as views: nothing new.
+        made = sum(grads[s] for s in inputs) if len(inputs) == 1 else 0
+        worst = max(worst, live + grads[k] + made - total)
+        live -= per_node[k]
+    return total, worst
+
+
+def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, profile: SavedProfile, batch: int,
+                element_bytes: int, budget: int | None, skip=None) -> GraphPlan:
+    """The schedule within ``budget`` bytes (None: today's, nothing kept): of the module's tile
+    plan and plans with fewer, larger blocks, the one with the least estimated compute whose
+    peak fits; in it, the first blocks in backward (raster) order are kept while they fit.
+    A budget too small for any of them: the module's tiles, nothing kept.
+
+    ``skip`` (a pass's ``skip_block``, e.g. blocks without tissue): blocks it leaves out cost
+    nothing and are never kept, and the module's tiles stay: skipping whole blocks is worth more
+    than the overlap larger blocks would save."""
     scale = batch * element_bytes
-    skips_any = skip is not None and any(skip((plan.rows[i].own_start, plan.rows[i].end),
-                                              (plan.cols[j].own_start, plan.cols[j].end))
-                                         for i, j in plan.block_order())
-    if not skips_any:
-        skip = None
-    if budget is not None and plan.n_blocks > 1 and skip is None:
-        whole = plan_tiles(graph, plan.out_hw, plan.in_hw)
-        saved, work = _block_costs(whole, saved_per_px, work_per_px, scale)
-        if whole.n_blocks == 1 and saved[0] + work <= budget:
-            plan, tile = whole, plan.in_hw
-    order = plan.block_order()
-    saved, work = _block_costs(plan, saved_per_px, work_per_px, scale)
-    block_bytes = max(saved)
-    recompute_peak = block_bytes + work
-    kept: list[tuple[int, int]] = []
-    kept_bytes = 0
-    if skip is not None:
-        computed = [(i, j) for i, j in order
-                    if not skip((plan.rows[i].own_start, plan.rows[i].end), (plan.cols[j].own_start, plan.cols[j].end))]
-        wanted = set(computed)
-        saved = [b for ij, b in zip(order, saved, strict=True) if ij in wanted]
-        order = computed
-    if budget is not None:
-        for ij, b in zip(order, saved, strict=True):
-            rest = recompute_peak if len(kept) + 1 < len(order) else 0
-            if max(kept_bytes + b + work, rest) > budget:
-                break
-            kept.append(ij)
-            kept_bytes += b
-    peak = max(kept_bytes + work, recompute_peak if len(kept) < len(order) else 0)
-    map_bytes = 2 * batch * out_channels * plan.out_hw[0] * plan.out_hw[1] * element_bytes
-    return GraphPlan(tile=tuple(tile), blocks=len(order), kept=tuple(kept), budget=budget, kept_bytes=kept_bytes,
-                     block_bytes=block_bytes, work_bytes=work, map_bytes=map_bytes, peak_bytes=peak, tile_plan=plan)
+    map_bytes = 2 * batch * profile.out_channels * plan.out_hw[0] * plan.out_hw[1] * element_bytes
+    own_costs = block_costs(graph, plan, profile, scale, skip)
+    if skip is not None and len(own_costs.order) == plan.n_blocks:
+        skip = None  # nothing is left out: every schedule is open
+    if not own_costs.order:  # every block left out: nothing runs, nothing is kept
+        return GraphPlan(tile=tuple(tile), blocks=0, kept=(), budget=budget, kept_bytes=0, block_bytes=0,
+                         work_bytes=0, map_bytes=map_bytes, peak_bytes=0, compute=0.0, tile_plan=plan)
+    own = _schedule(own_costs, 0 if budget is None else budget)
+    best = own if budget is not None and own.peak <= budget else None
+    if budget is not None and skip is None:
+        for cells in [*_larger_blocks(plan), plan.out_hw]:
+            s = _schedule(block_costs(graph, plan_tiles(graph, cells, plan.in_hw), profile, scale), budget)
+            if s.peak <= budget and (best is None or s.compute < best.compute - 1e-9):
+                best = s
+    chosen = best or _schedule(own.costs, 0)
+    c = chosen.costs
+    conv = sum(c.saved) if c.plan.n_blocks == 1 else _whole_saved(graph, plan, profile, scale)
+    out_tile = tuple(tile) if c.plan is plan else (max(r.cone[1] - r.cone[0] for r in c.plan.row_plans),
+                                                  max(r.cone[1] - r.cone[0] for r in c.plan.col_plans))
+    return GraphPlan(tile=out_tile, blocks=len(c.order), kept=chosen.kept, budget=budget,
+                     kept_bytes=sum(c.saved[:len(chosen.kept)]), block_bytes=max(c.saved), work_bytes=max(c.work),
+                     map_bytes=map_bytes, peak_bytes=chosen.peak, compute=chosen.compute / max(3 * conv, 1),
+                     tile_plan=c.plan)
 
 
-def _block_costs(plan: TilePlan, saved_per_px: float, work_per_px: float, scale: int) -> tuple[list[int], int]:
-    """Each block's saved-tensor bytes (backward order) and the largest block's backward work."""
-    areas = [(plan.row_plans[i].cone[1] - plan.row_plans[i].cone[0])
-             * (plan.col_plans[j].cone[1] - plan.col_plans[j].cone[0]) for i, j in plan.block_order()]
-    return [int(saved_per_px * a * scale) for a in areas], int(work_per_px * max(areas) * scale)
+@dataclass(frozen=True)
+class _Schedule:
+    costs: _Costs
+    kept: tuple[tuple[int, int], ...]
+    peak: int
+    compute: float
+
+
+def _schedule(c: _Costs, budget: int) -> _Schedule:
+    """Keep the first blocks in backward order while the peak stays within ``budget``: kept
+    graphs are all held when backward starts (its first block's work on top); a recomputed
+    block holds its own graph and work only. Compute: forward + backward (3 units per saved
+    byte) for every block, one more forward for each recomputed one."""
+    n = len(c.order)
+    recompute_peak = [0] * (n + 1)  # recompute_peak[k]: the largest block after the first k
+    for k in range(n - 1, -1, -1):
+        recompute_peak[k] = max(recompute_peak[k + 1], c.saved[k] + c.work[k])
+    kept_peak, k = 0, 0
+    while k < n:
+        # Keeping blocks 0..k: when backward reaches kept block m, blocks m..k are still held
+        # and m works: the peak is the largest over m of their saved bytes plus m's work.
+        trial = max(kept_peak + c.saved[k], c.saved[k] + c.work[k])
+        if max(trial, recompute_peak[k + 1]) > budget:
+            break
+        kept_peak, k = trial, k + 1
+    peak = max(kept_peak, recompute_peak[k])
+    compute = 3 * sum(c.saved) + sum(c.saved[k:])
+    return _Schedule(c, tuple(c.order[:k]), peak, compute)
+
+
+def _larger_blocks(plan: TilePlan) -> list[tuple[int, int]]:
+    """Block sizes (output cells) with at most as many blocks per axis as ``plan``: (rows, cols)
+    of every split, e.g. 1 x 2 halves; ``plan``'s own and the whole image (tried apart) excepted."""
+    rows, cols = len(plan.rows), len(plan.cols)
+    own = (plan.rows[0].end - plan.rows[0].start, plan.cols[0].end - plan.cols[0].start)
+    out: list[tuple[int, int]] = []
+    for a in range(1, rows + 1):
+        for b in range(1, cols + 1):
+            cells = (math.ceil(plan.out_hw[0] / a), math.ceil(plan.out_hw[1] / b))
+            if cells not in (own, plan.out_hw) and cells not in out:
+                out.append(cells)
+    return out
+
+
+def _whole_saved(graph: StreamGraph, plan: TilePlan, profile: SavedProfile, scale: int) -> int:
+    whole = plan_tiles(graph, plan.out_hw, plan.in_hw)
+    return sum(block_costs(graph, whole, profile, scale).saved)
 
 
 def free_device_bytes(device: torch.device) -> int:

@@ -33,7 +33,7 @@ from engine.streaming.executor import BlockGradFn, block_grad, run_block
 from engine.streaming.graph import FROZEN_MODULES, StreamGraph, trace_trunk
 from engine.streaming.heap import release_free_heap
 from engine.streaming.hooks import StreamHooks
-from engine.streaming.keep import GraphPlan, plan_graphs, saved_elements_per_pixel
+from engine.streaming.keep import GraphPlan, plan_graphs, saved_profile
 from engine.streaming.plan import (
     AxisGeometry,
     AxisPlan,
@@ -170,16 +170,13 @@ class StreamingModule(nn.Module):
         """Which blocks a training pass over ``in_hw`` input pixels keeps the graph of, within
         ``graph_budget`` bytes (None: the module's); ``element_bytes`` defaults to the parameters'.
         ``skip``: the pass's ``skip_block`` (blocks left out cost nothing and are never kept)."""
-        if not hasattr(self, "_saved_per_px"):
-            self._saved_per_px = saved_elements_per_pixel(self.graph, self.trunk, self.geometry,
-                                                          budget._input_channels(self.trunk))
+        if not hasattr(self, "_saved_profile"):
+            self._saved_profile = saved_profile(self.graph, self.trunk, self.geometry, budget._input_channels(self.trunk))
         if element_bytes is None:
             p = next(iter(self.trunk.parameters()), None)
             element_bytes = p.element_size() if p is not None else 4
-        saved_per_px, largest_per_px, channels = self._saved_per_px
-        return plan_graphs(self.graph, self.tile_plan(in_hw), self.tile_size, saved_per_px=saved_per_px,
-                           work_per_px=largest_per_px, batch=batch,
-                           element_bytes=element_bytes, out_channels=channels,
+        return plan_graphs(self.graph, self.tile_plan(in_hw), self.tile_size, profile=self._saved_profile,
+                           batch=batch, element_bytes=element_bytes,
                            budget=self.graph_budget if graph_budget is None else graph_budget, skip=skip)
 
     def plan_summary(self, in_hw: tuple[int, int], **kw) -> dict:
@@ -317,8 +314,11 @@ class StreamingModule(nn.Module):
         plan = run.tile_plan or self.tile_plan(source.shape[2:])
         out: torch.Tensor | None = None
         on_block, skip = run.hooks.on_block, run.hooks.skip_block
+        order = plan.block_order(run.hooks.priority)
+        if run.keep:  # kept blocks last, backward's first at the very end: their graphs live shortest
+            order = [b for b in order if b not in run.keep] + [b for b in plan.block_order()[::-1] if b in run.keep]
         with torch.no_grad():
-            for done, (i, j) in enumerate(plan.block_order(run.hooks.priority), start=1):
+            for done, (i, j) in enumerate(order, start=1):
                 rb, rp, cb, cp = plan.rows[i], plan.row_plans[i], plan.cols[j], plan.col_plans[j]
                 run.check_stop()
                 rows, cols = (rb.own_start, rb.end), (cb.own_start, cb.end)
@@ -356,7 +356,10 @@ class StreamingModule(nn.Module):
         grads: list[torch.Tensor | None] = [None] * len(wanted)
         device = self.compute_device(source)
         grad_x = None
-        if need_x and sink is None:
+        # The whole input as one block: the cone's gradient is the input's (no second buffer).
+        whole = (plan.n_blocks == 1 and isinstance(source, TensorSource) and sink is None and need_x
+                 and (plan.row_plans[0].cone, plan.col_plans[0].cone) == ((0, source.shape[2]), (0, source.shape[3])))
+        if need_x and sink is None and not whole:
             if isinstance(source, TensorSource):
                 # In the input's own layout: autograd would copy a gradient whose strides differ
                 # from an (e.g. channels-last) input's into its layout, a second input-sized buffer.
@@ -390,7 +393,9 @@ class StreamingModule(nn.Module):
                 if y is None:
                     x, y = self._block_graph(source, run, (bi, bj), need_x)
                 gx_block = self._backward_block(x, y, g, need_x, wanted, grads)
-                if grad_x is not None and gx_block is not None:
+                if whole and gx_block is not None:
+                    grad_x = _in_layout_of(gx_block, source.tensor)
+                elif grad_x is not None and gx_block is not None:
                     grad_x[:, :, rp.cone[0]:rp.cone[1], cp.cone[0]:cp.cone[1]] += gx_block.to(grad_x.dtype)
             if sink is not None:
                 sink.add(bi, bj, gx_block)
@@ -400,6 +405,8 @@ class StreamingModule(nn.Module):
                 run.block_freed()
             run.block_done("backward", done, plan.n_blocks)
         run.kept.clear()
+        if whole and grad_x is None:
+            grad_x = torch.zeros_like(source.tensor, device=device, memory_format=torch.preserve_format)
         it = iter(grads)
         return grad_x, [next(it) if need else None for need in need_params]
 
@@ -434,3 +441,10 @@ class StreamingModule(nn.Module):
                 grads[k] = gk if grads[k] is None else grads[k].add_(gk)
         return gx_block
 
+
+def _in_layout_of(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``g`` as the gradient of ``like``: itself when dtype and strides match (autograd would copy
+    a gradient whose strides differ into the input's layout), else a copy in that layout."""
+    if g.dtype == like.dtype and g.stride() == like.stride():
+        return g
+    return torch.empty_like(like, device=g.device, memory_format=torch.preserve_format).copy_(g)

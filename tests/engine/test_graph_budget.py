@@ -8,7 +8,7 @@ import torch
 from streaming_helpers import loss_of, rel_err
 
 from engine.models import create_model
-from engine.streaming import InputGradientSink, StreamHooks, StreamingModule
+from engine.streaming import InputGradientSink, StreamHooks, StreamingModule, keep
 
 F64 = 1e-10
 SIZE = (150, 133)  # 3 x 3 blocks at tile 64 on smallnet
@@ -21,18 +21,19 @@ def model():
 
 
 def _budgets(stream: StreamingModule, hw) -> dict[str, int]:
-    """Budgets that keep none, some (about half) of the blocks, and all: the whole image as one block."""
+    """Budgets that keep none, some (the plan's own choice of tiles), several on the module's own
+    tiles (with :func:`own_tiles_only`), and all: the whole image as one block."""
     plan = stream.graph_plan(hw, graph_budget=0)
     assert plan.blocks > 2
     every = stream.graph_plan(hw, graph_budget=1 << 40)
     assert every.blocks == 1 and every.kept == ((0, 0),) and every.summary()["whole_image"]
-    return {"none": 0, "some": _some(plan, every), "all": 1 << 40}
+    several = min(plan.peak_bytes + plan.block_bytes * (plan.blocks // 2), every.peak_bytes - 1)
+    return {"none": 0, "some": (plan.peak_bytes + every.peak_bytes) // 2, "several": several, "all": 1 << 40}
 
 
-def _some(plan, every) -> int:
-    """A budget for about half the blocks, below what the whole image as one block needs."""
-    half = max(plan.work_bytes + plan.block_bytes * (plan.blocks // 2), plan.block_bytes + plan.work_bytes)
-    return min(half, every.kept_bytes + every.work_bytes - 1)
+def own_tiles_only(monkeypatch) -> None:
+    """Plan on the module's own tiles only (no larger blocks tried), so several blocks are kept."""
+    monkeypatch.setattr(keep, "_larger_blocks", lambda plan: [])
 
 
 def _count_recomputes(stream, monkeypatch) -> list:
@@ -47,7 +48,7 @@ def _count_recomputes(stream, monkeypatch) -> list:
     return calls
 
 
-@pytest.mark.parametrize("which", ["none", "some", "all"])
+@pytest.mark.parametrize("which", ["none", "some", "several", "all"])
 def test_every_gradient_equals_conventional_at_any_budget(model, which, monkeypatch):
     trunk = model.trunk()
     torch.manual_seed(1)
@@ -58,6 +59,8 @@ def test_every_gradient_equals_conventional_at_any_budget(model, which, monkeypa
     params = list(trunk.parameters())
     g_ref = torch.autograd.grad(loss_of(y_ref, weights), [x_ref, *params])
 
+    if which == "several":
+        own_tiles_only(monkeypatch)
     stream = StreamingModule(trunk, 64)
     budget = _budgets(stream, SIZE)[which]
     plans = []
@@ -71,7 +74,8 @@ def test_every_gradient_equals_conventional_at_any_budget(model, which, monkeypa
         assert rel_err(a, b) < F64, f"gradient of {name} differs at budget '{which}'"
     (plan,) = plans
     kept = len(plan.kept)
-    assert {"none": kept == 0, "some": 0 < kept < plan.blocks, "all": kept == plan.blocks}[which], kept
+    assert {"none": kept == 0, "some": 0 < kept < plan.blocks, "several": 1 < kept < plan.blocks,
+            "all": kept == plan.blocks == 1}[which], kept
     # Kept blocks ran their forward with autograd (counted once there), the others are recomputed.
     assert len(calls) == plan.blocks
     assert plan.kept == tuple(plan.tile_plan.block_order()[:kept]), "backward's first blocks are kept"
@@ -104,13 +108,15 @@ def test_more_budget_keeps_more_and_estimates_grow(model):
             assert p.peak_bytes <= p.budget
 
 
-@pytest.mark.parametrize("which", ["none", "some", "all"])
-def test_input_gradient_sink_with_kept_blocks(model, which):
+@pytest.mark.parametrize("which", ["none", "some", "several", "all"])
+def test_input_gradient_sink_with_kept_blocks(model, which, monkeypatch):
     """The sink needs raster order in backward; kept blocks are consumed in that same order."""
     trunk = model.trunk()
     x = torch.randn(1, 3, *SIZE, dtype=torch.float64)
     x_ref = x.clone().requires_grad_(True)
     trunk(x_ref).square().sum().backward()
+    if which == "several":
+        own_tiles_only(monkeypatch)
     stream = StreamingModule(trunk, 64)
     full = torch.full_like(x, float("nan"))
 
@@ -125,8 +131,8 @@ def test_input_gradient_sink_with_kept_blocks(model, which):
 
 
 @pytest.mark.parametrize("pool", ["max", "avg"])
-@pytest.mark.parametrize("which", ["none", "some", "all"])
-def test_pooled_head_with_kept_blocks(pool, which):
+@pytest.mark.parametrize("which", ["none", "some", "several", "all"])
+def test_pooled_head_with_kept_blocks(pool, which, monkeypatch):
     torch.manual_seed(5)
     model = create_model("smallnet", width=4, pool=pool).double().eval()
     x = torch.randn(2, 3, *SIZE, dtype=torch.float64)
@@ -134,6 +140,8 @@ def test_pooled_head_with_kept_blocks(pool, which):
     model.head()(model.trunk()(ref_x)).square().sum().backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
+    if which == "several":
+        own_tiles_only(monkeypatch)
     stream = StreamingModule(model.trunk(), 64)
     got_x = x.clone().requires_grad_(True)
     hooks = StreamHooks(graph_budget=_budgets(stream, SIZE)[which])
@@ -155,13 +163,15 @@ def test_parameters_only_and_frozen_input(model):
         assert rel_err(p.grad, r) < F64
 
 
-def test_bfloat16_autocast_with_kept_blocks_matches_recomputing():
+def test_bfloat16_autocast_with_kept_blocks_matches_recomputing(monkeypatch):
     torch.manual_seed(0)
     trunk = create_model("smallnet", width=8).eval().trunk()
     x = torch.randn(1, 3, 160, 144)
     stream = StreamingModule(trunk, 64)
+    own_tiles_only(monkeypatch)  # the same blocks at every budget but the whole image's
     p0 = stream.graph_plan((160, 144), graph_budget=0, element_bytes=2)
-    some = _some(p0, stream.graph_plan((160, 144), graph_budget=1 << 40, element_bytes=2))
+    whole = stream.graph_plan((160, 144), graph_budget=1 << 40, element_bytes=2)
+    some = min(p0.peak_bytes + p0.block_bytes * (p0.blocks // 2), whole.peak_bytes - 1)
     grads, plans = [], []
     for budget in (0, some, 1 << 40):
         xs = x.clone().requires_grad_(True)

@@ -1,0 +1,97 @@
+"""The graph plan's byte estimate against what conventional back-propagation really saves: a
+budget of conventional's saved bytes runs the whole image as one block (conventional speed),
+a budget just below what that needs keeps some tiled blocks, 0 keeps none."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.models import create_model
+from engine.streaming import StreamHooks, StreamingModule
+
+SIZE = (150, 133)
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def trunk():
+    torch.manual_seed(0)
+    return create_model("smallnet", width=4).double().eval().trunk()
+
+
+def conventional_saved_bytes(trunk, x) -> int:
+    """Bytes of every storage autograd saves in ``trunk(x)`` (each once; not the parameters)."""
+    params = {p.untyped_storage().data_ptr() for p in trunk.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trunk(x)
+    return sum(seen.values())
+
+
+@pytest.fixture(scope="module")
+def measured(trunk):
+    x = torch.randn(BATCH, 3, *SIZE, dtype=torch.float64, requires_grad=True)
+    return conventional_saved_bytes(trunk, x), x.numel() * x.element_size()
+
+
+def test_whole_image_estimate_matches_what_conventional_saves(trunk, measured):
+    saved, input_bytes = measured
+    whole = StreamingModule(trunk, 64).graph_plan(SIZE, batch=BATCH, graph_budget=1 << 40)
+    # The estimate leaves out the input (the caller's tensor, which conventional saves too).
+    assert whole.kept_bytes == pytest.approx(saved - input_bytes, rel=0.05)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_budget_of_conventional_saved_bytes_runs_the_whole_image(trunk, measured, layout):
+    """One block over the whole image; its input gradient lands in the input's own layout
+    (the block's own gradient when the layouts agree, no second input-sized buffer)."""
+    stream = StreamingModule(trunk, 64)
+    plans = []
+    x = torch.randn(BATCH, 3, *SIZE, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
+    y = stream(x, hooks=StreamHooks(graph_budget=measured[0], on_plan=plans.append))
+    (plan,) = plans
+    assert plan.summary()["whole_image"] and plan.blocks == 1 and plan.recomputed == 0
+    assert plan.tile_plan.row_plans[0].cone == (0, SIZE[0]) and plan.tile_plan.col_plans[0].cone == (0, SIZE[1])
+    y.square().sum().backward()
+    x_ref = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+    trunk(x_ref).square().sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, rtol=1e-10, atol=1e-14)
+    assert x.grad.stride() == x_ref.grad.stride()
+
+
+def test_just_below_the_whole_image_keeps_some_tiled_blocks(trunk):
+    stream = StreamingModule(trunk, 64)
+    whole = stream.graph_plan(SIZE, batch=BATCH, graph_budget=1 << 40)
+    below = stream.graph_plan(SIZE, batch=BATCH, graph_budget=whole.peak_bytes - 1)
+    assert not below.summary()["whole_image"] and below.blocks > 1
+    assert 0 < len(below.kept) < below.blocks and below.peak_bytes <= whole.peak_bytes - 1
+    assert below.kept == tuple(below.tile_plan.block_order()[:len(below.kept)])
+
+
+def test_zero_keeps_none_on_the_module_tiles(trunk):
+    stream = StreamingModule(trunk, 64)
+    plan = stream.graph_plan(SIZE, batch=BATCH, graph_budget=0)
+    assert plan.kept == () and plan.tile == (64, 64) and plan.tile_plan is stream.tile_plan(SIZE)
+
+
+def test_more_budget_never_plans_more_compute(trunk):
+    stream = StreamingModule(trunk, 64)
+    tile = stream.graph_plan(SIZE, batch=BATCH, graph_budget=0)
+    whole = stream.graph_plan(SIZE, batch=BATCH, graph_budget=1 << 40)
+    budgets = [int(tile.peak_bytes + f * (whole.peak_bytes - tile.peak_bytes)) for f in (0.0, 0.2, 0.4, 0.7, 1.0)]
+    plans = [stream.graph_plan(SIZE, batch=BATCH, graph_budget=b) for b in budgets]
+    computes = [p.compute for p in plans]
+    assert computes == sorted(computes, reverse=True) and computes[0] < tile.compute
+    assert computes[-1] == pytest.approx(1.0) and plans[-1].summary()["whole_image"]
+    for p in plans:
+        assert p.peak_bytes <= p.budget
+    # Below one tile's needs nothing fits: the module's tiles, nothing kept (today's schedule).
+    assert stream.graph_plan(SIZE, batch=BATCH, graph_budget=tile.peak_bytes // 2).kept == ()
