@@ -31,15 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import EmptyMaskError
 from engine.head_arguments import HEAD_ARGUMENTS, head_arguments
 from engine.specs import HEADS
 
 #: GeM's exponent is clamped to at least this (a generalised mean needs p > 0).
 GEM_P_MIN = 0.1
-
-
-class EmptyMaskError(ValueError):
-    """A mask with no cell inside for some image: there is nothing to pool."""
 
 
 def mask_on_grid(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -141,7 +141,7 @@ def test_blocks_outside_the_mask_are_read_neither_forward_nor_backward(head, mon
     assert counter.reads == {"forward": plan.n_blocks, "backward": plan.n_blocks}
 
 
-def test_backward_skips_blocks_even_when_given_a_gradient_and_the_sink_hears_of_them(monkeypatch):
+def test_backward_skips_the_zero_gradient_blocks_and_the_sink_hears_of_them(monkeypatch):
     torch.manual_seed(1)
     trunk = make_model("max", "stage4").trunk().eval()
     stream = StreamingModule(trunk, 64)
@@ -149,15 +149,17 @@ def test_backward_skips_blocks_even_when_given_a_gradient_and_the_sink_hears_of_
     mask = tissue_mask(plan.out_hw)
     skip = mask_skip(mask)
     x = torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64)
+    # The masked model's map gradient: non-zero on the mask's cells, zero outside (torch.where).
+    grad = torch.where(mask, torch.ones(1, 16, *plan.out_hw, dtype=torch.float64), torch.zeros((), dtype=torch.float64))
     calls = []
+    real_block_grad = streaming_module.block_grad
     monkeypatch.setattr(streaming_module, "block_grad",
-                        lambda g, rb, cb, values=None: calls.append((rb.start, cb.start)) or
-                        torch.ones(1, 16, rb.end - rb.start, cb.end - cb.start, dtype=torch.float64))
+                        lambda g, rb, cb, values=None: calls.append((rb.start, cb.start)) or real_block_grad(g, rb, cb))
     regions = []
     sink = InputGradientSink(regions.append)
-    stream.backward_from(x, lambda rows, cols: None, input_grad_sink=sink, hooks=StreamHooks(skip_block=skip))
+    stream.backward_from(x, grad, input_grad_sink=sink, hooks=StreamHooks(skip_block=skip))
     inside = sum(not skip((rb.own_start, rb.end), (cb.own_start, cb.end)) for rb in plan.rows for cb in plan.cols)
-    assert len(calls) == inside
+    assert 0 < len(calls) == inside < plan.n_blocks
     # The sink still emits the whole image, once: skipped blocks add nothing to it.
     covered = torch.zeros(SIZE, SIZE, dtype=torch.int64)
     grad_x = torch.zeros(SIZE, SIZE, dtype=torch.float64)
@@ -166,6 +168,38 @@ def test_backward_skips_blocks_even_when_given_a_gradient_and_the_sink_hears_of_
         grad_x[r.pixels[0]:r.pixels[1], r.pixels[2]:r.pixels[3]] = r.values[0].abs().sum(dim=0)
     assert bool((covered == 1).all())
     assert bool(grad_x[:64, :64].any()) and not bool(grad_x[140:, :].any()) and not bool(grad_x[:, 140:].any())
+
+
+def test_a_skipped_block_with_a_gradient_is_refused_not_dropped():
+    trunk = make_model("max", "stage4").trunk().eval()
+    stream = StreamingModule(trunk, 64)
+    plan = stream.tile_plan((SIZE, SIZE))
+    mask = tissue_mask(plan.out_hw)
+    grad = torch.zeros(1, 16, *plan.out_hw, dtype=torch.float64)
+    grad[..., -1, -1] = 1.0  # a cell of a block the mask skips
+    x = torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64)
+    with pytest.raises(ValueError, match="skip_block leaves out: the backward would drop it"):
+        stream.backward_from(x, grad, params=True, hooks=StreamHooks(skip_block=mask_skip(mask)))
+
+
+def test_a_streamed_pass_that_skips_every_block_says_the_mask_is_empty():
+    stream = StreamingModule(make_model("max", "stage4").trunk().eval(), 64)
+    x = torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64)
+    with pytest.raises(EmptyMaskError, match="every block of the 12x12 output map was skipped"):
+        stream(x, hooks=StreamHooks(skip_block=lambda rows, cols: True))
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_a_masked_reducer_over_no_cell_is_refused_not_minus_infinity(pool):
+    fmap = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[3, 3] = True  # in a block never added
+    reducer = GlobalPoolReducer(pool, mask)
+    reducer.add((0, 2), (0, 4), fmap[:, :, :2])
+    with pytest.raises(EmptyMaskError, match="nothing to pool"):
+        reducer.pooled()
+    with pytest.raises(EmptyMaskError, match="nothing to pool"):
+        GlobalPoolReducer(pool, mask).pooled()  # every block skipped
 
 
 def test_masked_reducer_excludes_cells_from_max_sum_and_count():
