@@ -34,9 +34,9 @@ from engine.annotations.regions import RunArea
 from engine.devices import local_rank, resolve_device
 from engine.errors import Cancelled, CheckpointError, SpecError, TileSizeError
 from engine.events import CancelToken, EventCallback, Finished, Prediction
-from engine.geometry import LevelRegion, MapGeometry
+from engine.geometry import LevelRegion, MapGeometry, head_cell_hw
 from engine.infer_attention import AttentionMap
-from engine.infer_head import HeadEvaluator, head_grid_cells, masked, nan_outside
+from engine.infer_head import HeadEvaluator
 from engine.infer_maps import MapAccumulator, ProgressClock, SaliencyMap
 from engine.infer_masks import RunMask, find_tissue
 from engine.io.checkpoints import card_path, load_checkpoint
@@ -253,22 +253,19 @@ class InferenceRun:
         keep = None if self.keep is None else self.keep[rows[0]:rows[1], cols[0]:cols[1]]
         if self.reducer is not None:
             self.reducer.add(rows, cols, fmap_block)  # the reducer leaves out the cells outside the mask
-        probs = nan_outside(self.head.cell_probabilities(fmap_block), keep)
+        keep_block = None if keep is None else torch.from_numpy(keep)[None, None]
+        probs = self.head.cell_probabilities(fmap_block, keep_block)
         self._prediction_patch(probs, rows, cols, self.out_hw, self.cell)
         if self.attention is not None:
             self.attention.add_block(rows, cols, fmap_block, keep)
 
     def _cells_prediction(self, fmap: torch.Tensor) -> None:
-        """The prediction map of a head with spatial stages: one patch, at the head's cells, each a
-        whole number of trunk cells (with a mask, of the masked model; NaN on head cells holding
-        no kept trunk cell)."""
-        mask = self._mask_tensor(fmap)
-        cells = self.head.cell_probabilities(masked(fmap, mask))
+        """The prediction map of a head with spatial stages: one patch, at the head's cells, each
+        the stages' stride in trunk cells (with a mask, of the masked model; NaN on head cells
+        holding no kept trunk cell)."""
+        cells = self.head.cell_probabilities(fmap, self._mask_tensor(fmap))
         map_hw = tuple(cells.shape[1:])
-        if mask is not None:
-            nan_outside(cells, head_grid_cells(mask, map_hw))
-        head_cell = (self.cell[0] * round(self.out_hw[0] / map_hw[0]), self.cell[1] * round(self.out_hw[1] / map_hw[1]))
-        self._prediction_patch(cells, (0, map_hw[0]), (0, map_hw[1]), map_hw, head_cell)
+        self._prediction_patch(cells, (0, map_hw[0]), (0, map_hw[1]), map_hw, head_cell_hw(self.cell, self.head.stride))
 
     def _prediction_patch(self, values, rows, cols, map_hw, cell_hw) -> None:
         if self.prediction_map is None:
