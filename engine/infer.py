@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +166,8 @@ class InferenceRun:
         self.cell = stream.stride  # level pixels per trunk output cell (rows, cols)
         # The trunk's output cells on level 0 (the last ones reach past the region: padding).
         self.grid = MapGeometry(region.cells_to_l0((0, self.out_hw[0]), (0, self.out_hw[1]), self.cell), self.out_hw)
-        self.keep: np.ndarray | None = mask.cells(self.grid)  # the trunk's output cells computed; None: all
+        # The trunk's output cells computed (None: all); tissue counts inside the region read only.
+        self.keep: np.ndarray | None = mask.cells(self.grid, region.l0_box)
         if self.keep is not None and not self.keep.any():
             raise SpecError(mask.nothing_kept_message((self.cell[0] * region.downsample, self.cell[1] * region.downsample)))
         # Kept cells alone reach the pool (the reducer's mask: outside cells are neither a maximum
@@ -197,7 +199,8 @@ class InferenceRun:
                 self._tissue_layer()
             if self.spec.saliency:
                 self.saliency = SaliencyMap(self.region, int(self.spec.saliency_cell), self.classes, self.emit,
-                                            self.mask.cells if self.mask.active else None)
+                                            partial(self.mask.cells, l0_within=self.region.l0_box)
+                                            if self.mask.active else None)
             logits, fmap = self._forward(source)
             probs = torch.softmax(logits.float(), dim=1)[0]
             if fmap is not None:
@@ -219,7 +222,7 @@ class InferenceRun:
         prediction map's grid, so the two overlay cell for cell)."""
         self.tissue_map = MapAccumulator(TISSUE, self.region, self.cell, self.out_hw, channels=(), fill=math.nan,
                                          clip=True, classes=self.classes, emit=self.emit)
-        self.tissue_map.put_whole(self.mask.tissue_cells(self.grid).astype(np.float32))
+        self.tissue_map.put_whole(self.mask.tissue_cells(self.grid, self.region.l0_box).astype(np.float32))
 
     def _mask_tensor(self, fmap: torch.Tensor) -> torch.Tensor | None:
         """The kept cells as a (1, 1, H, W) bool tensor on ``fmap``'s device, or None."""
