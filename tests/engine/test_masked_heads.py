@@ -288,3 +288,35 @@ def test_a_card_with_an_unknown_head_is_refused_with_a_clear_message(fields, mes
     with pytest.raises(CheckpointError, match=message) as err:
         ModelCard.from_json(d, source="cards/model.json")
     assert "cards/model.json" in str(err.value)
+
+
+@pytest.mark.parametrize("head", ["avg", "attention"])
+def test_a_masked_run_freezes_the_heads_norms_so_glass_does_not_count(head):
+    """The same tissue on a 12 x 12 and on a 48 x 48 map (the rest glass, masked out): with the
+    head's BatchNorm in training mode its batch statistics would count the glass cells."""
+    torch.manual_seed(4)
+    tissue = torch.rand(1, 16, 12, 12, dtype=torch.float64)
+    big = torch.rand(1, 16, 48, 48, dtype=torch.float64)
+    big[..., :12, :12] = tissue
+    small_mask = torch.ones(1, 1, 12, 12, dtype=torch.bool)
+    big_mask = torch.zeros(1, 1, 48, 48, dtype=torch.bool)
+    big_mask[..., :12, :12] = True
+    logits = {}
+    for masked in (False, True):
+        net = Classifier(make_model(head, "stage3"), streaming=False, tile_size=64, masked=masked).train()
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.head.stages.modules())
+        assert all(not m.training for m in net.head.stages.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d)) == masked
+        logits[masked] = (net.head(tissue, small_mask), net.head(big, big_mask))
+    assert (logits[False][0] - logits[False][1]).abs().max() > 1e-3  # batch statistics: glass counts
+    torch.testing.assert_close(logits[True][0], logits[True][1], rtol=1e-12, atol=1e-12)
+
+
+def test_the_trunk_grid_is_traced_when_the_classifier_is_built(monkeypatch):
+    net = Classifier(make_model("max", "stage4"), streaming=False, tile_size=64)
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("traced after construction (on a prefetch thread, fx patches nn.Module.__call__)")
+
+    monkeypatch.setattr(torch.fx, "symbolic_trace", no_tracing)
+    assert net.trunk_grid((192, 160)) == ((12, 10), (16, 16))
