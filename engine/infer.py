@@ -80,17 +80,17 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
     # pass over each activation fewer; the input gradient is the same function's).
     trunk = fold_batchnorm(model.trunk())
     head = HeadEvaluator(model.head())
-    area = None
-    if spec.regions is not None:
-        if not head.pool_live:
-            raise SpecError("runs inside regions need a model whose head is a global pool and a linear layer")
-        area = RunArea.of(spec.regions, spec.include_classes, spec.exclude_classes)
+    if spec.regions is not None and not head.pool_live:
+        raise SpecError("runs inside regions need a model whose head is a global pool and a linear layer")
     with open_slide(spec.slide_path) as slide:
+        l0_box = spec.l0_region or tissue_box(slide)
+        area = None
+        if spec.regions is not None:  # l0_base: what regions of excluded classes only leave, less them
+            area = RunArea.of(spec.regions, spec.include_classes, spec.exclude_classes, l0_base=l0_box)
         mask = RunMask(area, find_tissue(slide, spec, card))
         if mask.active:
             head.check_mask()
         level = choose_level(slide, level=spec.level, mpp=spec.mpp or card.input_mpp, fallback_level=card.input_level)
-        l0_box = spec.l0_region or tissue_box(slide)
         if area is not None:
             l0_box = area.l0_bounds if spec.l0_region is None else area.l0_bounds.intersect(spec.l0_region)
         region = level_region(slide, level, l0_box)
