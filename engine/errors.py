@@ -72,3 +72,8 @@ class ResultsError(StreamSlideError, OSError):
     Also an OSError: a failed write raised a bare OSError before :mod:`engine.io.atomic` named
     the file and the cause, and callers that catch OSError must still catch it.
     """
+
+
+class EmptyMaskError(StreamSlideError, ValueError):
+    """A mask with no cell inside for some image (a head's pool, a global-pool reducer, a streamed
+    pass whose every block is skipped): there is nothing to pool or to compute."""

@@ -14,7 +14,9 @@ One rounding rule per conversion:
   nearest: :func:`lv_to_l0_origin`, :func:`l0_to_lv_origin` (a level origin survives the
   round trip whenever the downsample is at least 1);
 - a level-0 point on a level, for comparisons only, is the exact quotient: :func:`l0_to_lv_point`;
-- renderers sample a level pixel at its centre: :func:`lv_centres_to_l0`.
+- renderers sample a level pixel at its centre: :func:`lv_centres_to_l0`;
+- a head whose stages stride ``s`` over the trunk's map has cells of ``s`` trunk cells, head cell
+  ``i`` over trunk cells ``[s i, s i + s)``: :func:`head_cell_hw`, :func:`trunk_mask_on_head_grid`.
 """
 
 from __future__ import annotations
@@ -274,3 +276,21 @@ class MapGeometry:
         of :meth:`l0_to_map_xy`); float64."""
         cw, ch = self.l0_cell
         return np.asarray(map_xy, dtype=np.float64) * np.array([cw, ch]) + np.array([self.l0_box.x0, self.l0_box.y0])
+
+
+def head_cell_hw(trunk_cell_hw: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) level pixels of a head cell: ``stride`` (rows, cols) trunk cells of ``trunk_cell_hw`` each."""
+    return trunk_cell_hw[0] * stride[0], trunk_cell_hw[1] * stride[1]
+
+
+def trunk_mask_on_head_grid(mask: np.ndarray, stride: tuple[int, int], head_hw: tuple[int, int]) -> np.ndarray:
+    """A bool mask (..., H, W) on the trunk's grid carried to the head's grid of ``head_hw`` cells
+    (the head's stages striding ``stride`` (rows, cols) trunk cells): head cell (i, j) is in when
+    any trunk cell of ``[s0 i, s0 i + s0) x [s1 j, s1 j + s1)`` is. Trunk cells past the head's
+    last cell count for none; head cells past the trunk's map are out."""
+    mask = np.asarray(mask, dtype=bool)
+    (h, w), (sh, sw) = head_hw, stride
+    rows, cols = min(mask.shape[-2], h * sh), min(mask.shape[-1], w * sw)
+    padded = np.zeros(mask.shape[:-2] + (h * sh, w * sw), bool)
+    padded[..., :rows, :cols] = mask[..., :rows, :cols]
+    return padded.reshape(mask.shape[:-2] + (h, sh, w, sw)).any(axis=(-3, -1))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,9 @@ from engine.annotations.regions import RunArea
 from engine.devices import local_rank, resolve_device
 from engine.errors import Cancelled, CheckpointError, SpecError, TileSizeError
 from engine.events import CancelToken, EventCallback, Finished, Prediction
-from engine.geometry import LevelRegion, MapGeometry
+from engine.geometry import LevelRegion, MapGeometry, head_cell_hw
 from engine.infer_attention import AttentionMap
-from engine.infer_head import HeadEvaluator, head_grid_cells, masked, nan_outside
+from engine.infer_head import HeadEvaluator
 from engine.infer_maps import MapAccumulator, ProgressClock, SaliencyMap
 from engine.infer_masks import RunMask, find_tissue
 from engine.io.checkpoints import card_path, load_checkpoint
@@ -79,17 +80,17 @@ def run_inference(spec: InferenceSpec, on_event: EventCallback, cancel: CancelTo
     # pass over each activation fewer; the input gradient is the same function's).
     trunk = fold_batchnorm(model.trunk())
     head = HeadEvaluator(model.head())
-    area = None
-    if spec.regions is not None:
-        if not head.pool_live:
-            raise SpecError("runs inside regions need a model whose head is a global pool and a linear layer")
-        area = RunArea.of(spec.regions, spec.include_classes, spec.exclude_classes)
+    if spec.regions is not None and not head.pool_live:
+        raise SpecError("runs inside regions need a model whose head is a global pool and a linear layer")
     with open_slide(spec.slide_path) as slide:
+        l0_box = spec.l0_region or tissue_box(slide)
+        area = None
+        if spec.regions is not None:  # l0_base: what regions of excluded classes only leave, less them
+            area = RunArea.of(spec.regions, spec.include_classes, spec.exclude_classes, l0_base=l0_box)
         mask = RunMask(area, find_tissue(slide, spec, card))
         if mask.active:
             head.check_mask()
         level = choose_level(slide, level=spec.level, mpp=spec.mpp or card.input_mpp, fallback_level=card.input_level)
-        l0_box = spec.l0_region or tissue_box(slide)
         if area is not None:
             l0_box = area.l0_bounds if spec.l0_region is None else area.l0_bounds.intersect(spec.l0_region)
         region = level_region(slide, level, l0_box)
@@ -165,7 +166,8 @@ class InferenceRun:
         self.cell = stream.stride  # level pixels per trunk output cell (rows, cols)
         # The trunk's output cells on level 0 (the last ones reach past the region: padding).
         self.grid = MapGeometry(region.cells_to_l0((0, self.out_hw[0]), (0, self.out_hw[1]), self.cell), self.out_hw)
-        self.keep: np.ndarray | None = mask.cells(self.grid)  # the trunk's output cells computed; None: all
+        # The trunk's output cells computed (None: all); tissue counts inside the region read only.
+        self.keep: np.ndarray | None = mask.cells(self.grid, region.l0_box)
         if self.keep is not None and not self.keep.any():
             raise SpecError(mask.nothing_kept_message((self.cell[0] * region.downsample, self.cell[1] * region.downsample)))
         # Kept cells alone reach the pool (the reducer's mask: outside cells are neither a maximum
@@ -197,7 +199,8 @@ class InferenceRun:
                 self._tissue_layer()
             if self.spec.saliency:
                 self.saliency = SaliencyMap(self.region, int(self.spec.saliency_cell), self.classes, self.emit,
-                                            self.mask.cells if self.mask.active else None)
+                                            partial(self.mask.cells, l0_within=self.region.l0_box)
+                                            if self.mask.active else None)
             logits, fmap = self._forward(source)
             probs = torch.softmax(logits.float(), dim=1)[0]
             if fmap is not None:
@@ -219,7 +222,7 @@ class InferenceRun:
         prediction map's grid, so the two overlay cell for cell)."""
         self.tissue_map = MapAccumulator(TISSUE, self.region, self.cell, self.out_hw, channels=(), fill=math.nan,
                                          clip=True, classes=self.classes, emit=self.emit)
-        self.tissue_map.put_whole(self.mask.tissue_cells(self.grid).astype(np.float32))
+        self.tissue_map.put_whole(self.mask.tissue_cells(self.grid, self.region.l0_box).astype(np.float32))
 
     def _mask_tensor(self, fmap: torch.Tensor) -> torch.Tensor | None:
         """The kept cells as a (1, 1, H, W) bool tensor on ``fmap``'s device, or None."""
@@ -253,22 +256,19 @@ class InferenceRun:
         keep = None if self.keep is None else self.keep[rows[0]:rows[1], cols[0]:cols[1]]
         if self.reducer is not None:
             self.reducer.add(rows, cols, fmap_block)  # the reducer leaves out the cells outside the mask
-        probs = nan_outside(self.head.cell_probabilities(fmap_block), keep)
+        keep_block = None if keep is None else torch.from_numpy(keep)[None, None]
+        probs = self.head.cell_probabilities(fmap_block, keep_block)
         self._prediction_patch(probs, rows, cols, self.out_hw, self.cell)
         if self.attention is not None:
             self.attention.add_block(rows, cols, fmap_block, keep)
 
     def _cells_prediction(self, fmap: torch.Tensor) -> None:
-        """The prediction map of a head with spatial stages: one patch, at the head's cells, each a
-        whole number of trunk cells (with a mask, of the masked model; NaN on head cells holding
-        no kept trunk cell)."""
-        mask = self._mask_tensor(fmap)
-        cells = self.head.cell_probabilities(masked(fmap, mask))
+        """The prediction map of a head with spatial stages: one patch, at the head's cells, each
+        the stages' stride in trunk cells (with a mask, of the masked model; NaN on head cells
+        holding no kept trunk cell)."""
+        cells = self.head.cell_probabilities(fmap, self._mask_tensor(fmap))
         map_hw = tuple(cells.shape[1:])
-        if mask is not None:
-            nan_outside(cells, head_grid_cells(mask, map_hw))
-        head_cell = (self.cell[0] * round(self.out_hw[0] / map_hw[0]), self.cell[1] * round(self.out_hw[1] / map_hw[1]))
-        self._prediction_patch(cells, (0, map_hw[0]), (0, map_hw[1]), map_hw, head_cell)
+        self._prediction_patch(cells, (0, map_hw[0]), (0, map_hw[1]), map_hw, head_cell_hw(self.cell, self.head.stride))
 
     def _prediction_patch(self, values, rows, cols, map_hw, cell_hw) -> None:
         if self.prediction_map is None:

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from engine.events import EventCallback
-from engine.geometry import LevelRegion
-from engine.infer_head import HeadEvaluator, head_grid_cells, nan_outside
+from engine.geometry import LevelRegion, head_cell_hw
+from engine.infer_head import HeadEvaluator, nan_outside
 from engine.infer_maps import MapAccumulator
 
 ATTENTION = "attention"
@@ -77,7 +77,7 @@ class AttentionMap:
         """The normalised attention of the whole (stitched) map, replacing the live weights."""
         weights = self.head.attention(fmap, mask)
         map_hw = tuple(weights.shape)
-        keep = None if mask is None else head_grid_cells(mask, map_hw)
-        # Each head cell is a whole number of trunk cells (as for the prediction map).
-        cell_hw = (self.cell_hw[0] * round(self.out_hw[0] / map_hw[0]), self.cell_hw[1] * round(self.out_hw[1] / map_hw[1]))
+        keep = None if mask is None else self.head.head_cells(mask, map_hw)
+        # Each head cell is the stages' stride in trunk cells (as for the prediction map).
+        cell_hw = head_cell_hw(self.cell_hw, self.head.stride)
         self._accumulator(map_hw, cell_hw).put_whole(nan_outside(weights.astype(np.float32), keep))

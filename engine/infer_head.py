@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from engine.errors import SpecError
+from engine.geometry import trunk_mask_on_head_grid
+from engine.models.head_grid import mask_on_head_grid, stages_stride
 
 #: Heads whose pool a :class:`~engine.streaming.pooled.GlobalPoolReducer` takes block by block.
 BLOCK_POOLS = ("max", "avg")
@@ -27,7 +29,28 @@ def masked(fmap: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     product: skipped blocks hold NaN in the stitched map, and NaN * 0 is NaN."""
     if mask is None:
         return fmap
-    return torch.where(mask, fmap, torch.zeros((), dtype=fmap.dtype, device=fmap.device))
+    return torch.where(mask.to(fmap.device), fmap, torch.zeros((), dtype=fmap.dtype, device=fmap.device))
+
+
+def head_stride(head) -> tuple[int, int]:
+    """Trunk cells (rows, cols) per cell of ``head``'s grid: its ``stride``, else traced from its stages."""
+    stride = getattr(head, "stride", None)
+    if stride is not None:
+        return tuple(stride)
+    stages = getattr(head, "stages", None)
+    return stages_stride(stages) if stages is not None else (1, 1)
+
+
+def masked_cell_logits(head, fmap: torch.Tensor, mask: torch.Tensor | None, stride: tuple[int, int]) -> torch.Tensor:
+    """(N, K, h, w) per-cell logits of the masked model on the head's grid: ``forward_cells`` of
+    the map with the trunk cells outside ``mask`` set to 0, NaN on the head cells holding no
+    cell of the mask (carried by ``stride``, the head's). None for ``mask``: every cell, as the
+    unmasked model. Inference's prediction maps and evaluation's kept maps both come from here."""
+    cells = head.forward_cells(masked(fmap, mask))
+    if mask is None:
+        return cells
+    keep = mask_on_head_grid(mask.to(cells.device), stride, tuple(cells.shape[2:]))
+    return torch.where(keep, cells, torch.full((), math.nan, dtype=cells.dtype, device=cells.device))
 
 
 class HeadEvaluator:
@@ -51,6 +74,7 @@ class HeadEvaluator:
         self.pool_live = (self.cells_live and reducible and not self.is_attention and getattr(head, "pool", None)
                           in BLOCK_POOLS and hasattr(head, "fc") and callable(getattr(head, "classify", None)))
         self.takes_mask = _accepts(head.forward, "mask")
+        self.stride = head_stride(head)  # trunk cells per head cell (rows, cols)
 
     def check_mask(self) -> None:
         """Refuse a masked run on a head that cannot pool over a mask (before anything is read)."""
@@ -59,11 +83,18 @@ class HeadEvaluator:
                             "run with tissue_mask 'none' (--tissue-mask none) and without regions, or use a model "
                             "whose head is a global pool and a linear layer")
 
-    def cell_probabilities(self, fmap: torch.Tensor) -> np.ndarray:
-        """(classes, h, w) float32 probabilities of the head's cells on (part of) the map."""
+    def cell_probabilities(self, fmap: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
+        """(classes, h, w) float32 probabilities of the head's cells on (part of) the map; with
+        ``mask`` (on ``fmap``'s cells), of the masked model, NaN on head cells outside it."""
         with torch.no_grad():
-            probs = torch.softmax(self.head.forward_cells(fmap.detach().float()), dim=1)[0]
+            logits = masked_cell_logits(self.head, fmap.detach().float(), mask, self.stride)
+            probs = torch.softmax(logits, dim=1)[0]
         return probs.cpu().numpy().astype(np.float32)
+
+    def head_cells(self, mask: torch.Tensor, head_hw: tuple[int, int]) -> np.ndarray:
+        """(h, w) bool on the head's grid: the head cells holding a cell of ``mask`` (trunk grid),
+        the cells the masked head pools over."""
+        return trunk_mask_on_head_grid(mask[0, 0].cpu().numpy(), self.stride, head_hw)
 
     def logits(self, fmap: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Slide-level logits of the stitched map; with ``mask``, of the masked model."""
@@ -84,15 +115,6 @@ class HeadEvaluator:
     def pooled_logit_grad(self, target: int) -> torch.Tensor:
         """d logit[target] / d pooled features: the classifier's row, (1, C)."""
         return self.head.fc.weight[target].detach().float()[None, :]
-
-
-def head_grid_cells(mask: torch.Tensor, head_hw: tuple[int, int]) -> np.ndarray:
-    """(h, w) bool on the head's grid: the head cells covering at least one kept trunk cell (the
-    cells the masked head pools over), for a head whose stages shrink the trunk's grid."""
-    if tuple(mask.shape[-2:]) == tuple(head_hw):
-        return mask[0, 0].cpu().numpy()
-    covered = torch.nn.functional.adaptive_max_pool2d(mask[:1].float(), head_hw)
-    return (covered[0, 0] > 0).cpu().numpy()
 
 
 def nan_outside(values: np.ndarray, keep: np.ndarray | None) -> np.ndarray:

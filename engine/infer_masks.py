@@ -14,11 +14,8 @@ import numpy as np
 
 from engine.annotations.regions import RunArea
 from engine.errors import CheckpointError, SpecError
-from engine.geometry import MapGeometry
-from engine.slides.tissue import TissueMask, TissueParams, detect_tissue
-
-#: The share of a cell that must be tissue for the cell to count as tissue (TissueMask.on_grid's).
-MIN_CELL_TISSUE = 0.05
+from engine.geometry import Box, MapGeometry
+from engine.slides.tissue import MIN_CELL_TISSUE, TissueMask, TissueParams, slide_tissue
 
 
 def tissue_mask_setting(spec, card) -> str:
@@ -40,10 +37,12 @@ def card_tissue_params(card, model_path) -> TissueParams:
 
 
 def find_tissue(slide, spec, card) -> TissueMask | None:
-    """The slide's tissue when the run is masked by it, else None."""
+    """The slide's tissue when the run is masked by it, else None: detected on its thumbnail
+    with the card's parameters, once per slide file (the same mask training and evaluation use,
+    :func:`engine.slides.tissue.slide_tissue`)."""
     if tissue_mask_setting(spec, card) != "auto":
         return None
-    return detect_tissue(slide, card_tissue_params(card, spec.model_path))
+    return slide_tissue(spec.slide_path, card_tissue_params(card, spec.model_path), slide=slide)
 
 
 @dataclass(frozen=True)
@@ -58,20 +57,22 @@ class RunMask:
     def active(self) -> bool:
         return self.area is not None or self.tissue is not None
 
-    def cells(self, grid: MapGeometry) -> np.ndarray | None:
+    def cells(self, grid: MapGeometry, l0_within: Box | None = None) -> np.ndarray | None:
         """(h, w) bool: the cells of ``grid`` computed (centre inside the area, and at least
-        :data:`MIN_CELL_TISSUE` of the cell tissue); None when nothing restricts the run."""
+        :data:`~engine.slides.tissue.MIN_CELL_TISSUE` of the cell tissue inside ``l0_within``,
+        the region read); None when nothing restricts the run."""
         keep = None
         if self.area is not None:
             keep = self.area.cells_inside(grid)
         if self.tissue is not None:
-            on_tissue = self.tissue_cells(grid)
+            on_tissue = self.tissue_cells(grid, l0_within)
             keep = on_tissue if keep is None else keep & on_tissue
         return keep
 
-    def tissue_cells(self, grid: MapGeometry) -> np.ndarray:
-        """(h, w) bool: the cells of ``grid`` that are tissue (requires ``tissue``)."""
-        return self.tissue.on_grid(grid, min_fraction=MIN_CELL_TISSUE)
+    def tissue_cells(self, grid: MapGeometry, l0_within: Box | None = None) -> np.ndarray:
+        """(h, w) bool: the cells of ``grid`` that are tissue (requires ``tissue``): the rule of
+        training's masks (:func:`engine.train.masks.tissue_cells`), so the two agree cell for cell."""
+        return self.tissue.on_grid(grid, min_fraction=MIN_CELL_TISSUE, l0_within=l0_within)
 
     def nothing_kept_message(self, cell_l0: tuple[float, float]) -> str:
         """Why a run has no cell to compute, and what to do."""

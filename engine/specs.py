@@ -59,7 +59,9 @@ class InferenceSpec:
     annotations (none named: all) less those of the ``exclude_classes``, exactly: the bounding box
     of that area (within ``l0_region`` when given) is read, blocks whose output cells all lie
     outside it are skipped, and map cells whose centre lies outside it are NaN and left out of
-    the slide-level pool (see :mod:`engine.infer`).
+    the slide-level pool (see :mod:`engine.infer`). When no annotation is left to include (no
+    ``include_classes``, and every annotation with an area is of an ``exclude_classes`` class),
+    the job covers its usual region (``l0_region``, else the tissue box) less the excluded areas.
 
     Boxes may be given as ``(x0, y0, x1, y1)``; they are stored as :class:`~engine.geometry.Box`.
     A spec that cannot run raises :class:`~engine.errors.SpecError` when it is made.

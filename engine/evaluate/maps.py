@@ -6,7 +6,9 @@ The map covers the evaluated input: the slide read at the card's level, cropped 
 and centred in (or cropped to) ``input_size`` as :func:`engine.train.data.read_slide_input` does
 without augmentation. Its cells are the head's: with a pool-only head each trunk output cell
 (gathered block by block through the ``on_block`` hook, so no map of features is ever held),
-otherwise the head's own grid on the stitched map. Values are the task's outputs per cell: class
+otherwise the head's own grid on the stitched map, each cell the head stages' stride in trunk
+cells. Both are the masked model's (:func:`engine.infer_head.masked_cell_logits`, as inference
+draws its prediction map): NaN on cells outside the slide's mask. Values are the task's outputs per cell: class
 probabilities, label probabilities, or targets in their own units.
 """
 
@@ -19,6 +21,7 @@ import torch
 
 from engine.events import Prediction
 from engine.geometry import Box, LevelRegion
+from engine.infer_head import head_stride, masked_cell_logits
 from engine.io.maps import MapLayer, write_maps
 from engine.io.paths import safe_child, slide_folder_names
 from engine.slides import open_slide
@@ -67,18 +70,24 @@ def cell_outputs(task, cell_logits: torch.Tensor) -> np.ndarray:
 
 
 class CellMap:
-    """A slide's per-cell outputs, filled block by block (``on_block``) or at once (``put_all``)."""
+    """A slide's per-cell outputs of the masked model (``mask`` (1, 1, H, W) on the trunk's grid,
+    or None), filled block by block (``on_block``, a head without stages) or at once
+    (``put_all``, the stitched map): :func:`engine.infer_head.masked_cell_logits`, as inference
+    draws them, NaN on the cells outside the mask."""
 
-    def __init__(self, task, head) -> None:
-        self.task, self.head = task, head
+    def __init__(self, task, head, mask: torch.Tensor | None = None) -> None:
+        self.task, self.head, self.mask = task, head, mask
+        self.stride = head_stride(head)
         self.blocks: list[tuple[tuple[int, int], tuple[int, int], np.ndarray]] = []
         self.whole: np.ndarray | None = None
 
     def on_block(self, rows: tuple[int, int], cols: tuple[int, int], fmap_block: torch.Tensor) -> None:
-        self.blocks.append((rows, cols, cell_outputs(self.task, self.head.forward_cells(fmap_block))))
+        mask = None if self.mask is None else self.mask[..., rows[0]:rows[1], cols[0]:cols[1]]
+        logits = masked_cell_logits(self.head, fmap_block, mask, self.stride)
+        self.blocks.append((rows, cols, cell_outputs(self.task, logits)))
 
     def put_all(self, fmap: torch.Tensor) -> None:
-        self.whole = cell_outputs(self.task, self.head.forward_cells(fmap))
+        self.whole = cell_outputs(self.task, masked_cell_logits(self.head, fmap, self.mask, self.stride))
 
     def values(self) -> np.ndarray | None:
         """(K, h, w): the whole map (NaN where no block reported), or None when nothing came."""
@@ -95,11 +104,9 @@ class CellMap:
         return out
 
 
-def map_l0_box(region: LevelRegion, map_hw: tuple[int, int], cell_hw: tuple[int, int] | None) -> Box:
-    """The level-0 box of a map of ``map_hw`` cells over the input ``region``: ``cell_hw`` level
-    pixels each (the trunk's stride), or None for a head grid spread evenly over the input."""
-    if cell_hw is None:
-        return region.l0_box
+def map_l0_box(region: LevelRegion, map_hw: tuple[int, int], cell_hw: tuple[int, int]) -> Box:
+    """The level-0 box of a map of ``map_hw`` cells over the input ``region``, ``cell_hw`` level
+    pixels each (the trunk's stride times the head stages': :func:`engine.geometry.head_cell_hw`)."""
     return region.cells_to_l0((0, map_hw[0]), (0, map_hw[1]), cell_hw)
 
 

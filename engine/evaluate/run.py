@@ -28,6 +28,7 @@ from engine.evaluate.maps import CellMap, input_region, maps_folders, write_slid
 from engine.evaluate.plot import plot_svg
 from engine.evaluate.report import Predictions, cohort_metrics, format_table
 from engine.events import CancelToken, EventCallback, Finished, JobWarning, Progress
+from engine.geometry import head_cell_hw
 from engine.io import atomic
 from engine.io.checkpoints import load_checkpoint
 from engine.io.labels import read_labels
@@ -104,7 +105,7 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
     def forward(src, mask) -> tuple[torch.Tensor, CellMap | None]:
         if not spec.keep_maps:
             return net(src, mask), None
-        cells = CellMap(task, net.head)
+        cells = CellMap(task, net.head, mask)
         if net.pooled_head:  # the cells come block by block, from the pass that pools them
             hooks, net.hooks = net.hooks, dataclasses.replace(net.hooks, on_block=cells.on_block)
             try:
@@ -133,7 +134,7 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
                 outputs = task.outputs(logits.to(torch.float64))
                 if cells is not None and (values := cells.values()) is not None:
                     npz = write_slide_maps(folders[str(record.path)], str(record.path), region, values,
-                                           net.runner.stride if net.pooled_head else None, card.classes,
+                                           head_cell_hw(net.runner.stride, net.head.stride), card.classes,
                                            outputs, card.task)
                     kept.append((str(record.path), str(Path(npz).relative_to(spec.out_dir))))
                 rows.append((i, outputs))

@@ -10,8 +10,10 @@ model is, exactly:
    gradient);
 2. the remaining stages on that map;
 3. the pool over the head-grid cells covered by the mask only. The mask is carried to the head's
-   grid (smaller when the stages stride) by an "any" over the trunk cells under each head cell: a
-   max-pool of the mask with the stages' total stride as kernel and stride (:func:`mask_on_grid`).
+   grid (smaller when the stages stride) by an "any" over the trunk cells under each head cell,
+   head cell ``i`` over trunk cells ``[s i, s i + s)`` with ``s`` the stages' total stride
+   (``stride``, traced from their layers: :mod:`engine.models.head_grid`,
+   :func:`engine.geometry.trunk_mask_on_head_grid`).
 
 An empty mask (an image without tissue) has nothing to pool: a head refuses it with
 :class:`EmptyMaskError` rather than return NaN. The training and evaluation code that builds masks
@@ -28,33 +30,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import EmptyMaskError
 from engine.head_arguments import HEAD_ARGUMENTS, head_arguments
+from engine.models.head_grid import mask_on_head_grid, stages_stride
 from engine.specs import HEADS
 
 #: GeM's exponent is clamped to at least this (a generalised mean needs p > 0).
 GEM_P_MIN = 0.1
-
-
-class EmptyMaskError(ValueError):
-    """A mask with no cell inside for some image: there is nothing to pool."""
-
-
-def mask_on_grid(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """``mask`` (N or 1, 1, H, W) bool carried to a grid of ``hw`` cells: a cell is in when any
-    trunk cell under it is. With the stages' stride s per axis (ceil(H / h)), a head cell covers
-    trunk cells [s i, s i + s); grids that do not divide so are carried by an adaptive max-pool."""
-    h, w = hw
-    if tuple(mask.shape[2:]) == (h, w):
-        return mask
-    m = mask.to(torch.float32)
-    s = (math.ceil(mask.shape[2] / h), math.ceil(mask.shape[3] / w))
-    out = F.max_pool2d(m, s, s, ceil_mode=True)
-    if tuple(out.shape[2:]) != (h, w):
-        out = F.adaptive_max_pool2d(m, (h, w))
-    return out > 0
 
 
 def _check_mask(mask: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
@@ -80,11 +64,13 @@ class ClassifierHead(nn.Module):
 
     reducible = True
 
-    def __init__(self, stages: nn.Sequential, fc: nn.Linear, pool: str):
+    def __init__(self, stages: nn.Sequential, fc: nn.Linear, pool: str, stride: tuple[int, int] | None = None):
         super().__init__()
         if pool not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got '{pool}'")
         self.stages, self.fc, self.pool = stages, fc, pool
+        #: Trunk cells (rows, cols) per head cell: the stages' total stride (traced unless given).
+        self.stride = tuple(stride) if stride is not None else stages_stride(stages)
 
     @property
     def has_stages(self) -> bool:
@@ -99,7 +85,7 @@ class ClassifierHead(nn.Module):
             return self.features(fmap), None
         mask = _check_mask(mask, fmap)
         f = self.features(torch.where(mask, fmap, torch.zeros((), dtype=fmap.dtype, device=fmap.device)))
-        return f, mask_on_grid(mask, tuple(f.shape[2:]))
+        return f, mask_on_head_grid(mask, self.stride, tuple(f.shape[2:]))
 
     def pool_features(self, f: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """(N, C) from the head's feature map ``f`` over ``mask`` (on ``f``'s grid, or None)."""
@@ -134,15 +120,15 @@ class ClassifierHead(nn.Module):
 class MaxHead(ClassifierHead):
     """Global max over the (masked) cells."""
 
-    def __init__(self, stages: nn.Sequential, fc: nn.Linear):
-        super().__init__(stages, fc, "max")
+    def __init__(self, stages: nn.Sequential, fc: nn.Linear, stride: tuple[int, int] | None = None):
+        super().__init__(stages, fc, "max", stride)
 
 
 class AvgHead(ClassifierHead):
     """Global mean over the (masked) cells."""
 
-    def __init__(self, stages: nn.Sequential, fc: nn.Linear):
-        super().__init__(stages, fc, "avg")
+    def __init__(self, stages: nn.Sequential, fc: nn.Linear, stride: tuple[int, int] | None = None):
+        super().__init__(stages, fc, "avg", stride)
 
 
 class GeMPool(nn.Module):
@@ -163,8 +149,8 @@ class GeMHead(ClassifierHead):
 
     reducible = False
 
-    def __init__(self, stages: nn.Sequential, fc: nn.Linear, gem: GeMPool):
-        super().__init__(stages, fc, "gem")
+    def __init__(self, stages: nn.Sequential, fc: nn.Linear, gem: GeMPool, stride: tuple[int, int] | None = None):
+        super().__init__(stages, fc, "gem", stride)
         self.gem = gem
 
     def pool_features(self, f: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -205,8 +191,9 @@ class AttentionHead(ClassifierHead):
 
     reducible = False
 
-    def __init__(self, stages: nn.Sequential, fc: nn.Linear, attention: GatedAttention):
-        super().__init__(stages, fc, "attention")
+    def __init__(self, stages: nn.Sequential, fc: nn.Linear, attention: GatedAttention,
+                 stride: tuple[int, int] | None = None):
+        super().__init__(stages, fc, "attention", stride)
         self.attention_net = attention
 
     def _weights(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -231,16 +218,18 @@ class AttentionHead(ClassifierHead):
         return self.attention_net.embedding(f)
 
 
-def build_head(name: str, stages: nn.Sequential, fc: nn.Linear, pooling: nn.Module | None) -> ClassifierHead:
-    """The head ``name`` over modules the model owns (``pooling``: its GeM or attention parameters)."""
+def build_head(name: str, stages: nn.Sequential, fc: nn.Linear, pooling: nn.Module | None,
+               stride: tuple[int, int] | None = None) -> ClassifierHead:
+    """The head ``name`` over modules the model owns (``pooling``: its GeM or attention parameters;
+    ``stride``: the stages' stride when known, else traced)."""
     if name == "max":
-        return MaxHead(stages, fc)
+        return MaxHead(stages, fc, stride)
     if name == "avg":
-        return AvgHead(stages, fc)
+        return AvgHead(stages, fc, stride)
     if name == "gem":
-        return GeMHead(stages, fc, pooling)
+        return GeMHead(stages, fc, pooling, stride)
     if name == "attention":
-        return AttentionHead(stages, fc, pooling)
+        return AttentionHead(stages, fc, pooling, stride)
     raise ValueError(f"head must be one of {', '.join(HEADS)}, got '{name}'")
 
 
@@ -255,4 +244,4 @@ def pooling_module(name: str, features: int, kwargs: dict) -> nn.Module | None:
 
 
 __all__ = ["AttentionHead", "AvgHead", "ClassifierHead", "EmptyMaskError", "GatedAttention", "GeMHead", "GeMPool",
-           "HEAD_ARGUMENTS", "MaxHead", "build_head", "head_arguments", "mask_on_grid", "pooling_module"]
+           "HEAD_ARGUMENTS", "MaxHead", "build_head", "head_arguments", "mask_on_head_grid", "pooling_module"]

@@ -13,6 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from engine.models.head_grid import stages_stride
 from engine.models.heads import ClassifierHead, build_head, pooling_module
 from engine.specs import POOLS
 
@@ -66,7 +67,11 @@ class SplitNet(nn.Module):
         """Stages after ``split``, the head's pool and ``fc`` (shares modules with this net)."""
         end = self._check_split()
         rest = nn.Sequential(OrderedDict((n, getattr(self, n)) for n in self.stage_names[end:]))
-        return build_head(self.head_name, rest, self.fc, getattr(self, "pooling", None))
+        # The stages' stride is traced once per split (head() is called at every forward).
+        strides = self.__dict__.setdefault("_head_strides", {})
+        if self.split not in strides:
+            strides[self.split] = stages_stride(rest)
+        return build_head(self.head_name, rest, self.fc, getattr(self, "pooling", None), strides[self.split])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head()(self.trunk()(x))

@@ -7,18 +7,34 @@ than ``max_hole_fraction`` of the image are filled (lumina, fat cells inside a s
 smaller than ``min_speck_fraction`` are removed (dust, debris). The mask is then carried onto any
 map grid (the trunk's output cells) by the share of tissue pixels under each cell.
 
+Tissue is detected once per slide, on its thumbnail, whatever then runs on it: training,
+validation and evaluation (:mod:`engine.train.masks`) carry the same :class:`TissueMask` onto
+the trunk's grid over their input that inference carries onto its grid over the region read
+(:func:`slide_tissue` caches it per slide file and parameters). Otsu's threshold depends on the
+image it is chosen on: chosen on a crop that is all tissue, it would split the tissue itself.
+
 Planes: ``th_`` pixels of the thumbnail, which spans the slide's whole level-0 extent.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from engine.geometry import Box, MapGeometry
 
 METHODS = ("otsu", "saturation")
+
+#: Share of a map cell that must be tissue (or, for training masks, annotated area) for the cell
+#: to count: the one threshold of training, evaluation and inference masks.
+MIN_CELL_TISSUE = 0.05
+
+#: Slides whose detected tissue :func:`slide_tissue` keeps (a 1024-px thumbnail mask is 1 MB).
+TISSUE_CACHE_SLIDES = 32
 
 
 @dataclass(frozen=True)
@@ -59,9 +75,12 @@ class TissueMask:
         """Share of the slide's area that is tissue."""
         return float(self.th_mask.mean()) if self.th_mask.size else 0.0
 
-    def on_grid(self, grid: MapGeometry, *, min_fraction: float = 0.05) -> np.ndarray:
-        """(h, w) bool on ``grid``: a cell is tissue when at least ``min_fraction`` of its area is."""
-        return coverage_on_grid(self.th_mask, self.l0_box, grid) >= max(min_fraction, 1e-9)
+    def on_grid(self, grid: MapGeometry, *, min_fraction: float = MIN_CELL_TISSUE,
+                l0_within: Box | None = None) -> np.ndarray:
+        """(h, w) bool on ``grid``: a cell is tissue when at least ``min_fraction`` of its area is.
+        ``l0_within``: the part of the slide the network sees (a region read, an input's pixels
+        read from the slide); tissue outside it, like everything outside the slide, is none."""
+        return coverage_on_grid(self.th_mask, self.l0_box, grid, l0_within) >= max(min_fraction, 1e-9)
 
 
 def detect_tissue_rgb(rgb: np.ndarray, params: TissueParams = TissueParams()) -> np.ndarray:
@@ -84,6 +103,35 @@ def detect_tissue(slide, params: TissueParams = TissueParams()) -> TissueMask:
     thumb = to_rgb(slide.thumbnail(params.thumb_px))
     w, h = slide.dimensions
     return TissueMask(detect_tissue_rgb(thumb, params), Box(0, 0, w, h))
+
+
+_cache: OrderedDict[tuple, TissueMask] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def slide_tissue(path: str | Path, params: TissueParams = TissueParams(), slide=None) -> TissueMask:
+    """:func:`detect_tissue` of the slide file ``path``, found once per (file, modification time,
+    ``params``) and kept for the next input or run of the same slide. Thread-safe (the training
+    prefetcher reads slides on its own thread). ``slide``: the slide already open, if it is."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, params)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    if slide is not None:
+        tissue = detect_tissue(slide, params)
+    else:
+        from engine.slides import open_slide
+
+        with open_slide(path) as opened:
+            tissue = detect_tissue(opened, params)
+    with _cache_lock:  # two threads may both have detected it: the same mask either way
+        _cache[key] = tissue
+        while len(_cache) > TISSUE_CACHE_SLIDES:
+            _cache.popitem(last=False)
+    return tissue
 
 
 def otsu_threshold(values: np.ndarray) -> float:
@@ -178,23 +226,29 @@ def fill_holes(mask: np.ndarray, *, max_size: int) -> np.ndarray:
     return mask | fill[labels]
 
 
-def coverage_on_grid(th_mask: np.ndarray, th_l0_box: Box, grid: MapGeometry) -> np.ndarray:
-    """(h, w) float: the share of each ``grid`` cell covered by ``th_mask``, a bool image spanning
-    ``th_l0_box`` (level 0). Exact area weighting of thumbnail pixels against cells along each
-    axis (the weights are separable), so a cell smaller than a thumbnail pixel takes that pixel's
-    value."""
-    rows = _axis_weights(th_l0_box.y0, th_l0_box.y1, th_mask.shape[0], grid.l0_box.y0, grid.l0_box.y1, grid.shape[0])
-    cols = _axis_weights(th_l0_box.x0, th_l0_box.x1, th_mask.shape[1], grid.l0_box.x0, grid.l0_box.x1, grid.shape[1])
-    covered = rows @ th_mask.astype(np.float64) @ cols.T
-    area = rows.sum(axis=1)[:, None] * cols.sum(axis=1)[None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(area > 0, covered / area, 0.0)
+def coverage_on_grid(th_mask: np.ndarray, th_l0_box: Box, grid: MapGeometry,
+                     l0_within: Box | None = None) -> np.ndarray:
+    """(h, w) float: the share of each ``grid`` cell's area covered by ``th_mask``, a bool (or
+    coverage in [0, 1]) image spanning ``th_l0_box`` (level 0), counting only the part of it
+    inside ``l0_within`` (None: all of it). Outside the image and ``l0_within`` nothing is
+    covered: a cell half past the slide's edge is at most half tissue. Exact area weighting of
+    image pixels against cells along each axis (the weights are separable), so a cell smaller than
+    an image pixel takes that pixel's value."""
+    (y0, y1), (x0, x1) = (grid.l0_box.y0, grid.l0_box.y1), (grid.l0_box.x0, grid.l0_box.x1)
+    within = (y0, y1, x0, x1) if l0_within is None else (l0_within.y0, l0_within.y1, l0_within.x0, l0_within.x1)
+    rows = _axis_weights(th_l0_box.y0, th_l0_box.y1, th_mask.shape[0], y0, y1, grid.shape[0], within[:2])
+    cols = _axis_weights(th_l0_box.x0, th_l0_box.x1, th_mask.shape[1], x0, x1, grid.shape[1], within[2:])
+    covered = rows @ np.asarray(th_mask, dtype=np.float64) @ cols.T
+    cell_h, cell_w = (y1 - y0) / grid.shape[0], (x1 - x0) / grid.shape[1]
+    return covered / (cell_h * cell_w) if cell_h > 0 and cell_w > 0 else np.zeros(grid.shape)
 
 
-def _axis_weights(src0: float, src1: float, n_src: int, dst0: float, dst1: float, n_dst: int) -> np.ndarray:
-    """(n_dst, n_src): the length of overlap (level 0) between each destination cell and source pixel."""
+def _axis_weights(src0: float, src1: float, n_src: int, dst0: float, dst1: float, n_dst: int,
+                  within: tuple[float, float]) -> np.ndarray:
+    """(n_dst, n_src): the length of overlap (level 0) between each destination cell and source
+    pixel, inside ``within`` (lo, hi)."""
     src = np.linspace(src0, src1, n_src + 1)
     dst = np.linspace(dst0, dst1, n_dst + 1)
-    lo = np.maximum(dst[:-1, None], src[None, :-1])
-    hi = np.minimum(dst[1:, None], src[None, 1:])
+    lo = np.maximum(np.maximum(dst[:-1, None], src[None, :-1]), within[0])
+    hi = np.minimum(np.minimum(dst[1:, None], src[None, 1:]), within[1])
     return np.clip(hi - lo, 0, None)

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from engine.errors import Cancelled, TileSizeError
+from engine.errors import Cancelled, EmptyMaskError, TileSizeError
 from engine.streaming import budget
 from engine.streaming.autograd import PooledStreamFunction, StreamFunction
 from engine.streaming.executor import BlockGradFn, block_grad, run_block
@@ -344,6 +344,10 @@ class StreamingModule(nn.Module):
                 del y, owned
                 run.block_freed()
                 run.block_done("forward", done, plan.n_blocks)
+        if keep_output and out is None:
+            raise EmptyMaskError(f"every block of the {plan.out_hw[0]}x{plan.out_hw[1]} output map was skipped "
+                                 "(skip_block: the mask holds no cell of it), so there is no map to give the head; "
+                                 "run without the mask, or with one that holds a cell of the map")
         return out
 
     def run_backward(self, source: RegionSource, run: StreamPass, grad_out: torch.Tensor | BlockGradFn, need_x: bool,
@@ -378,7 +382,10 @@ class StreamingModule(nn.Module):
             run.check_stop()
             if skip is not None and skip((rb.own_start, rb.end), (cb.own_start, cb.end)):
                 # Left out in forward too: its cells are outside what the head reads, so its
-                # gradient is 0; the sink still hears of it, to emit what is final.
+                # gradient must be 0 (checked when it is a tensor; a callable's is not asked for,
+                # that would cost its work); the sink still hears of it, to emit what is final.
+                if isinstance(grad_out, torch.Tensor):
+                    _check_skipped_grad(grad_out, rb, cb)
                 if sink is not None:
                     sink.add(bi, bj, None)
                 run.kept.pop((bi, bj), None)
@@ -448,3 +455,13 @@ def _in_layout_of(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if g.dtype == like.dtype and g.stride() == like.stride():
         return g
     return torch.empty_like(like, device=g.device, memory_format=torch.preserve_format).copy_(g)
+
+
+def _check_skipped_grad(grad_out: torch.Tensor, rb, cb) -> None:
+    """Refuse to drop a skipped block's gradient unless its owned cells' share is all zero."""
+    owned = grad_out[:, :, rb.own_start:rb.end, cb.own_start:cb.end]
+    if bool(owned.any()):
+        raise ValueError(f"the output gradient is not zero on output cells rows {rb.own_start}..{rb.end - 1}, "
+                         f"cols {cb.own_start}..{cb.end - 1}, whose block skip_block leaves out: the backward "
+                         "would drop it. Skip only blocks outside what the loss reads (the same mask forward "
+                         "and backward, cells outside it set with torch.where, not multiplied)")

@@ -21,6 +21,7 @@ import math
 import numpy as np
 import torch
 
+from engine.errors import EmptyMaskError
 from engine.specs import POOLS
 
 #: Positions kept per (image, channel) that tie at its maximum. A channel flat over the slide
@@ -79,11 +80,12 @@ class GlobalPoolReducer:
         self.dtype = values.dtype
         self.cells += values.shape[2] * values.shape[3]
         inside = self._inside(rows, cols, values.device)
+        if inside is not None:
+            counted = inside.sum(dim=(2, 3)).double()
+            self._counted = counted if self._counted is None else self._counted + counted
         if self.pool == "avg":
             if inside is not None:
                 values = torch.where(inside, values, torch.zeros((), dtype=values.dtype, device=values.device))
-                counted = inside.sum(dim=(2, 3)).double()
-                self._counted = counted if self._counted is None else self._counted + counted
             block_sum = values.double().sum(dim=(2, 3))
             self._sum = block_sum if self._sum is None else self._sum + block_sum
             return
@@ -129,10 +131,11 @@ class GlobalPoolReducer:
     def pooled(self) -> torch.Tensor:
         """The pooled (N, C) vector: the maximum in the map's dtype, the mean from a float64 sum.
         A new tensor (the reducer's own state never enters an autograd graph)."""
-        if self.cells == 0:
+        if self.cells == 0 and self.mask is None:
             raise ValueError("no blocks were added")
         if self.pool == "avg":
             return self._sum / self._count()
+        self._count()  # a masked max over no cell would be -inf, silently
         return self._max.clone()
 
     def _count(self):
@@ -140,7 +143,8 @@ class GlobalPoolReducer:
         if self.mask is None:
             return self.cells
         if self._counted is None or not bool((self._counted > 0).all()):
-            raise ValueError("the pool mask holds no cell of the blocks added for some image: nothing to pool")
+            raise EmptyMaskError("the pool mask holds no cell of the blocks added for some image, so there is "
+                                 "nothing to pool; use no mask (tissue_mask 'none') for it, or check the mask")
         return self._counted
 
     def grad_for_block(self, grad_pooled: torch.Tensor, dtype: torch.dtype | None = None):

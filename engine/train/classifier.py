@@ -25,9 +25,10 @@ from engine.train.data import Augmentation, input_source
 CALIBRATION_CROP = 1024  # input pixels per side of the crops that set BatchNorm statistics
 
 
-def freeze_norms(trunk: nn.Module) -> None:
-    """BatchNorm (running statistics) and Dropout in eval mode: what makes the trunk local."""
-    for m in trunk.modules():
+def freeze_norms(module: nn.Module) -> None:
+    """BatchNorm (running statistics) and Dropout in eval mode: what makes the trunk local (and,
+    for a masked run, the head's stages independent of the glass around the tissue)."""
+    for m in module.modules():
         if isinstance(m, FROZEN_MODULES):
             m.eval()
 
@@ -40,11 +41,17 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, model: SplitNet, *, streaming: bool, tile_size: int, channels_last: bool = False,
-                 low_memory: bool = False, graph_budget: int | str | None = None):
+                 low_memory: bool = False, graph_budget: int | str | None = None, masked: bool = False):
         super().__init__()
         self.model = model
         self.streaming = streaming
         self.channels_last = channels_last
+        # A masked run (tissue mask or annotation masks) keeps the head's norms frozen too. One
+        # slide is one sample: batch statistics in the head's stages would be taken over all of
+        # its cells, the masked-to-zero glass included, so the same tissue would train
+        # differently on a slide with more glass (measured: the same tissue on a 12x12 and a
+        # 48x48 map gave logits 2.6 apart in training mode).
+        self.freeze_head_norms = masked
         trunk = model.trunk()
         # Bytes of forward graphs kept for backward (TrainingSpec.graph_budget; "auto" resolved
         # here, on the device the model was moved to).
@@ -61,6 +68,14 @@ class Classifier(nn.Module):
         # Pool and linear only after the trunk: streamed, a max or mean is pooled block by block and
         # the map never held (StreamingModule.pooled), so memory does not grow with the slide.
         self.pooled_head = streaming and not self.head.has_stages and self.head.reducible
+        # Traced here, on the thread that builds the model: the masks ask for it on the slide
+        # prefetcher's thread, and torch.fx patches nn.Module.__call__ process-wide while tracing.
+        graph = runner.graph if streaming else trace_trunk(trunk, freeze_batchnorm=True)
+        geometry = (axis_geometry(graph, 0), axis_geometry(graph, 1))
+        object.__setattr__(self, "_graph", graph)
+        object.__setattr__(self, "_stride", (geometry[0].stride, geometry[1].stride))
+        if self.freeze_head_norms:
+            freeze_norms(self.head.stages)
 
     def set_should_stop(self, should_stop) -> None:
         """Stop a streamed pass between tiles when ``should_stop()`` turns True (raises Cancelled)."""
@@ -78,15 +93,13 @@ class Classifier(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         freeze_norms(self.trunk)  # a training loop's .train() must not bring back batch statistics
+        if self.freeze_head_norms:
+            freeze_norms(self.head.stages)
         return self
 
     def trunk_grid(self, in_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
-        """The trunk's output size (rows, cols) for an input of ``in_hw`` pixels, and its stride."""
-        if not hasattr(self, "_graph"):
-            graph = self.runner.graph if self.streaming else trace_trunk(self.trunk, freeze_batchnorm=True)
-            geometry = (axis_geometry(graph, 0), axis_geometry(graph, 1))
-            object.__setattr__(self, "_graph", graph)
-            object.__setattr__(self, "_stride", (geometry[0].stride, geometry[1].stride))
+        """The trunk's output size (rows, cols) for an input of ``in_hw`` pixels, and its stride
+        (thread-safe: the graph was traced in ``__init__``)."""
         return self._graph.spatial_sizes(tuple(in_hw))[-1], self._stride
 
     def forward(self, x, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -140,7 +153,8 @@ def build_model(spec: TrainingSpec, classes: tuple[str, ...], card_fields: dict 
 
 def calibrate_norms(classifier: Classifier, slides: Iterable[tuple[np.ndarray, Augmentation]], spec: TrainingSpec,
                     dtype: torch.dtype, device: torch.device) -> None:
-    """Set the trunk's BatchNorm statistics from ``slides`` before they are frozen.
+    """Set the trunk's BatchNorm statistics (and, in a masked run, the head stages': they are
+    frozen too, see :class:`Classifier`) from ``slides`` before they are frozen.
 
     From scratch, frozen norms keep running mean 0 and variance 1, which fit no layer:
     activations shrink layer after layer and the head sees nearly constant features
@@ -149,7 +163,8 @@ def calibrate_norms(classifier: Classifier, slides: Iterable[tuple[np.ndarray, A
     crops of the first few training slides (the same slides on every rank) gives each norm the
     cumulative mean and variance of its input; then the norms are frozen again.
     """
-    norms = [m for m in classifier.trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    frozen = [classifier.trunk] + ([classifier.head.stages] if classifier.freeze_head_norms else [])
+    norms = [m for part in frozen for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
     momenta = [m.momentum for m in norms]
@@ -164,7 +179,10 @@ def calibrate_norms(classifier: Classifier, slides: Iterable[tuple[np.ndarray, A
             y0, x0 = (h - crop) // 2, (w - crop) // 2
             src = input_source(np.ascontiguousarray(rgb[y0:y0 + crop, x0:x0 + crop]), aug,
                                spec.normalization_mean, spec.normalization_std, dtype=dtype)
-            classifier.trunk(src.read((0, crop), (0, crop)).to(device))
+            fmap = classifier.trunk(src.read((0, crop), (0, crop)).to(device))
+            if classifier.freeze_head_norms:
+                classifier.head.stages(fmap)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
-    freeze_norms(classifier.trunk)
+    for part in frozen:
+        freeze_norms(part)

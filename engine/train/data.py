@@ -83,19 +83,30 @@ class InputSpec:
 @dataclass(frozen=True)
 class Placement:
     """Where an input lies on its slide: its pixel (0, 0) is level pixel (``lv_x0``, ``lv_y0``) of a
-    level with ``downsample``; it is ``width`` x ``height`` pixels (padding included)."""
+    level with ``downsample``; it is ``width`` x ``height`` pixels (padding included).
+    ``in_read``: the input's pixels read from the slide (the rest is background padding); None:
+    all of them."""
 
     downsample: float
     lv_x0: int
     lv_y0: int
     width: int
     height: int
+    in_read: Box | None = None
 
     @property
     def l0_box(self) -> Box:
         """The input's extent in level-0 pixels."""
-        return lv_to_l0(Box(self.lv_x0, self.lv_y0, self.lv_x0 + self.width, self.lv_y0 + self.height),
-                        self.downsample)
+        return self.in_to_l0(Box(0, 0, self.width, self.height))
+
+    @property
+    def l0_read_box(self) -> Box:
+        """The part of the input read from the slide, in level-0 pixels."""
+        return self.in_to_l0(self.in_read if self.in_read is not None else Box(0, 0, self.width, self.height))
+
+    def in_to_l0(self, in_box: Box) -> Box:
+        """A box of the input's pixels (from its pixel (0, 0)) in level-0 pixels (exact)."""
+        return lv_to_l0(in_box.translate(self.lv_x0, self.lv_y0), self.downsample)
 
 
 def read_slide_input(path: str | Path, spec: InputSpec, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -130,7 +141,8 @@ def read_slide_placed(path: str | Path, spec: InputSpec,
         out[:] = slide.background_rgb
         pad_x, pad_y = _offset(size - read_w, rng), _offset(size - read_h, rng)
         out[pad_y:pad_y + read_h, pad_x:pad_x + read_w] = rgb
-        return out, Placement(region.downsample, lv_x0 + crop_x - pad_x, lv_y0 + crop_y - pad_y, size, size)
+        return out, Placement(region.downsample, lv_x0 + crop_x - pad_x, lv_y0 + crop_y - pad_y, size, size,
+                              in_read=Box(pad_x, pad_y, pad_x + read_w, pad_y + read_h))
 
 
 def _offset(slack: int, rng: np.random.Generator | None) -> int:

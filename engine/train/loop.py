@@ -77,7 +77,7 @@ class Trainer:
         self.model.to(self.device, self.dtype)
         self.classifier = Classifier(self.model, streaming=spec.streaming, tile_size=spec.tile_size,
                                      channels_last=precision.use_channels_last(spec, self.device),
-                                     low_memory=spec.low_memory,
+                                     low_memory=spec.low_memory, masked=SlideMasks.used_by(spec, labels.records),
                                      graph_budget=spec.graph_budget)
         self.net: torch.nn.Module = self.classifier  # replaced by the DDP wrapper in run()
         self.feed.masks = SlideMasks(spec.tissue_mask, spec.tissue_params, self.classifier.trunk_grid,

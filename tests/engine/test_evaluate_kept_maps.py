@@ -130,3 +130,45 @@ def test_read_evaluation_of_a_regression_gives_points_and_signed_errors(tmp_path
         assert row.prediction == y and row.error == pytest.approx(y - row.target)
     layers, _ = api.read_maps(files.rows[0].maps)
     assert np.isfinite(layers["prediction"].values).all()  # targets in their units: near the mean 10
+
+
+def test_kept_maps_of_a_head_with_stages_are_the_masked_models_cells(tmp_path):
+    """smallnet split at stage3 (stride 8): the head's stage4 (conv, then a 2x2 max-pool) runs on
+    the stitched map, whose skipped (glass) blocks hold NaN. The kept map is the masked model's
+    per cell, as inference draws it: finite on the head cells holding tissue, NaN elsewhere, each
+    cell 2 trunk cells (16 px)."""
+    from tissue_fixtures import SIZE, region_input, write_half_tissue_slide
+
+    from engine.geometry import MapGeometry
+    from engine.io.checkpoints import ModelCard, save_checkpoint
+    from engine.models import create_model
+    from engine.slides import open_slide
+    from engine.slides.tissue import detect_tissue
+
+    write_half_tissue_slide(tmp_path / "half.svs")
+    torch.manual_seed(5)
+    net = create_model("smallnet", width=4, num_classes=2, split="stage3").eval()
+    card = ModelCard(architecture="smallnet", classes=("other", "green"), split="stage3", model_kwargs={"width": 4},
+                     input_mpp=0.5, tile_size=128, tissue_mask="auto", normalization_mean=(0.5, 0.5, 0.5),
+                     normalization_std=(0.5, 0.5, 0.5))
+    model = save_checkpoint(tmp_path / "m", net, card).parent
+    (tmp_path / "l.csv").write_text("slide,label\nhalf.svs,green\n")
+    evaluate(EvaluationSpec(model=str(model), labels=str(tmp_path / "l.csv"), out_dir=str(tmp_path / "ev"),
+                            device="cpu", bootstrap=0, keep_maps=True, tissue_crop=False), lambda e: None)
+    layers, _ = api.read_maps(tmp_path / "ev" / "maps" / "half" / "maps.npz")
+    kept = layers["prediction"]
+    assert kept.values.shape == (2, SIZE[1] // 16, SIZE[0] // 16) and Box.of(kept.l0_box) == Box(0, 0, *SIZE)
+    with torch.no_grad():  # the masked model conventionally, in float64
+        net = net.double()
+        fmap = net.trunk()(region_input(tmp_path / "half.svs"))
+        h, w = fmap.shape[2:]
+        with open_slide(tmp_path / "half.svs") as slide:
+            keep = detect_tissue(slide).on_grid(MapGeometry(Box(0, 0, w * 8, h * 8), (h, w)))
+        mask = torch.from_numpy(keep)[None, None]
+        head = net.head()
+        cells = torch.softmax(head.forward_cells(torch.where(mask, fmap, torch.zeros((), dtype=fmap.dtype))), dim=1)
+        _, on_head_grid = head.masked_features(fmap, mask)
+    on_head_grid = on_head_grid[0, 0].numpy()
+    assert 0 < on_head_grid.mean() < 1
+    np.testing.assert_array_equal(np.isfinite(kept.values).all(axis=0), on_head_grid)
+    np.testing.assert_allclose(kept.values[:, on_head_grid], cells[0].numpy()[:, on_head_grid], rtol=0, atol=1e-5)

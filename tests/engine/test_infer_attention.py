@@ -1,15 +1,11 @@
 """The attention map of an attention head: emitted live block by block (unnormalised), replaced at
 the end by the normalised weights, which sum to 1 over the tissue; written with the other maps.
 
-The head here is a gated attention MIL head (Ilse et al. 2018) written to the interface the
-engine's heads follow (``forward(fmap, mask)``, ``forward_cells``, ``attention(fmap, mask)``,
-``stages``, ``fc``), so the inference side is tested against that interface; the last test runs
-the engine's own attention head once it exists.
+The head here is the engine's gated attention head (:class:`engine.models.heads.AttentionHead`)
+over the green detector's trunk; the last test runs a whole model built with ``head="attention"``.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -22,58 +18,23 @@ import engine.infer as infer
 from engine.api import read_model_card, run_inference
 from engine.events import MapPatch
 from engine.io.maps import read_maps
+from engine.models.heads import AttentionHead, GatedAttention
 from engine.specs import InferenceSpec
 
 
-class GatedAttentionHead(nn.Module):
-    """Optional stages, then per-cell gated attention scores, softmax over the (masked) cells,
-    the attention-weighted sum of the cells and a linear classifier."""
-
-    def __init__(self, fc: nn.Linear, stages: nn.Sequential | None = None, hidden: int = 6):
-        super().__init__()
-        torch.manual_seed(3)
-        channels = fc.in_features
-        self.stages = stages if stages is not None else nn.Sequential()
-        self.V, self.U, self.w = nn.Linear(channels, hidden), nn.Linear(channels, hidden), nn.Linear(hidden, 1)
-        with torch.no_grad():
-            self.V.weight.mul_(3.0)
-            self.w.weight.mul_(4.0)
-        self.fc = fc
-
-    def _scores(self, f: torch.Tensor) -> torch.Tensor:
-        x = f.permute(0, 2, 3, 1)
-        return self.w(torch.tanh(self.V(x)) * torch.sigmoid(self.U(x))).permute(0, 3, 1, 2)
-
-    def _head_mask(self, mask, hw):
-        return mask if mask is None or tuple(mask.shape[-2:]) == tuple(hw) else \
-            nn.functional.adaptive_max_pool2d(mask.float(), hw) > 0
-
-    def _weights(self, f: torch.Tensor, mask) -> torch.Tensor:
-        s = self._scores(f)
-        mask = self._head_mask(mask, s.shape[-2:])
-        if mask is not None:
-            s = s.masked_fill(~mask, -math.inf)
-        return torch.softmax(s.reshape(s.shape[0], 1, -1), dim=2).reshape(s.shape)
-
-    def attention(self, fmap: torch.Tensor, mask=None) -> torch.Tensor:
-        return self._weights(self.stages(fmap), mask)
-
-    def forward(self, fmap: torch.Tensor, mask=None) -> torch.Tensor:
-        f = self.stages(fmap)
-        return self.fc((f * self._weights(f, mask)).sum(dim=(2, 3)))
-
-    def forward_cells(self, fmap: torch.Tensor) -> torch.Tensor:
-        f = self.stages(fmap)
-        return torch.einsum("nchw,kc->nkhw", f, self.fc.weight) + self.fc.bias[None, :, None, None]
-
-
 class AttentionNet(nn.Module):
-    """The green detector's trunk under a :class:`GatedAttentionHead`."""
+    """The green detector's trunk under the engine's gated attention head, with optional stages."""
 
-    def __init__(self, stages: nn.Sequential | None = None):
+    def __init__(self, stages: nn.Sequential | None = None, hidden: int = 6):
         super().__init__()
         self.base = green_detector()
-        self.attention_head = GatedAttentionHead(self.base.fc, stages)
+        torch.manual_seed(3)
+        attention = GatedAttention(self.base.fc.in_features, hidden)
+        with torch.no_grad():  # sharper scores: a map with contrast, not a near-constant
+            attention.attention_v.weight.mul_(3.0)
+            attention.attention_w.weight.mul_(20.0)
+        self.attention_head = AttentionHead(stages if stages is not None else nn.Sequential(),
+                                            nn.Linear(hidden, len(CLASSES)), attention)
 
     def trunk(self):
         return self.base.trunk()
@@ -171,8 +132,7 @@ def test_a_head_with_stages_gives_the_attention_once_on_its_own_grid(workdir, mo
 
 
 def test_the_engine_attention_head_gives_an_attention_map(tmp_path):
-    """With the engine's own attention head (engine.models.heads) and the card's tissue mask."""
-    pytest.importorskip("engine.models.heads")
+    """A model built with the attention head, and the card's tissue mask."""
     from engine.io.checkpoints import ModelCard, save_checkpoint
     from engine.models import create_model
 

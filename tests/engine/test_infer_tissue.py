@@ -153,3 +153,24 @@ def test_regions_and_tissue_combine_by_intersection(workdir):
 def test_a_masked_run_on_glass_only_says_there_is_no_tissue(workdir):
     with pytest.raises(SpecError, match="no tissue found"):
         _run(workdir, tissue_mask="auto", l0_region=(640, 0, 1024, 512))
+
+
+def test_regions_of_excluded_classes_only_cover_the_usual_region_less_them(workdir):
+    """Every annotation excluded and none to include: the run covers l0_region (else the tissue
+    box) less the excluded areas, not nothing."""
+    pen = shapely.box(128, 64, 320, 192)
+    regions = AnnotationSet([Annotation.from_geometry(pen, class_name="Pen")])
+    _, events = _run(workdir, model="max", tissue_mask="none", saliency=False, regions=regions, exclude_classes=("Pen",))
+    prob, box, _ = _assemble(events, "prediction")
+    assert box == Box(*WHOLE)
+    under_pen = np.zeros(prob.shape[1:], bool)
+    under_pen[64 // STRIDE:192 // STRIDE, 128 // STRIDE:320 // STRIDE] = True
+    assert np.isnan(prob[:, under_pen]).all() and np.isfinite(prob[:, ~under_pen]).all()
+    # Without l0_region, the tissue box less the pen.
+    _, events = _run(workdir, model="max", tissue_mask="none", saliency=False, regions=regions, exclude_classes=("Pen",),
+                     l0_region=None)
+    prob, box, _ = _assemble(events, "prediction")
+    assert box.x1 <= TISSUE_X1 + 64 and np.isnan(prob).any() and np.isfinite(prob).any()
+    # An included class that is all excluded still covers nothing.
+    with pytest.raises(SpecError, match="the regions cover nothing"):
+        _run(workdir, model="max", saliency=False, regions=regions, include_classes=("Pen",), exclude_classes=("Pen",))

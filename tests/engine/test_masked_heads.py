@@ -141,7 +141,7 @@ def test_blocks_outside_the_mask_are_read_neither_forward_nor_backward(head, mon
     assert counter.reads == {"forward": plan.n_blocks, "backward": plan.n_blocks}
 
 
-def test_backward_skips_blocks_even_when_given_a_gradient_and_the_sink_hears_of_them(monkeypatch):
+def test_backward_skips_the_zero_gradient_blocks_and_the_sink_hears_of_them(monkeypatch):
     torch.manual_seed(1)
     trunk = make_model("max", "stage4").trunk().eval()
     stream = StreamingModule(trunk, 64)
@@ -149,15 +149,17 @@ def test_backward_skips_blocks_even_when_given_a_gradient_and_the_sink_hears_of_
     mask = tissue_mask(plan.out_hw)
     skip = mask_skip(mask)
     x = torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64)
+    # The masked model's map gradient: non-zero on the mask's cells, zero outside (torch.where).
+    grad = torch.where(mask, torch.ones(1, 16, *plan.out_hw, dtype=torch.float64), torch.zeros((), dtype=torch.float64))
     calls = []
+    real_block_grad = streaming_module.block_grad
     monkeypatch.setattr(streaming_module, "block_grad",
-                        lambda g, rb, cb, values=None: calls.append((rb.start, cb.start)) or
-                        torch.ones(1, 16, rb.end - rb.start, cb.end - cb.start, dtype=torch.float64))
+                        lambda g, rb, cb, values=None: calls.append((rb.start, cb.start)) or real_block_grad(g, rb, cb))
     regions = []
     sink = InputGradientSink(regions.append)
-    stream.backward_from(x, lambda rows, cols: None, input_grad_sink=sink, hooks=StreamHooks(skip_block=skip))
+    stream.backward_from(x, grad, input_grad_sink=sink, hooks=StreamHooks(skip_block=skip))
     inside = sum(not skip((rb.own_start, rb.end), (cb.own_start, cb.end)) for rb in plan.rows for cb in plan.cols)
-    assert len(calls) == inside
+    assert 0 < len(calls) == inside < plan.n_blocks
     # The sink still emits the whole image, once: skipped blocks add nothing to it.
     covered = torch.zeros(SIZE, SIZE, dtype=torch.int64)
     grad_x = torch.zeros(SIZE, SIZE, dtype=torch.float64)
@@ -166,6 +168,38 @@ def test_backward_skips_blocks_even_when_given_a_gradient_and_the_sink_hears_of_
         grad_x[r.pixels[0]:r.pixels[1], r.pixels[2]:r.pixels[3]] = r.values[0].abs().sum(dim=0)
     assert bool((covered == 1).all())
     assert bool(grad_x[:64, :64].any()) and not bool(grad_x[140:, :].any()) and not bool(grad_x[:, 140:].any())
+
+
+def test_a_skipped_block_with_a_gradient_is_refused_not_dropped():
+    trunk = make_model("max", "stage4").trunk().eval()
+    stream = StreamingModule(trunk, 64)
+    plan = stream.tile_plan((SIZE, SIZE))
+    mask = tissue_mask(plan.out_hw)
+    grad = torch.zeros(1, 16, *plan.out_hw, dtype=torch.float64)
+    grad[..., -1, -1] = 1.0  # a cell of a block the mask skips
+    x = torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64)
+    with pytest.raises(ValueError, match="skip_block leaves out: the backward would drop it"):
+        stream.backward_from(x, grad, params=True, hooks=StreamHooks(skip_block=mask_skip(mask)))
+
+
+def test_a_streamed_pass_that_skips_every_block_says_the_mask_is_empty():
+    stream = StreamingModule(make_model("max", "stage4").trunk().eval(), 64)
+    x = torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64)
+    with pytest.raises(EmptyMaskError, match="every block of the 12x12 output map was skipped"):
+        stream(x, hooks=StreamHooks(skip_block=lambda rows, cols: True))
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_a_masked_reducer_over_no_cell_is_refused_not_minus_infinity(pool):
+    fmap = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[3, 3] = True  # in a block never added
+    reducer = GlobalPoolReducer(pool, mask)
+    reducer.add((0, 2), (0, 4), fmap[:, :, :2])
+    with pytest.raises(EmptyMaskError, match="nothing to pool"):
+        reducer.pooled()
+    with pytest.raises(EmptyMaskError, match="nothing to pool"):
+        GlobalPoolReducer(pool, mask).pooled()  # every block skipped
 
 
 def test_masked_reducer_excludes_cells_from_max_sum_and_count():
@@ -254,3 +288,35 @@ def test_a_card_with_an_unknown_head_is_refused_with_a_clear_message(fields, mes
     with pytest.raises(CheckpointError, match=message) as err:
         ModelCard.from_json(d, source="cards/model.json")
     assert "cards/model.json" in str(err.value)
+
+
+@pytest.mark.parametrize("head", ["avg", "attention"])
+def test_a_masked_run_freezes_the_heads_norms_so_glass_does_not_count(head):
+    """The same tissue on a 12 x 12 and on a 48 x 48 map (the rest glass, masked out): with the
+    head's BatchNorm in training mode its batch statistics would count the glass cells."""
+    torch.manual_seed(4)
+    tissue = torch.rand(1, 16, 12, 12, dtype=torch.float64)
+    big = torch.rand(1, 16, 48, 48, dtype=torch.float64)
+    big[..., :12, :12] = tissue
+    small_mask = torch.ones(1, 1, 12, 12, dtype=torch.bool)
+    big_mask = torch.zeros(1, 1, 48, 48, dtype=torch.bool)
+    big_mask[..., :12, :12] = True
+    logits = {}
+    for masked in (False, True):
+        net = Classifier(make_model(head, "stage3"), streaming=False, tile_size=64, masked=masked).train()
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.head.stages.modules())
+        assert all(not m.training for m in net.head.stages.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d)) == masked
+        logits[masked] = (net.head(tissue, small_mask), net.head(big, big_mask))
+    assert (logits[False][0] - logits[False][1]).abs().max() > 1e-3  # batch statistics: glass counts
+    torch.testing.assert_close(logits[True][0], logits[True][1], rtol=1e-12, atol=1e-12)
+
+
+def test_the_trunk_grid_is_traced_when_the_classifier_is_built(monkeypatch):
+    net = Classifier(make_model("max", "stage4"), streaming=False, tile_size=64)
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("traced after construction (on a prefetch thread, fx patches nn.Module.__call__)")
+
+    monkeypatch.setattr(torch.fx, "symbolic_trace", no_tracing)
+    assert net.trunk_grid((192, 160)) == ((12, 10), (16, 16))

@@ -1,4 +1,5 @@
-"""Masks in training: detected tissue follows the augmentation, an annotations column defines the
+"""Masks in training: the tissue cells are inference's (one detection per slide, on its thumbnail),
+detected tissue follows the augmentation, an annotations column defines the
 mask, masked streamed training equals conventional, and masked training still learns (GeM, attention)."""
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import pytest
 import torch
 from train_fixtures import GLASS, LESION, TISSUE
 
-from engine.api import run_training
-from engine.events import JobWarning, Metrics
-from engine.io.checkpoints import load_checkpoint, read_model_card
+from engine.api import run_inference, run_training
+from engine.events import JobWarning, MapPatch, Metrics
+from engine.io.checkpoints import ModelCard, load_checkpoint, read_model_card, save_checkpoint
 from engine.io.labels import read_labels
 from engine.io.svs import write_svs_array
-from engine.specs import TrainingSpec
-from engine.train.data import Augmentation, Placement, oriented
+from engine.models import create_model
+from engine.slides.tissue import MIN_CELL_TISSUE, slide_tissue
+from engine.specs import InferenceSpec, TrainingSpec
+from engine.train.classifier import Classifier
+from engine.train.data import Augmentation, InputSpec, Placement, oriented, read_slide_placed
 from engine.train.masks import SlideMasks
 
 STRIDE = 16
@@ -63,21 +67,82 @@ def spec(half_tissue_set, tmp_path):
                         normalization_std=(0.25, 0.25, 0.25), device="cpu")
 
 
+DARK, PALE = (150, 90, 170), (245, 200, 225)  # pale: saturation 45, mean 223 (not dark)
+
+
+@pytest.fixture(scope="module")
+def two_tone_slide(tmp_path_factory):
+    """512 x 512 glass; tissue in [64, 448)^2, its left half dark, its right half pale. On the
+    slide's thumbnail Otsu keeps both; on a crop that is all tissue it splits them."""
+    folder = tmp_path_factory.mktemp("two_tone")
+    rgb = np.empty((512, 512, 3), np.uint8)
+    rgb[:] = GLASS
+    rgb[64:448, 64:256] = DARK
+    rgb[64:448, 256:448] = PALE
+    write_svs_array(folder / "slide.svs", rgb, mpp=0.5, app_mag=20, tile=128, downsamples=(1,))
+    net = create_model("smallnet", width=4, num_classes=2, split="stage4").eval()
+    card = ModelCard(architecture="smallnet", classes=("a", "b"), split="stage4", model_kwargs={"width": 4},
+                     input_mpp=0.5, tile_size=128, tissue_mask="auto")
+    save_checkpoint(folder / "model", net, card)
+    return folder, Classifier(net, streaming=True, tile_size=128).trunk_grid
+
+
+def inference_tissue(folder, l0_box) -> np.ndarray:
+    """The tissue layer inference emits on the trunk's grid over ``l0_box``."""
+    events = []
+    run_inference(InferenceSpec(slide_path=str(folder / "slide.svs"), model_path=str(folder / "model"),
+                                l0_region=l0_box, device="cpu", saliency=False), events.append)
+    (tissue,) = [e for e in events if isinstance(e, MapPatch) and e.layer == "tissue"]
+    return tissue.values == 1
+
+
+@pytest.mark.parametrize("inputs", [InputSpec(level=0, tissue_crop=False), InputSpec(level=0),
+                                    InputSpec(level=0, size=128), InputSpec(level=0, tissue_crop=False, size=576)],
+                         ids=["whole", "tissue box", "crop all tissue", "padded"])
+def test_training_and_inference_find_the_same_tissue_cells(two_tone_slide, inputs):
+    """Padded: the 512-px slide centred on a 576-px canvas, 32 px (2 cells) of padding a side."""
+    folder, grid = two_tone_slide
+    rgb, place = read_slide_placed(folder / "slide.svs", inputs)
+    record = read_labels_record(folder / "slide.svs")
+    trained = SlideMasks("auto", {}, grid)(record, rgb, place, Augmentation())[0, 0].numpy()
+    if inputs.size == 128:
+        assert trained.all()  # all tissue, the pale half too
+    read = place.l0_read_box
+    inferred = inference_tissue(folder, read.as_tuple())
+    # The same cells, up to the placement: the input's cells over the part read from the slide.
+    dx, dy = (read.x0 - place.l0_box.x0) / STRIDE, (read.y0 - place.l0_box.y0) / STRIDE
+    assert dx == int(dx) and dy == int(dy)
+    h, w = inferred.shape
+    np.testing.assert_array_equal(trained[int(dy):int(dy) + h, int(dx):int(dx) + w], inferred)
+    assert not trained.sum() > inferred.sum()  # padding holds no tissue
+    assert inferred[:, : inferred.shape[1] // 2].any() and inferred[:, inferred.shape[1] // 2:].any()
+
+
 @pytest.mark.parametrize("rot90", range(4))
 @pytest.mark.parametrize("flip", [False, True])
-def test_the_tissue_mask_follows_flips_and_rotations_exactly(rot90, flip):
-    rng = np.random.default_rng(0)
-    rgb = half_tissue_rgb(rng, True, size=128)[:, :96]  # not square: a quarter turn swaps the grid
-    record = read_labels_record()
-    masks = SlideMasks("auto", {}, grid16)
+@pytest.mark.parametrize("size", [(128, 96), (120, 100)], ids=["stride multiple", "odd"])
+def test_the_tissue_mask_follows_flips_and_rotations_exactly(two_tone_slide, rot90, flip, size):
+    """Each augmented cell holds exactly the share of tissue of its pixels in the augmented input
+    (the slide's thumbnail here is the slide at 1:1, so a pixel count is the exact coverage)."""
+    folder, grid = two_tone_slide
+    h, w = size
+    place = Placement(1.0, 40, 24, w, h)  # over glass and both tones
+    record = read_labels_record(folder / "slide.svs")
     aug = Augmentation(rot90=rot90, flip=flip)
-    turned = masks(record, rgb, None, aug)[0, 0].numpy()
-    plain = masks(record, rgb, None, Augmentation())[0, 0].numpy()
-    assert 0 < plain.mean() < 0.8  # glass is left out
-    np.testing.assert_array_equal(turned, oriented(plain, aug))
-    # The same as detecting on the turned image itself.
-    np.testing.assert_array_equal(turned, masks(record, np.ascontiguousarray(oriented(rgb, aug)), None,
-                                                Augmentation())[0, 0].numpy())
+    turned = SlideMasks("auto", {}, grid)(record, np.zeros((h, w, 3), np.uint8), place, aug)[0, 0].numpy()
+    tissue = slide_tissue(folder / "slide.svs")
+    assert tissue.th_mask.shape == (512, 512)
+    pixels = np.ascontiguousarray(oriented(tissue.th_mask[24:24 + h, 40:40 + w], aug))
+    (out_h, out_w), (sh, sw) = grid(pixels.shape)
+    padded = np.zeros((out_h * sh, out_w * sw), bool)  # the trunk's cells from the input's pixel (0, 0)
+    rows, cols = min(out_h * sh, pixels.shape[0]), min(out_w * sw, pixels.shape[1])
+    padded[:rows, :cols] = pixels[:rows, :cols]
+    share = padded.reshape(out_h, sh, out_w, sw).mean(axis=(1, 3))
+    np.testing.assert_array_equal(turned, share >= MIN_CELL_TISSUE)
+    assert 0 < turned.mean() < 1
+    if size == (128, 96):
+        plain = SlideMasks("auto", {}, grid)(record, np.zeros((h, w, 3), np.uint8), place, Augmentation())
+        np.testing.assert_array_equal(turned, oriented(plain[0, 0].numpy(), aug))
 
 
 def read_labels_record(path="slide.svs", annotations=None):
@@ -88,12 +153,14 @@ def read_labels_record(path="slide.svs", annotations=None):
     return SlideRecord(Path(path), 0, None, "test", annotations=annotations)
 
 
-def test_a_blank_input_falls_back_to_the_whole_map_with_a_warning():
+def test_a_blank_input_falls_back_to_the_whole_map_with_a_warning(tmp_path):
     events = []
     masks = SlideMasks("auto", {}, grid16, emit=events.append)
     blank = np.full((64, 64, 3), 235, np.uint8)
-    assert masks(read_labels_record(), blank, None, Augmentation()) is None
-    assert masks(read_labels_record(), blank, None, Augmentation()) is None
+    write_svs_array(tmp_path / "blank.svs", blank, mpp=0.5, app_mag=20, tile=64, downsamples=(1,))
+    record, place = read_labels_record(tmp_path / "blank.svs"), Placement(1.0, 0, 0, 64, 64)
+    assert masks(record, blank, place, Augmentation()) is None
+    assert masks(record, blank, place, Augmentation()) is None
     assert len(events) == 1 and isinstance(events[0], JobWarning) and "whole input" in events[0].message
     assert SlideMasks("none", {}, grid16)(read_labels_record(), blank, None, Augmentation()) is None
 
