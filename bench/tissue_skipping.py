@@ -4,15 +4,15 @@ Synthetic inputs whose tissue fills a known fraction of the box (a band along th
 bounding box is the whole input, and one compact rectangle: worst and best cases for skipping
 whole blocks), and the real slide in ``../shared/data``; for each,
 the masked and the unmasked pass are timed side by side in the same process, alternating, and
-the median of ``--repeats`` is kept. The mask is what training uses: tissue detected on the input
+the median of ``--repeats`` is kept. The synthetic inputs are written as SVS files first, so the
+mask is what training and inference use: the slide's tissue detected on its thumbnail
 (:class:`engine.train.masks.SlideMasks`, "auto") on the trunk's grid; a block none of whose cells
 is tissue is neither read nor computed, forward or backward.
 
 Training step: :class:`engine.train.classifier.Classifier` streamed, forward + backward of a
 cross-entropy loss. Inference: the same network under ``torch.no_grad`` (the streamed trunk
-with ``skip_block`` and the masked pool). ``engine.api.run_inference`` does not take
-``InferenceSpec.tissue_mask`` on this branch yet, so inference is timed at this level, which is
-the trunk pass run_inference makes.
+with ``skip_block`` and the masked pool): the pass ``engine.api.run_inference`` makes, without
+its slide reads and map events, which cost the same with and without the mask per computed block.
 
 Target: at a tissue fraction of 30% of the box, masked <= 0.45x unmasked (training and inference).
 
@@ -54,10 +54,20 @@ def synthetic_rgb(size: int, fraction: float, shape: str, seed: int = 0) -> np.n
     return rgb
 
 
-def real_rgb(path: Path, size: int | None) -> np.ndarray:
-    from engine.train.data import InputSpec, read_slide_input
+def synthetic_slide(folder: Path, size: int, fraction: float, shape: str) -> Path:
+    from engine.io.svs import write_svs_array
 
-    return read_slide_input(path, InputSpec(level=0, size=size, tissue_crop=True))
+    path = folder / f"synthetic-{size}-{shape}-{round(100 * fraction)}.svs"
+    if not path.exists():
+        write_svs_array(path, synthetic_rgb(size, fraction, shape), mpp=0.5, app_mag=20, tile=256)
+    return path
+
+
+def read_input(path: Path, size: int | None, tissue_crop: bool):
+    """(the input's RGB at level 0, its placement on the slide)."""
+    from engine.train.data import InputSpec, read_slide_placed
+
+    return read_slide_placed(path, InputSpec(level=0, size=size, tissue_crop=tissue_crop))
 
 
 def timed(fn, mask) -> float:
@@ -66,13 +76,13 @@ def timed(fn, mask) -> float:
     return time.perf_counter() - t0
 
 
-def measure(net, rgb: np.ndarray, masks, args) -> dict:
+def measure(net, path: Path, rgb: np.ndarray, placement, masks, args) -> dict:
     from engine.io.labels import SlideRecord
     from engine.streaming.pooled import mask_skip
     from engine.train.data import Augmentation, input_source
 
-    record = SlideRecord(Path("bench"), 0, None, "bench")
-    mask = masks(record, rgb, None, Augmentation())
+    record = SlideRecord(path, 0, None, "bench")
+    mask = masks(record, rgb, placement, Augmentation())
     src = input_source(rgb, Augmentation(), (0.5,) * 3, (0.25,) * 3, dtype=torch.float32)
     plan = net.runner.tile_plan(src.shape[2:])
     skip = mask_skip(mask) if mask is not None else (lambda r, c: False)
@@ -132,11 +142,15 @@ def main() -> int:
     model = create_model(args.model, split=args.split, head=args.head, **kwargs).to(args.device)
     net = Classifier(model, streaming=True, tile_size=args.tile)
     masks = SlideMasks("auto", {}, net.trunk_grid)
-    inputs = [(f"synthetic {args.size}² {shape} {f:.0%}", lambda f=f, shape=shape: synthetic_rgb(args.size, f, shape))
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="tissue-skipping-"))
+    inputs = [(f"synthetic {args.size}² {shape} {f:.0%}",
+               lambda f=f, shape=shape: (synthetic_slide(folder, args.size, f, shape), None, False))
               for shape in args.shapes for f in args.fractions if shape == args.shapes[0] or f < 1]
     if args.real_slide.exists():
         inputs.append((f"{args.real_slide.name}" + (f" {args.real_size}²" if args.real_size else ""),
-                       lambda: real_rgb(args.real_slide, args.real_size)))
+                       lambda: (args.real_slide, args.real_size, True)))
     else:
         print(f"(real slide {args.real_slide} not found: skipped)")
     print(f"{args.model} to {args.split}, head {args.head}, tile {args.tile}, {args.device}, "
@@ -147,8 +161,9 @@ def main() -> int:
     print("-" * len(header))
     verdicts = []
     for name, make in inputs:
-        rgb = make()
-        row = measure(net, rgb, masks, args)
+        path, size, crop = make()
+        rgb, placement = read_input(path, size, crop)
+        row = measure(net, path, rgb, placement, masks, args)
         (tm, tu), (im, iu) = row["train"], row["infer"]
         print(f"{name:<38} {row['cells']:>6.0%} {row['blocks']:>9} {tm:>11.3f}s {tu:>8.3f}s {tm / tu:>6.2f} "
               f"{im:>11.3f}s {iu:>8.3f}s {im / iu:>6.2f}")
