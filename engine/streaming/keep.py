@@ -10,11 +10,12 @@ them last, so the last forward block is backward's first): each is freed before 
 recomputation starts, and the peak is the larger of (all kept graphs + one block's backward
 work) and (one recomputed block), never their sum.
 
-The plan also chooses its blocks: besides the module's tiles it tries fewer, larger blocks
-(down to the whole image as one block: conventional back-propagation, no overlap recomputed)
-and takes the fastest schedule that fits: estimated compute is every block's forward and
-backward plus one more forward for each recomputed block, weighted by its saved bytes (a
-larger tile recomputes less overlap, a kept block nothing).
+The plan also chooses its blocks: the module's tiles, or the whole image as one block
+(conventional back-propagation, no overlap recomputed) when that fits, whichever is faster by
+estimated compute: every block's forward and backward plus one more forward for each
+recomputed block, weighted by its saved bytes (a kept block recomputes nothing). Tilings
+coarser than the module's tile are not tried: measured on CPU they ran slower per pixel than
+the user's tile although they recompute less overlap (see :func:`plan_graphs`).
 
 Bytes are measured, not modelled per layer: :func:`saved_profile` runs the trunk once on a small
 whole image with ``saved_tensors_hooks`` and attributes every saved storage (counted once) to
@@ -28,7 +29,6 @@ the layers backwards, what is still saved plus the gradient of a layer's output 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -200,13 +200,13 @@ def _one_block(graph: StreamGraph, rows, cols, profile: SavedProfile, whole: boo
 def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, profile: SavedProfile, batch: int,
                 element_bytes: int, budget: int | None, skip=None) -> GraphPlan:
     """The schedule within ``budget`` bytes (None: today's, nothing kept): of the module's tile
-    plan and plans with fewer, larger blocks, the one with the least estimated compute whose
-    peak fits; in it, the first blocks in backward (raster) order are kept while they fit.
-    A budget too small for any of them: the module's tiles, nothing kept.
+    plan and the whole image as one block, the one with the least estimated compute whose peak
+    fits; in it, the first blocks in backward (raster) order are kept while they fit. A budget
+    too small for either: the module's tiles, nothing kept.
 
     ``skip`` (a pass's ``skip_block``, e.g. blocks without tissue): blocks it leaves out cost
     nothing and are never kept, and the module's tiles stay: skipping whole blocks is worth more
-    than the overlap larger blocks would save."""
+    than the overlap one block would save."""
     scale = batch * element_bytes
     map_bytes = 2 * batch * profile.out_channels * plan.out_hw[0] * plan.out_hw[1] * element_bytes
     own_costs = block_costs(graph, plan, profile, scale, skip)
@@ -218,10 +218,14 @@ def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, pr
     own = _schedule(own_costs, 0 if budget is None else budget)
     best = own if budget is not None and own.peak <= budget else None
     if budget is not None and skip is None:
-        for cells in [*_larger_blocks(plan), plan.out_hw]:
-            s = _schedule(block_costs(graph, plan_tiles(graph, cells, plan.in_hw), profile, scale), budget)
-            if s.peak <= budget and (best is None or s.compute < best.compute - 1e-9):
-                best = s
+        # The whole image as one block, when it fits: no overlap and nothing recomputed. Not coarser
+        # tilings: the tile is the user's (the largest window one block reads), and measured on
+        # CPU, blocks larger than it ran slower per pixel than it (bench/streaming.py --budgets,
+        # ResNet-34 to layer2, 4096², tile 1024: 1 of 6 larger blocks kept 0.90x conventional
+        # against 0.64x for every 1024 tile recomputed), although they recompute less overlap.
+        s = _schedule(block_costs(graph, plan_tiles(graph, plan.out_hw, plan.in_hw), profile, scale), budget)
+        if s.peak <= budget and (best is None or s.compute < best.compute - 1e-9):
+            best = s
     chosen = best or _schedule(own.costs, 0)
     c = chosen.costs
     conv = sum(c.saved) if c.plan.n_blocks == 1 else _whole_saved(graph, plan, profile, scale)
@@ -261,20 +265,6 @@ def _schedule(c: _Costs, budget: int) -> _Schedule:
     peak = max(kept_peak, recompute_peak[k])
     compute = 3 * sum(c.saved) + sum(c.saved[k:])
     return _Schedule(c, tuple(c.order[:k]), peak, compute)
-
-
-def _larger_blocks(plan: TilePlan) -> list[tuple[int, int]]:
-    """Block sizes (output cells) with at most as many blocks per axis as ``plan``: (rows, cols)
-    of every split, e.g. 1 x 2 halves; ``plan``'s own and the whole image (tried apart) excepted."""
-    rows, cols = len(plan.rows), len(plan.cols)
-    own = (plan.rows[0].end - plan.rows[0].start, plan.cols[0].end - plan.cols[0].start)
-    out: list[tuple[int, int]] = []
-    for a in range(1, rows + 1):
-        for b in range(1, cols + 1):
-            cells = (math.ceil(plan.out_hw[0] / a), math.ceil(plan.out_hw[1] / b))
-            if cells not in (own, plan.out_hw) and cells not in out:
-                out.append(cells)
-    return out
 
 
 def _whole_saved(graph: StreamGraph, plan: TilePlan, profile: SavedProfile, scale: int) -> int:

@@ -8,7 +8,7 @@ import torch
 from streaming_helpers import loss_of, rel_err
 
 from engine.models import create_model
-from engine.streaming import InputGradientSink, StreamHooks, StreamingModule, keep
+from engine.streaming import InputGradientSink, StreamHooks, StreamingModule
 
 F64 = 1e-10
 SIZE = (150, 133)  # 3 x 3 blocks at tile 64 on smallnet
@@ -21,19 +21,14 @@ def model():
 
 
 def _budgets(stream: StreamingModule, hw) -> dict[str, int]:
-    """Budgets that keep none, some (the plan's own choice of tiles), several on the module's own
-    tiles (with :func:`own_tiles_only`), and all: the whole image as one block."""
+    """Budgets that keep none, some, several (of the module's own tiles), and all: the whole
+    image as one block."""
     plan = stream.graph_plan(hw, graph_budget=0)
     assert plan.blocks > 2
     every = stream.graph_plan(hw, graph_budget=1 << 40)
     assert every.blocks == 1 and every.kept == ((0, 0),) and every.summary()["whole_image"]
     several = min(plan.peak_bytes + plan.block_bytes * (plan.blocks // 2), every.peak_bytes - 1)
     return {"none": 0, "some": (plan.peak_bytes + every.peak_bytes) // 2, "several": several, "all": 1 << 40}
-
-
-def own_tiles_only(monkeypatch) -> None:
-    """Plan on the module's own tiles only (no larger blocks tried), so several blocks are kept."""
-    monkeypatch.setattr(keep, "_larger_blocks", lambda plan: [])
 
 
 def _count_recomputes(stream, monkeypatch) -> list:
@@ -59,8 +54,6 @@ def test_every_gradient_equals_conventional_at_any_budget(model, which, monkeypa
     params = list(trunk.parameters())
     g_ref = torch.autograd.grad(loss_of(y_ref, weights), [x_ref, *params])
 
-    if which == "several":
-        own_tiles_only(monkeypatch)
     stream = StreamingModule(trunk, 64)
     budget = _budgets(stream, SIZE)[which]
     plans = []
@@ -115,8 +108,6 @@ def test_input_gradient_sink_with_kept_blocks(model, which, monkeypatch):
     x = torch.randn(1, 3, *SIZE, dtype=torch.float64)
     x_ref = x.clone().requires_grad_(True)
     trunk(x_ref).square().sum().backward()
-    if which == "several":
-        own_tiles_only(monkeypatch)
     stream = StreamingModule(trunk, 64)
     full = torch.full_like(x, float("nan"))
 
@@ -140,8 +131,6 @@ def test_pooled_head_with_kept_blocks(pool, which, monkeypatch):
     model.head()(model.trunk()(ref_x)).square().sum().backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    if which == "several":
-        own_tiles_only(monkeypatch)
     stream = StreamingModule(model.trunk(), 64)
     got_x = x.clone().requires_grad_(True)
     hooks = StreamHooks(graph_budget=_budgets(stream, SIZE)[which])
@@ -168,7 +157,6 @@ def test_bfloat16_autocast_with_kept_blocks_matches_recomputing(monkeypatch):
     trunk = create_model("smallnet", width=8).eval().trunk()
     x = torch.randn(1, 3, 160, 144)
     stream = StreamingModule(trunk, 64)
-    own_tiles_only(monkeypatch)  # the same blocks at every budget but the whole image's
     p0 = stream.graph_plan((160, 144), graph_budget=0, element_bytes=2)
     whole = stream.graph_plan((160, 144), graph_budget=1 << 40, element_bytes=2)
     some = min(p0.peak_bytes + p0.block_bytes * (p0.blocks // 2), whole.peak_bytes - 1)
