@@ -197,8 +197,16 @@ def _one_block(graph: StreamGraph, rows, cols, profile: SavedProfile, whole: boo
     return total, worst
 
 
+#: Largest image (input pixels) a CPU plan runs as one whole block. Larger, the tiles are the
+#: faster: ResNet-34 to layer2 at 4096², the whole image kept took 694-710 CPU s (9.5x
+#: conventional's 73 s) against 36 s for 10 of 25 1024-tiles kept; at 2048² the whole image was
+#: the faster (0.77x conventional), as was SmallNet's at 4096² against nothing kept
+#: (bench/streaming.py --budgets, 2 cores).
+CPU_WHOLE_IMAGE_MAX_PIXELS = 2048 * 2048
+
+
 def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, profile: SavedProfile, batch: int,
-                element_bytes: int, budget: int | None, skip=None) -> GraphPlan:
+                element_bytes: int, budget: int | None, skip=None, whole_image: bool = True) -> GraphPlan:
     """The schedule within ``budget`` bytes (None: today's, nothing kept): of the module's tile
     plan and the whole image as one block, the one with the least estimated compute whose peak
     fits; in it, the first blocks in backward (raster) order are kept while they fit. A budget
@@ -206,7 +214,8 @@ def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, pr
 
     ``skip`` (a pass's ``skip_block``, e.g. blocks without tissue): blocks it leaves out cost
     nothing and are never kept, and the module's tiles stay: skipping whole blocks is worth more
-    than the overlap one block would save."""
+    than the overlap one block would save. ``whole_image`` False: the module's tiles only (see
+    :data:`CPU_WHOLE_IMAGE_MAX_PIXELS`)."""
     scale = batch * element_bytes
     map_bytes = 2 * batch * profile.out_channels * plan.out_hw[0] * plan.out_hw[1] * element_bytes
     own_costs = block_costs(graph, plan, profile, scale, skip)
@@ -217,7 +226,7 @@ def plan_graphs(graph: StreamGraph, plan: TilePlan, tile: tuple[int, int], *, pr
                          work_bytes=0, map_bytes=map_bytes, peak_bytes=0, compute=0.0, tile_plan=plan)
     own = _schedule(own_costs, 0 if budget is None else budget)
     best = own if budget is not None and own.peak <= budget else None
-    if budget is not None and skip is None:
+    if budget is not None and skip is None and whole_image:
         # The whole image as one block, when it fits: no overlap and nothing recomputed. Not coarser
         # tilings: the tile is the user's (the largest window one block reads), and measured on
         # CPU, blocks larger than it ran slower per pixel than it (bench/streaming.py --budgets,

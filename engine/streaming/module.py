@@ -33,7 +33,7 @@ from engine.streaming.executor import BlockGradFn, block_grad, run_block
 from engine.streaming.graph import FROZEN_MODULES, StreamGraph, trace_trunk
 from engine.streaming.heap import release_free_heap
 from engine.streaming.hooks import StreamHooks
-from engine.streaming.keep import GraphPlan, plan_graphs, saved_profile
+from engine.streaming.keep import CPU_WHOLE_IMAGE_MAX_PIXELS, GraphPlan, plan_graphs, saved_profile
 from engine.streaming.plan import (
     AxisGeometry,
     AxisPlan,
@@ -175,9 +175,11 @@ class StreamingModule(nn.Module):
         if element_bytes is None:
             p = next(iter(self.trunk.parameters()), None)
             element_bytes = p.element_size() if p is not None else 4
+        whole_ok = self.compute_device().type != "cpu" or in_hw[0] * in_hw[1] <= CPU_WHOLE_IMAGE_MAX_PIXELS
         return plan_graphs(self.graph, self.tile_plan(in_hw), self.tile_size, profile=self._saved_profile,
                            batch=batch, element_bytes=element_bytes,
-                           budget=self.graph_budget if graph_budget is None else graph_budget, skip=skip)
+                           budget=self.graph_budget if graph_budget is None else graph_budget, skip=skip,
+                           whole_image=whole_ok)
 
     def plan_summary(self, in_hw: tuple[int, int], **kw) -> dict:
         """:meth:`graph_plan` as JSON values: tile, blocks, kept, recomputed, bytes."""

@@ -95,3 +95,21 @@ def test_more_budget_never_plans_more_compute(trunk):
         assert p.peak_bytes <= p.budget
     # Below one tile's needs nothing fits: the module's tiles, nothing kept (today's schedule).
     assert stream.graph_plan(SIZE, batch=BATCH, graph_budget=tile.peak_bytes // 2).kept == ()
+
+
+def test_on_cpu_a_large_image_keeps_its_tiles_instead_of_one_whole_block(monkeypatch):
+    """Above CPU_WHOLE_IMAGE_MAX_PIXELS a CPU plan keeps the module's tiles (measured faster than
+    one huge block there); below it a budget that fits the whole image runs it as one block."""
+    import torch
+
+    from engine.models import create_model
+    from engine.streaming import StreamingModule
+    from engine.streaming import module as streaming_module
+
+    torch.manual_seed(0)
+    stream = StreamingModule(create_model("smallnet", width=4).trunk().eval(), 64)
+    hw = (150, 133)
+    assert stream.graph_plan(hw, graph_budget=1 << 40).summary()["whole_image"]
+    monkeypatch.setattr(streaming_module, "CPU_WHOLE_IMAGE_MAX_PIXELS", 100 * 100)
+    plan = stream.graph_plan(hw, graph_budget=1 << 40)
+    assert plan.blocks > 1 and len(plan.kept) == plan.blocks and not plan.summary()["whole_image"]
