@@ -50,3 +50,29 @@ def slide_view(qtbot, tile_machinery):
     yield view
     if view.shared is not None:
         view.shared.close_when_idle()
+
+
+@pytest.fixture
+def open_window(qtbot, tmp_path):
+    """A factory of shown main windows with their settings in ``tmp_path`` (annotations falling
+    back to ``tmp_path/fallback``); every window made is shut down after the test."""
+    from PySide6.QtCore import QSettings
+
+    from viewer.main_window import MainWindow
+
+    made = []
+
+    def make(cache_mb: int = 128, size=(1200, 800), **kwargs):
+        settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+        settings.setValue("annotations/folder", str(tmp_path / "fallback"))
+        win = MainWindow(settings=settings, cache_bytes=cache_mb * 2**20, popups=False, **kwargs)
+        qtbot.addWidget(win)
+        win.resize(*size)
+        win.show()
+        qtbot.waitExposed(win)
+        made.append(win)
+        return win
+
+    yield make
+    for win in made:
+        win.shutdown()

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
 from engine.annotations import Annotation, AnnotationSet, load_annotations, save_annotations
@@ -23,18 +23,8 @@ def slide(tmp_path, synthetic_slide_path):
 
 
 @pytest.fixture
-def window(qtbot, tmp_path):
-    from viewer.main_window import MainWindow
-
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    settings.setValue("annotations/folder", str(tmp_path / "fallback"))
-    win = MainWindow(settings=settings, cache_bytes=128 * 2**20, popups=False)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.shutdown()
+def window(open_window):
+    return open_window(cache_mb=128)
 
 
 def _open(qtbot, window, path):

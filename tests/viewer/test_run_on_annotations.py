@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import shapely
 from model_fixtures import GREEN_BOXES, save_green_detector, write_test_slide
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 
 from engine.annotations import Annotation, AnnotationSet, rasterize
 from engine.geometry import Box
@@ -67,18 +67,8 @@ def test_excluded_classes_go_into_every_scope():
 
 
 @pytest.fixture
-def window(qtbot, tmp_path):
-    from viewer.main_window import MainWindow
-
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    settings.setValue("annotations/folder", str(tmp_path / "fallback"))
-    win = MainWindow(settings=settings, cache_bytes=64 * 2**20, popups=False)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.shutdown()
+def window(open_window):
+    return open_window(cache_mb=64)
 
 
 def test_a_run_on_the_selected_polygon_computes_only_inside_it_less_the_excluded_class(qtbot, window, tmp_path):

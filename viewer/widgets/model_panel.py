@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -100,16 +101,18 @@ class ModelPanel(QWidget):
         top.addWidget(self.recent, 1)
         top.addWidget(self.load_button)
         run_box = QGroupBox("Run on")
-        runs = QHBoxLayout()
-        for button in (self.slide_button, self.view_button, self.region_button, self.selection_button):
-            runs.addWidget(button)
-        options = QHBoxLayout()
-        options.addWidget(self.saliency)
-        options.addWidget(self.tissue_mask)
-        options.addWidget(self.low_memory)
-        options.addStretch(1)
-        options.addWidget(QLabel("Device"))
-        options.addWidget(self.device)
+        # Two by two, so the dock stays narrow enough to leave the slide most of a small window.
+        runs = QGridLayout()
+        for i, button in enumerate((self.slide_button, self.view_button, self.region_button, self.selection_button)):
+            runs.addWidget(button, i // 2, i % 2)
+        options = QGridLayout()
+        options.addWidget(self.saliency, 0, 0)
+        options.addWidget(self.tissue_mask, 0, 1)
+        options.addWidget(self.low_memory, 1, 0)
+        device = QHBoxLayout()
+        device.addWidget(QLabel("Device"))
+        device.addWidget(self.device, 1)
+        options.addLayout(device, 1, 1)
         run_layout = QVBoxLayout(run_box)
         run_layout.addLayout(runs)
         run_layout.addLayout(options)
