@@ -144,3 +144,22 @@ def test_layer_names_in_the_list_are_the_keys_as_text(qtbot, stack):
     stack.add_patch(patch_of(1, MapGeometry(Box(0, 0, 8, 8), (1, 1)), 0, 0, np.ones((1, 1)), LayerStyle(), key))
     panel.set_stack(stack)
     assert panel.layer_list.item(0).text() == "prediction: grade: 2" and panel.current_key == key
+
+
+def test_the_range_boxes_show_a_layer_of_tiny_values_legibly(qtbot, stack):
+    """An attention map's weights are around 1e-4: the range boxes take enough decimals to
+    show them (three showed 0.000 to 0.000) and step by a twentieth of the range."""
+    from viewer.widgets.overlay_panel import OverlayPanel
+
+    panel = OverlayPanel()
+    qtbot.addWidget(panel)
+    geometry = MapGeometry(Box(0, 0, 64, 64), (4, 4))
+    stack.begin(1)
+    stack.add_patch(patch_of(1, geometry, 0, 0, np.full((2, 2), 1.7e-4), stack.style_for(SALIENCY), SALIENCY))
+    panel.set_stack(stack)
+    stack.show_only(SALIENCY)
+    stack.set_style(SALIENCY, vmin=0.0, vmax=1.7e-4, auto_range=False)
+    assert panel.vmax.text().rstrip("0") not in ("0.", "0,") and panel.vmax.value() == pytest.approx(1.7e-4, rel=1e-3)
+    assert panel.vmax.singleStep() == pytest.approx(1.7e-4 / 20)
+    stack.set_style(SALIENCY, vmin=0.0, vmax=1.0)
+    assert panel.vmax.decimals() == 3

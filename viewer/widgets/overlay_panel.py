@@ -9,6 +9,8 @@ layer) and the style controls follow every style change, whoever made it.
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -39,6 +41,15 @@ def _spin() -> QDoubleSpinBox:
     spin.setSingleStep(0.05)
     spin.setKeyboardTracking(False)  # one change per edit, not one per keystroke
     return spin
+
+
+def _fit_precision(spins, span: float) -> None:
+    """Enough decimals, and a step, for values spanning ``span``: an attention map's weights are
+    around 1e-4, which three decimals would show as 0.000 to 0.000."""
+    digits = 3 if not math.isfinite(span) or span <= 0 else min(10, max(3, 2 - math.floor(math.log10(span))))
+    for spin in spins:
+        spin.setDecimals(digits)
+        spin.setSingleStep(span / 20 if math.isfinite(span) and span > 0 else 0.05)
 
 
 class OverlayPanel(QWidget):
@@ -158,6 +169,7 @@ class OverlayPanel(QWidget):
         filling, self._filling = self._filling, True
         self.colormap.setCurrentIndex(self.colormap.findData(style.colormap))
         self.opacity.setValue(round(style.opacity * 100))
+        _fit_precision((self.vmin, self.vmax, self.threshold), abs(style.vmax - style.vmin) or abs(style.vmax))
         self.vmin.setValue(style.vmin)
         self.vmax.setValue(style.vmax)
         self.use_threshold.setChecked(style.threshold is not None)
