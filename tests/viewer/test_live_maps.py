@@ -92,7 +92,7 @@ def test_model_card_is_shown_and_remembered(qtbot, window, synthetic_slide_path,
     assert panel.slide_button.isEnabled() and panel.view_button.isEnabled()
     assert panel.recent.itemData(0) == str(__import__("pathlib").Path(model_path).resolve())
     assert window.settings.value("recent_models")[0].endswith("model.json")
-    assert panel.status.text() == f"Loaded {model_path}" and window.model.path == model_path
+    assert panel.status.text().replace("\u200b", "") == f"Loaded {model_path}" and window.model.path == model_path
 
 
 def test_bad_model_is_reported_and_the_slide_stays_open(qtbot, window, synthetic_slide_path, tmp_path):

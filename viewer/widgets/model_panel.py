@@ -159,7 +159,9 @@ class ModelPanel(QWidget):
         if model.error is not None:
             self.status.setText(f"Could not load the model: {model.error}")
         elif model.path is not None:
-            self.status.setText(f"Loaded {model.path}")
+            # A break after every "/": a long path wraps instead of widening the dock (and so
+            # narrowing the slide view) by its own length.
+            self.status.setText(f"Loaded {str(model.path).replace('/', '/' + chr(0x200B))}")
         for button in (self.slide_button, self.view_button, self.region_button):
             button.setEnabled(model.runnable)
         self._show_selection_scope()

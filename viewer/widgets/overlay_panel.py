@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QVBoxLayout,
     QWidget,
@@ -40,6 +41,10 @@ def _spin() -> QDoubleSpinBox:
     spin.setRange(-1e6, 1e6)
     spin.setSingleStep(0.05)
     spin.setKeyboardTracking(False)  # one change per edit, not one per keystroke
+    # Its size hint grows with the decimals (_fit_precision): the layout, not the hint, sets the
+    # width, so showing a map of tiny values does not widen the dock and narrow the slide view.
+    spin.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    spin.setMinimumWidth(72)
     return spin
 
 
