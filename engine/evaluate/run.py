@@ -34,7 +34,6 @@ from engine.io.checkpoints import load_checkpoint
 from engine.io.labels import read_labels
 from engine.metrics import predicted_classes
 from engine.specs import EvaluationSpec
-from engine.streaming.pooled import mask_skip
 from engine.train import distributed
 from engine.train.classifier import Classifier
 from engine.train.data import Augmentation, InputSpec, Prefetcher, input_source, read_slide_placed
@@ -112,8 +111,7 @@ def _evaluate(spec: EvaluationSpec, emit, cancel: CancelToken, ctx, device: torc
                 return net(src, mask), cells
             finally:
                 net.hooks = hooks
-        hooks = net.hooks if mask is None else dataclasses.replace(net.hooks, skip_block=mask_skip(mask))
-        fmap = net.runner(src, hooks=hooks)  # blocks without tissue stay NaN in the kept map
+        fmap = net.trunk_map(src, mask)  # blocks without tissue stay NaN in the kept map
         cells.put_all(fmap)
         return net.head(fmap, mask), cells
 

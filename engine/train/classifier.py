@@ -102,22 +102,31 @@ class Classifier(nn.Module):
         (thread-safe: the graph was traced in ``__init__``)."""
         return self._graph.spatial_sizes(tuple(in_hw))[-1], self._stride
 
+    def hooks_for(self, mask: torch.Tensor | None) -> StreamHooks:
+        """This classifier's hooks, leaving out (forward and backward) every block with no cell of
+        ``mask``: what makes the masked model's streamed pass skip glass exactly."""
+        if mask is None or not self.streaming:
+            return self.hooks
+        return dataclasses.replace(self.hooks, skip_block=mask_skip(mask))
+
+    def trunk_map(self, x, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The trunk's output map of ``x`` (blocks without a cell of ``mask`` left NaN): what
+        :meth:`forward` gives a head that does not pool block by block."""
+        if self.channels_last and isinstance(x, torch.Tensor) and x.is_cuda:
+            # Not on CPU: a whole-slide NHWC tensor sent oneDNN's weight gradient to its reference
+            # kernel (a 4096² ResNet-34 step had not finished in 9 minutes); streamed tiles are small.
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.runner(x, hooks=self.hooks_for(mask)) if self.streaming else self.runner(x)
+
     def forward(self, x, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (1, classes) for ``x``: a lazy source when streaming, else an NCHW tensor.
 
         ``mask``: bool (1, 1, h, w) on the trunk's output grid, or None. The head pools only its
         cells (:mod:`engine.models.heads`), and the streamed trunk leaves out, forward and
         backward, every block with none of them: exact for the masked model."""
-        hooks = self.hooks
-        if mask is not None and self.streaming:
-            hooks = dataclasses.replace(hooks, skip_block=mask_skip(mask))
         if self.pooled_head:
-            return self.head.classify(self.runner.pooled(x, self.head.pool, hooks=hooks, mask=mask))
-        if self.channels_last and isinstance(x, torch.Tensor) and x.is_cuda:
-            # Not on CPU: a whole-slide NHWC tensor sent oneDNN's weight gradient to its reference
-            # kernel (a 4096² ResNet-34 step had not finished in 9 minutes); streamed tiles are small.
-            x = x.contiguous(memory_format=torch.channels_last)
-        fmap = self.runner(x, hooks=hooks) if self.streaming else self.runner(x)
+            return self.head.classify(self.runner.pooled(x, self.head.pool, hooks=self.hooks_for(mask), mask=mask))
+        fmap = self.trunk_map(x, mask)
         if self.channels_last:
             fmap = fmap.contiguous(memory_format=torch.channels_last)
         return self.head(fmap, mask)

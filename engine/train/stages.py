@@ -22,7 +22,6 @@ and its training rows carry ``trunk_lr`` beside ``lr``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
@@ -33,7 +32,6 @@ from torch import nn
 from engine.io.labels import SlideRecord
 from engine.io.runs import RunFolder
 from engine.specs import TrainingSpec
-from engine.streaming.pooled import mask_skip
 from engine.train import distributed, precision
 from engine.train.classifier import Classifier
 from engine.train.data import Augmentation, input_source
@@ -118,19 +116,9 @@ class HeadOnly(nn.Module):
         return head(features, mask)
 
 
-def _hooks(classifier: Classifier, mask: torch.Tensor | None):
-    """The classifier's hooks, leaving out the blocks without a cell of ``mask`` (as its forward does)."""
-    if mask is None or not classifier.streaming:
-        return classifier.hooks
-    return dataclasses.replace(classifier.hooks, skip_block=mask_skip(mask))
-
-
 def trunk_map(classifier: Classifier, x, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The trunk's output map of ``x`` (a lazy source when streaming, else NCHW), computed as
-    :meth:`Classifier.forward` computes it before the head (blocks outside ``mask`` left as NaN)."""
-    if classifier.channels_last and isinstance(x, torch.Tensor) and x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)  # on GPU only, as Classifier.forward
-    return classifier.runner(x, hooks=_hooks(classifier, mask)) if classifier.streaming else classifier.runner(x)
+    """The trunk's output map of ``x``, as :meth:`Classifier.forward` computes it before the head."""
+    return classifier.trunk_map(x, mask)
 
 
 class HeadForward:
@@ -168,7 +156,7 @@ class HeadForward:
         x = src if spec.streaming else src.read((0, src.shape[2]), (0, src.shape[3])).to(plain.device)
         with torch.no_grad(), precision.autocast(plain.device, plain.amp_dtype):
             if pooled:
-                return classifier.runner.pooled(x, classifier.head.pool, hooks=_hooks(classifier, mask), mask=mask)
+                return classifier.runner.pooled(x, classifier.head.pool, hooks=classifier.hooks_for(mask), mask=mask)
             return trunk_map(classifier, x, mask)
 
     def _cache_map(self, slide: CachedSlide, aug: Augmentation,
