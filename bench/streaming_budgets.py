@@ -143,11 +143,12 @@ def held_mib(r: dict) -> float:
 
 
 def budget_used_mib(r: dict, rows) -> float:
-    """The budget a row is held to: the one given; for "tile only" (0) what the plan says one
-    tile needs; for "all kept" (no limit) conventional's measured peak less what it holds
+    """The budget a row is held to: the one given; where the plan keeps nothing (a budget of 0,
+    "tile only", or one below what a tile needs) what the plan says one tile needs, the least any
+    schedule can use; for "all kept" (no limit) conventional's measured peak less what it holds
     besides its graph (the whole image as one block is conventional back-propagation)."""
-    if r["budget"] == 0:
-        return r["plan"]["peak_bytes"] / MiB
+    if r["plan"]["kept"] == 0:
+        return max(r["budget"], r["plan"]["peak_bytes"]) / MiB
     if r["budget"] >= ALL:
         conv = _conventional(rows, r)
         return tensor_peak_mib(conv) - held_mib(r) if conv else r["plan"]["peak_bytes"] / MiB
