@@ -142,22 +142,22 @@ def held_mib(r: dict) -> float:
     return r["map_mib"] * 2 + r["size"] ** 2 * 3 * 4 / MiB
 
 
-def budget_used_mib(r: dict, rows) -> float:
+def budget_used_mib(r: dict) -> float:
     """The budget a row is held to: the one given; where the plan keeps nothing (a budget of 0,
     "tile only", or one below what a tile needs) what the plan says one tile needs, the least any
-    schedule can use; for "all kept" (no limit) conventional's measured peak less what it holds
-    besides its graph (the whole image as one block is conventional back-propagation)."""
-    if r["plan"]["kept"] == 0:
-        return max(r["budget"], r["plan"]["peak_bytes"]) / MiB
+    schedule can use; for "all kept" (no limit) what the plan says it needs (the whole image as
+    one block, or every tile's graph kept: their cones overlap, so more than conventional's)."""
+    plan_need = r["plan"]["peak_bytes"] / MiB
     if r["budget"] >= ALL:
-        conv = _conventional(rows, r)
-        return tensor_peak_mib(conv) - held_mib(r) if conv else r["plan"]["peak_bytes"] / MiB
+        return plan_need
+    if r["plan"]["kept"] == 0:
+        return max(r["budget"] / MiB, plan_need)
     return r["budget"] / MiB
 
 
-def peak_ratio(r: dict, rows, rss: bool = False) -> float:
+def peak_ratio(r: dict, rss: bool = False) -> float:
     """Tensor peak (or RSS peak) over (the budget + the map, its gradient and the input's gradient)."""
-    return (r["peak_mib"] if rss else tensor_peak_mib(r)) / (budget_used_mib(r, rows) + held_mib(r))
+    return (r["peak_mib"] if rss else tensor_peak_mib(r)) / (budget_used_mib(r) + held_mib(r))
 
 
 def targets(rows, r) -> list[str]:
@@ -176,9 +176,9 @@ def targets(rows, r) -> list[str]:
     if r.get("frac") == 0.0 and today is not None:
         ratio = r[key] / today[key]
         out.append(("ok" if ratio <= 1.05 else "NOT MET") + f" time {ratio:.2f}x stream <= 1.05 (tile only)")
-    q = peak_ratio(r, rows)
+    q = peak_ratio(r)
     out.append(("ok" if q <= 1.1 else "NOT MET") + f" tensor peak {q:.2f}x (budget + map) <= 1.10"
-               f" (RSS {peak_ratio(r, rows, rss=True):.2f}x)")
+               f" (RSS {peak_ratio(r, rss=True):.2f}x)")
     return out
 
 
@@ -200,8 +200,8 @@ def fmt(r: dict, rows) -> str:
     kept = f"{plan['kept']}/{plan['blocks']}" if plan else ""
     ptile = ("whole" if plan["whole_image"] else "×".join(str(t) for t in plan["tile"])) if plan else ""
     est = f"{plan['estimated_peak_bytes'] / MiB:.0f}" if plan else ""
-    q = f"{peak_ratio(r, rows):.2f}" if plan else ""
-    q_rss = f"{peak_ratio(r, rows, rss=True):.2f}" if plan else ""
+    q = f"{peak_ratio(r):.2f}" if plan else ""
+    q_rss = f"{peak_ratio(r, rss=True):.2f}" if plan else ""
     tensors = f"{tensor_peak_mib(r):.0f}" if "tensor_peak_mib" in r else ""
     err = f"{r['grad_err']:.1e}" if "grad_err" in r else ""
     return (f"{head} {budget} | {ptile} | {kept} | {est} | {r['cpu_seconds']:.1f} | {r['seconds']:.2f} | {ratio} | "
