@@ -2,7 +2,7 @@
 
 Each node keeps the module, the source, the input-gradient sink and the pass (its hooks and
 heap-release count) from the forward, and re-enters the forward's autocast state in backward,
-so the recomputed cones match what the forward computed. ``module`` is the
+so the recomputed cones match what the forward computed (the loops are :mod:`engine.streaming.passes`). ``module`` is the
 :class:`~engine.streaming.StreamingModule` (not imported here: it imports this module).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.streaming.passes import run_backward, run_forward
 from engine.streaming.pooled import GlobalPoolReducer
 
 
@@ -19,7 +20,7 @@ class StreamFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, module, source, sink, run, x_anchor, *params):
         _keep(ctx, module, source, sink, run)
-        return module.run_forward(source, run)
+        return run_forward(module, source, run)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -34,7 +35,7 @@ class PooledStreamFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, module, source, sink, run, pool, x_anchor, *params):
         reducer = pool if isinstance(pool, GlobalPoolReducer) else GlobalPoolReducer(pool)
-        module.run_forward(source, run, keep_output=False, reducer=reducer)
+        run_forward(module, source, run, keep_output=False, reducer=reducer)
         _keep(ctx, module, source, sink, run)
         ctx.reducer = reducer
         return reducer.pooled().to(reducer.dtype)
@@ -58,7 +59,7 @@ def _streamed_backward(ctx, grad_out, x_index: int) -> tuple:
     need_x = ctx.needs_input_grad[x_index] or ctx.sink is not None
     need_params = ctx.needs_input_grad[x_index + 1:]
     with torch.enable_grad(), _AutocastContext(ctx.autocast):
-        grad_x, grad_params = module.run_backward(ctx.source, ctx.run, grad_out, need_x, need_params, ctx.sink)
+        grad_x, grad_params = run_backward(module, ctx.source, ctx.run, grad_out, need_x, need_params, ctx.sink)
     if ctx.sink is not None or not ctx.needs_input_grad[x_index]:
         grad_x = None
     return (grad_x, *grad_params)

@@ -33,13 +33,13 @@ def _budgets(stream: StreamingModule, hw) -> dict[str, int]:
 
 def _count_recomputes(stream, monkeypatch) -> list:
     calls = []
-    original = stream._recompute
+    original = stream.recompute
 
     def counting(*a, **kw):
         calls.append(1)
         return original(*a, **kw)
 
-    monkeypatch.setattr(stream, "_recompute", counting)
+    monkeypatch.setattr(stream, "recompute", counting)
     return calls
 
 

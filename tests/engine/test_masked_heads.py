@@ -107,13 +107,13 @@ class ReadCounter:
 
     def __init__(self, monkeypatch):
         self.phase, self.reads = "forward", {"forward": 0, "backward": 0}
-        original = StreamingModule._read
+        original = StreamingModule.read_cone
 
         def read(module, source, rows, cols):
             self.reads[self.phase] += 1
             return original(module, source, rows, cols)
 
-        monkeypatch.setattr(StreamingModule, "_read", read)
+        monkeypatch.setattr(StreamingModule, "read_cone", read)
 
 
 @pytest.mark.parametrize("head", ["avg", "attention"])

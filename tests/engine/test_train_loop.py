@@ -180,7 +180,7 @@ def test_the_gpu_numerics_paths_train_correctly_when_forced_on_cpu(spec, tmp_pat
     seen: dict = {"tiles": set(), "features": set()}
     from engine.streaming.module import StreamingModule
 
-    original_read, original_classify = StreamingModule._read, ClassifierHead.classify
+    original_read, original_classify = StreamingModule.read_cone, ClassifierHead.classify
 
     def spying_read(self, source, rows, cols):  # every tile the trunk reads
         x = original_read(self, source, rows, cols)
@@ -191,7 +191,7 @@ def test_the_gpu_numerics_paths_train_correctly_when_forced_on_cpu(spec, tmp_pat
         seen["features"].add(pooled.dtype)
         return original_classify(self, pooled)
 
-    monkeypatch.setattr(StreamingModule, "_read", spying_read)
+    monkeypatch.setattr(StreamingModule, "read_cone", spying_read)
     monkeypatch.setattr(ClassifierHead, "classify", spying_classify)
     mixed = Recorder()
     run_training(dataclasses.replace(spec, epochs=1, out_dir=str(tmp_path / "amp")), mixed)

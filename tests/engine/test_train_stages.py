@@ -216,13 +216,13 @@ def test_resume_across_the_switch_equals_an_uninterrupted_run(spec, tmp_path, ca
 
 def test_finetune_lr_and_tile_reach_the_optimiser_and_the_streamed_trunk(spec, monkeypatch):
     tiles = []
-    original = StreamingModule._read
+    original = StreamingModule.read_cone
 
     def read(self, source, rows, cols):  # every tile the trunk reads, by the module's tile size
         tiles.append((self.tile_size, any(p.requires_grad for p in self.trunk.parameters())))
         return original(self, source, rows, cols)
 
-    monkeypatch.setattr(StreamingModule, "_read", read)
+    monkeypatch.setattr(StreamingModule, "read_cone", read)
     s = dataclasses.replace(spec, epochs=2, freeze_trunk_epochs=1, finetune_lr=1e-3, finetune_tile=80)
     trainer = Trainer(s, Recorder(), CancelToken())
     trainer.run()
