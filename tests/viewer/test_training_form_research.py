@@ -44,12 +44,27 @@ def test_each_new_field_reaches_the_spec_through_its_widget(panel):
     assert spec_of(panel).tissue_mask == "none"
     panel.tissue_mask.setChecked(True)
     assert spec_of(panel).tissue_mask == "auto"
+    assert not panel.finetune_lr.isEnabled() and not panel.finetune_tile.isEnabled()  # no frozen epochs
     panel.freeze_trunk_epochs.setValue(2)
+    assert panel.finetune_lr.isEnabled() and panel.finetune_tile.isEnabled()
     panel.finetune_lr.setValue(2e-5)
+    panel.finetune_tile.setValue(512)
     spec = spec_of(panel)
-    assert (spec.freeze_trunk_epochs, spec.finetune_lr) == (2, 2e-5)
+    assert (spec.freeze_trunk_epochs, spec.finetune_lr, spec.finetune_tile) == (2, 2e-5, 512)
     panel.finetune_lr.setValue(0.0)  # "same as lr"
-    assert spec_of(panel).finetune_lr is None
+    panel.finetune_tile.setValue(0)  # "same tile"
+    assert (spec_of(panel).finetune_lr, spec_of(panel).finetune_tile) == (None, None)
+
+
+def test_the_trunk_lr_and_tile_are_left_out_without_frozen_epochs(panel):
+    panel.freeze_trunk_epochs.setValue(1)
+    panel.finetune_lr.setValue(2e-5)
+    panel.finetune_tile.setValue(512)
+    panel.freeze_trunk_epochs.setValue(0)  # they apply after frozen epochs: now there are none
+    spec = spec_of(panel)
+    assert (spec.freeze_trunk_epochs, spec.finetune_lr, spec.finetune_tile) == (0, None, None)
+    assert not panel.spec_problem.text() and panel.start_button.isEnabled()
+    assert not panel.finetune_lr.isEnabled() and not panel.finetune_tile.isEnabled()
 
 
 def test_a_classification_takes_the_label_column_and_refuses_two_targets_before_start(panel):
@@ -66,7 +81,7 @@ def test_a_classification_takes_the_label_column_and_refuses_two_targets_before_
 
 
 def test_a_bad_value_shows_the_spec_error_text(panel):
-    panel.form.set(finetune_lr=-1.0)  # the spin box cannot go there; the form may (a restored setting)
+    panel.form.set(freeze_trunk_epochs=1, finetune_lr=-1.0)  # the spin box cannot go there; the form may
     assert panel.spec_problem.text().startswith("finetune_lr must be a positive learning rate")
     assert not panel.start_button.isEnabled()
 

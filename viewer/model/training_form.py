@@ -64,7 +64,8 @@ class TrainingForm(Fields):
     FIELDS = ("labels_source", "csv_path", "labels_summary", "model", "architectures", "base", "weights",
               "input_by", "input_value", "input_size", "tile_size", "epochs", "lr", "device", "run_dir",
               "update_saliency", "state", "graph_budget", "plan_text",
-              "task", "columns", "targets", "head", "tissue_mask", "freeze_trunk_epochs", "finetune_lr", "spec_problem")
+              "task", "columns", "targets", "head", "tissue_mask", "freeze_trunk_epochs", "finetune_lr", "finetune_tile",
+              "spec_problem")
 
     def __init__(self) -> None:
         super().__init__()
@@ -80,10 +81,11 @@ class TrainingForm(Fields):
         self.graph_budget, self.plan_text = "", NO_PLAN
         # The research-loop fields: the task and its target columns (``columns``: the imported
         # CSV's), the head, the tissue mask, the head-only epochs on a frozen trunk (then the
-        # trunk's learning rate, 0: the same lr); ``spec_problem``: why the form cannot start.
+        # trunk's learning rate and tile, 0: the same lr and tile); ``spec_problem``: why the form
+        # cannot start.
         self.task, self.columns, self.targets = "classification", (), ()
         self.head, self.tissue_mask = "max", True
-        self.freeze_trunk_epochs, self.finetune_lr = 0, 0.0
+        self.freeze_trunk_epochs, self.finetune_lr, self.finetune_tile = 0, 0.0, 0
         self.spec_problem = ""
         self.advanced: dict = {}
 
@@ -114,11 +116,14 @@ class TrainingForm(Fields):
         return columns
 
     def research_fields(self) -> dict:
-        """The TrainingSpec fields of the task, targets, head, tissue mask and staged training."""
+        """The TrainingSpec fields of the task, targets, head, tissue mask and staged training
+        (the trunk's learning rate and tile only with frozen epochs: they apply after them)."""
+        staged = int(self.freeze_trunk_epochs) > 0
         return {"task": self.task, "targets": tuple(self.targets) or None, "monitor": self.monitor,
                 "head": self.head, "tissue_mask": "auto" if self.tissue_mask else "none",
                 "freeze_trunk_epochs": int(self.freeze_trunk_epochs),
-                "finetune_lr": float(self.finetune_lr) if self.finetune_lr else None}
+                "finetune_lr": float(self.finetune_lr) if staged and self.finetune_lr else None,
+                "finetune_tile": int(self.finetune_tile) if staged and self.finetune_tile else None}
 
     def check(self, loaded: ModelChoice) -> str:
         """What stops this form from making a spec (the SpecError's text), or "" when nothing does.

@@ -100,6 +100,13 @@ class TrainingPanel(QWidget):
         self.finetune_lr.setSingleStep(1e-5)
         self.finetune_lr.setSpecialValueText("same as lr")
         self.finetune_lr.setToolTip("Learning rate once the trunk is unfrozen")
+        self.finetune_tile = QSpinBox()
+        self.finetune_tile.setRange(0, 16384)
+        self.finetune_tile.setSingleStep(256)
+        self.finetune_tile.setSpecialValueText("same tile")
+        # Training the trunk keeps one tile's graph: a smaller tile than the frozen epochs' (which
+        # only run forward) may be what fits the device.
+        self.finetune_tile.setToolTip("Tile (input pixels) once the trunk is unfrozen: smaller needs less memory")
         self.spec_problem = QLabel()
         self.spec_problem.setWordWrap(True)
         self.spec_problem.setStyleSheet("color: #b00020")
@@ -197,7 +204,8 @@ class TrainingPanel(QWidget):
         grid.addLayout(train_row, 8, 1, 1, 5)
         grid.addWidget(QLabel("Frozen trunk"), 9, 0)
         staged_row = QHBoxLayout()
-        for w in (self.freeze_trunk_epochs, QLabel("epochs, then trunk lr"), self.finetune_lr):
+        for w in (self.freeze_trunk_epochs, QLabel("epochs, then trunk lr"), self.finetune_lr, QLabel("tile"),
+                  self.finetune_tile):
             staged_row.addWidget(w)
         staged_row.addStretch(1)
         grid.addLayout(staged_row, 9, 1, 1, 5)
@@ -242,7 +250,8 @@ class TrainingPanel(QWidget):
                  (self.head.currentTextChanged, lambda text: {"head": text}),
                  (self.tissue_mask.toggled, lambda on: {"tissue_mask": on}),
                  (self.freeze_trunk_epochs.valueChanged, lambda v: {"freeze_trunk_epochs": v}),
-                 (self.finetune_lr.valueChanged, lambda v: {"finetune_lr": v})]
+                 (self.finetune_lr.valueChanged, lambda v: {"finetune_lr": v}),
+                 (self.finetune_tile.valueChanged, lambda v: {"finetune_tile": v})]
         for signal, fields in edits:
             signal.connect(lambda value, fields=fields: self._edit(fields(value)))
         self.targets.itemChanged.connect(self._on_target_ticked)
@@ -290,10 +299,13 @@ class TrainingPanel(QWidget):
                     getattr(self, name).setText(value)
             elif name == "update_saliency":
                 self.update_saliency.setChecked(value)
-            elif name in ("input_value", "input_size", "tile_size", "epochs", "lr", "freeze_trunk_epochs", "finetune_lr"):
+            elif name in ("input_value", "input_size", "tile_size", "epochs", "lr", "freeze_trunk_epochs", "finetune_lr",
+                          "finetune_tile"):
                 getattr(self, name).setValue(value)
             if name in ("base", "state"):
                 self._update_weights_row()
+            if name in ("freeze_trunk_epochs", "state"):
+                self._update_staged_row()
         finally:
             self._filling = filling
 
@@ -325,6 +337,13 @@ class TrainingPanel(QWidget):
         from_loaded = self.form.base == "loaded"
         self.head.setEnabled(not from_loaded and not self.form.busy)
         self.head.setToolTip("Fine-tuning the loaded model keeps its head" if from_loaded else HEAD_TOOLTIP)
+
+    def _update_staged_row(self) -> None:
+        # The trunk's learning rate and tile apply after the frozen epochs: with none they mean
+        # nothing (and the form leaves them out of the spec).
+        staged = self.form.freeze_trunk_epochs > 0 and not self.form.busy
+        for w in (self.finetune_lr, self.finetune_tile):
+            w.setEnabled(staged)
 
     def _choose_csv(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Import labels", "", "Labels (*.csv);;All files (*)")
@@ -358,5 +377,5 @@ class TrainingPanel(QWidget):
         for w in (self.labels_source, self.import_button, self.model, self.base, self.input_by, self.input_value,
                   self.input_size, self.tile_size, self.epochs, self.lr, self.device, self.run_dir,
                   self.graph_budget, self.plan_button, self.task, self.targets, self.head, self.tissue_mask,
-                  self.freeze_trunk_epochs, self.finetune_lr):
+                  self.freeze_trunk_epochs):
             w.setEnabled(not busy)
