@@ -222,7 +222,7 @@ class StreamingModule(nn.Module):
         need_params = [params and p.requires_grad for p in self.trunk.parameters()]
         with torch.enable_grad():  # the blocks are recomputed with autograd whatever the caller's mode
             _, grads = run_backward(self, source, self._pass(hooks), grad_for_block, input_grad_sink is not None,
-                                         need_params, input_grad_sink)
+                                    need_params, input_grad_sink)
         return grads if params else None
 
     def _plan_keep(self, source: RegionSource, run: StreamPass, anchor: torch.Tensor, sink) -> None:
@@ -269,7 +269,9 @@ class StreamingModule(nn.Module):
             raise TypeError(f"StreamingModule takes an NCHW tensor or a RegionSource, got {type(x).__name__}")
         return source
 
+    # ----------------------------------------------------------------------------- blocks
     def read_cone(self, source, rows, cols) -> torch.Tensor:
+        """The input window ``[rows) x [cols)`` on the compute device, in the tiles' layout."""
         x = source.read(rows, cols)
         device = self.compute_device(source)
         if x.device != device:
@@ -278,9 +280,9 @@ class StreamingModule(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    # ----------------------------------------------------------------------------- blocks
     def recompute(self, source, rp: AxisPlan, cp: AxisPlan, need_x: bool):
-        """A block's cone read again and run with autograd: (input, output)."""
+        """A block's cone read and run with autograd: (input, output). Backward's recomputation,
+        and the forward pass of a block whose graph the plan keeps."""
         x = self.read_cone(source, rp.cone, cp.cone).detach()
         if need_x:
             x.requires_grad_(True)
