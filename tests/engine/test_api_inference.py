@@ -172,7 +172,7 @@ def test_cancel_during_saliency_keeps_prediction_and_finished_saliency(workdir):
 
 
 def test_low_memory_gives_freed_heap_back_after_every_block_and_changes_no_value(workdir, monkeypatch):
-    import engine.streaming.module as module
+    import engine.streaming.passes as module
 
     calls = []
     monkeypatch.setattr(module, "release_free_heap", lambda: calls.append(1))

@@ -14,7 +14,7 @@ from engine.errors import CheckpointError
 from engine.io.checkpoints import ModelCard, build_model, load_checkpoint, save_checkpoint
 from engine.models import EmptyMaskError, create_model
 from engine.streaming import InputGradientSink, StreamHooks, StreamingModule
-from engine.streaming import module as streaming_module
+from engine.streaming import passes as streaming_passes
 from engine.streaming.pooled import GlobalPoolReducer, mask_skip
 from engine.train.classifier import Classifier
 
@@ -152,8 +152,8 @@ def test_backward_skips_the_zero_gradient_blocks_and_the_sink_hears_of_them(monk
     # The masked model's map gradient: non-zero on the mask's cells, zero outside (torch.where).
     grad = torch.where(mask, torch.ones(1, 16, *plan.out_hw, dtype=torch.float64), torch.zeros((), dtype=torch.float64))
     calls = []
-    real_block_grad = streaming_module.block_grad
-    monkeypatch.setattr(streaming_module, "block_grad",
+    real_block_grad = streaming_passes.block_grad
+    monkeypatch.setattr(streaming_passes, "block_grad",
                         lambda g, rb, cb, values=None: calls.append((rb.start, cb.start)) or real_block_grad(g, rb, cb))
     regions = []
     sink = InputGradientSink(regions.append)

@@ -122,7 +122,7 @@ def test_pooled_with_autograd_equals_pooling_the_trunk(pool):
 def test_freed_heap_is_released_every_few_blocks_on_cpu(monkeypatch):
     """Peak memory over many blocks was glibc's retained heap, not live tensors: the module
     returns it every ``release_every`` blocks (forward and backward blocks both count)."""
-    import engine.streaming.module as module
+    import engine.streaming.passes as module
     from engine.streaming.heap import release_free_heap
 
     release_free_heap()  # callable here (a no-op where malloc_trim does not exist)
@@ -145,7 +145,7 @@ def test_freed_heap_is_released_every_few_blocks_on_cpu(monkeypatch):
 
 def test_hooks_come_with_each_call_and_none_stay_behind(monkeypatch):
     """release_every and should_stop are per call: a later call without hooks is not affected."""
-    import engine.streaming.module as module
+    import engine.streaming.passes as module
     from engine.errors import Cancelled
 
     calls = []

@@ -210,7 +210,7 @@ def test_the_gpu_numerics_paths_train_correctly_when_forced_on_cpu(spec, tmp_pat
 
 
 def test_low_memory_training_gives_freed_heap_back_after_every_block_with_the_same_losses(spec, tmp_path, monkeypatch):
-    import engine.streaming.module as module
+    import engine.streaming.passes as module
 
     calls = []
     monkeypatch.setattr(module, "release_free_heap", lambda: calls.append(1))
