@@ -36,7 +36,7 @@ from torch import nn
 
 from engine.streaming.executor import run_block
 from engine.streaming.graph import StreamGraph
-from engine.streaming.plan import AxisGeometry, TilePlan, plan_axis, plan_tiles
+from engine.streaming.plan import AxisGeometry, AxisPlan, TilePlan, plan_axis, plan_tiles
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,13 @@ class SavedProfile:
 
     ``saved[i]``: elements (in the parameters' dtype) saved while node i ran, per cell of its
     output region, per image; ``channels[i]`` its output channels (a gradient of its output
-    holds that many elements per cell).
+    holds that many elements per cell); ``saves_input[i]``: node i was the first to save its
+    input (nothing before it keeps that tensor), so a padded copy would replace it, not add to it.
     """
 
     saved: tuple[float, ...]
     channels: tuple[int, ...]
+    saves_input: tuple[bool, ...] = ()
 
     @property
     def out_channels(self) -> int:
@@ -121,9 +123,13 @@ def saved_profile(graph: StreamGraph, trunk: nn.Module, geometry: tuple[AxisGeom
     saved[0] = float(x.numel())
     element = x.element_size()
 
+    input_storage: dict[int, int] = {}
+
     def tagged(i, fn):
         def run(*a, **kw):
             running[0] = i
+            if a and isinstance(a[0], torch.Tensor):  # a windowed layer's input
+                input_storage[i] = a[0].untyped_storage().data_ptr()
             out = fn(*a, **kw)
             shapes[i] = tuple(out.shape)
             return out
@@ -141,7 +147,9 @@ def saved_profile(graph: StreamGraph, trunk: nn.Module, geometry: tuple[AxisGeom
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         run_block(StreamGraph(nodes, graph.modules), x, rp, cp)
     cells = [max(s[-2] * s[-1], 1) for s in shapes]
-    return SavedProfile(tuple(b / c for b, c in zip(saved, cells, strict=True)), tuple(int(s[1]) for s in shapes))
+    saves_input = tuple(i in input_storage and owner.get(input_storage[i]) == i for i in range(n))
+    return SavedProfile(tuple(b / c for b, c in zip(saved, cells, strict=True)), tuple(int(s[1]) for s in shapes),
+                        saves_input)
 
 
 @dataclass(frozen=True)
@@ -167,18 +175,30 @@ def block_costs(graph: StreamGraph, plan: TilePlan, profile: SavedProfile, scale
              if skip is None or not skip((plan.rows[i].own_start, plan.rows[i].end), (plan.cols[j].own_start, plan.cols[j].end))]
     saved, work = [], []
     for i, j in order:
-        s, w = _one_block(graph, plan.row_plans[i].regions, plan.col_plans[j].regions, profile, whole)
+        s, w = _one_block(graph, plan.row_plans[i], plan.col_plans[j], profile, whole)
         saved.append(int(s * scale))
         work.append(int(w * scale))
     return _Costs(plan, order, saved, work, int(profile.saved[0] * plan.in_hw[0] * plan.in_hw[1] * scale))
 
 
-def _one_block(graph: StreamGraph, rows, cols, profile: SavedProfile, whole: bool) -> tuple[float, float]:
+def _one_block(graph: StreamGraph, rp: AxisPlan, cp: AxisPlan, profile: SavedProfile,
+               whole: bool) -> tuple[float, float]:
     """(saved elements, working elements beyond them) of one block; walking the nodes
     backwards, working memory is what is still saved plus the gradients of the node's output
-    and of its inputs (backward frees a node's saved tensors once it ran)."""
+    and of its inputs (backward frees a node's saved tensors once it ran). A windowed layer
+    that pads a border tile by a copy saves that copy too (the probe, a whole small image, pads
+    inside every layer and never shows it)."""
+    rows, cols = rp.regions, cp.regions
     cells = [0 if r is None or c is None else (r[1] - r[0]) * (c[1] - c[0]) for r, c in zip(rows, cols, strict=True)]
     per_node = [f * a for f, a in zip(profile.saved, cells, strict=True)]
+    for k, node in enumerate(graph.nodes):
+        th, tw = rp.tiles[k], cp.tiles[k]
+        if cells[k] and th is not None and tw is not None and getattr(node.run, "copies_tile", None) is not None \
+                and node.run.copies_tile(th, tw):
+            read = [t.crop.end - t.crop.start for t in (th, tw)]
+            padded = [n + t.crop.pad_lo + t.crop.pad_hi for n, t in zip(read, (th, tw), strict=True)]
+            replaced = read[0] * read[1] if profile.saves_input and profile.saves_input[k] else 0
+            per_node[k] += profile.channels[node.inputs[0]] * (padded[0] * padded[1] - replaced)
     if whole:
         per_node[0] = 0.0
     total = sum(per_node)

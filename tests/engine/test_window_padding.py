@@ -1,6 +1,6 @@
 """A tile's windowed layers against the conventional layer on the whole map: exact on every
-crop, border or not, and a convolution never copies its tile to pad it (the copy would be saved
-beside the unpadded tensor, which the graph budget's estimate does not count)."""
+crop, border or not; and a layer pads its tile by a copy exactly when its runner says so
+(``copies_tile``), since autograd saves that copy and the graph budget counts it by that word."""
 
 from __future__ import annotations
 
@@ -64,7 +64,18 @@ def test_a_tile_of_a_layer_equals_the_layer_on_the_whole_map(seed, pool, monkeyp
         cols = crops(rng, n_w)[rng.randrange(4)]
         th, tw = axis_tile(rows, h, k[0], s[0], d[0], pad[0]), axis_tile(cols, w, k[1], s[1], d[1], pad[1])
         tile = x[:, :, th.crop.start:th.crop.end, tw.crop.start:tw.crop.end]
+        copies.clear()
         got = run(tile, th, tw)
         torch.testing.assert_close(got, whole[:, :, rows[0]:rows[1], cols[0]:cols[1]], rtol=1e-12, atol=1e-12)
-    if not pool:
-        assert copies == [], "a convolution padded its tile by copying it"
+        assert bool(copies) == run.copies_tile(th, tw), (rows, cols, th.crop, tw.crop)
+
+
+def test_an_avg_pool_at_the_border_says_it_copies():
+    layer = nn.AvgPool2d(3, 1, 1)
+    run = window_ops.avgpool_runner(layer, (AxisWindow(3, 1, 1, 1, 1), AxisWindow(3, 1, 1, 1, 1)))
+    x = torch.randn(1, 2, 12, 12, dtype=torch.float64)
+    for rows in [(0, 6), (6, 12), (3, 9)]:
+        th, tw = axis_tile(rows, 12, 3, 1, 1, 1), axis_tile((3, 9), 12, 3, 1, 1, 1)
+        got = run(x[:, :, th.crop.start:th.crop.end, tw.crop.start:tw.crop.end], th, tw)
+        torch.testing.assert_close(got, layer(x)[:, :, rows[0]:rows[1], 3:9])
+        assert run.copies_tile(th, tw) == (rows != (3, 9))
