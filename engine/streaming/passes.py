@@ -10,7 +10,7 @@ of those shares is the conventional gradient (see :mod:`engine.streaming.module`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
@@ -23,8 +23,8 @@ from engine.streaming.pooled import GlobalPoolReducer
 from engine.streaming.sink import InputGradientSink
 from engine.streaming.sources import RegionSource, TensorSource
 
-if TYPE_CHECKING:  # the module calls these loops; they only read its geometry and call its cone reads
-    from engine.streaming.module import StreamingModule
+# ``module`` below is the StreamingModule that calls these loops (not imported: it imports this
+# module); they only read its graph, layout and plans, and call its cone reads.
 
 
 class StreamPass:
@@ -59,7 +59,7 @@ class StreamPass:
             self.hooks.progress(phase, done, total)
 
 
-def run_forward(module: StreamingModule, source: RegionSource, run: StreamPass, keep_output: bool = True,
+def run_forward(module, source: RegionSource, run: StreamPass, keep_output: bool = True,
                 reducer: GlobalPoolReducer | None = None) -> torch.Tensor | None:
     """One forward pass over the blocks, without autograd: the stitched map (``keep_output``),
     each block's owned cells to ``reducer`` and to the ``on_block`` hook."""
@@ -102,7 +102,7 @@ def run_forward(module: StreamingModule, source: RegionSource, run: StreamPass, 
                              "run without the mask, or with one that holds a cell of the map")
     return out
 
-def run_backward(module: StreamingModule, source: RegionSource, run: StreamPass,
+def run_backward(module, source: RegionSource, run: StreamPass,
                  grad_out: torch.Tensor | BlockGradFn, need_x: bool, need_params: Sequence[bool],
                  sink: InputGradientSink | None):
     """One backward pass over the blocks in raster order, each cone recomputed with autograd:
@@ -170,7 +170,7 @@ def run_backward(module: StreamingModule, source: RegionSource, run: StreamPass,
     it = iter(grads)
     return grad_x, [next(it) if need else None for need in need_params]
 
-def _block_graph(module: StreamingModule, source, run: StreamPass, ij: tuple[int, int], need_x: bool):
+def _block_graph(module, source, run: StreamPass, ij: tuple[int, int], need_x: bool):
     """A block's (input, output) with autograd: kept from the forward pass, else recomputed."""
     kept = run.kept.pop(ij, None)
     if kept is not None and (kept[0].requires_grad or not need_x):
@@ -179,7 +179,7 @@ def _block_graph(module: StreamingModule, source, run: StreamPass, ij: tuple[int
     plan = run.tile_plan or module.tile_plan(source.shape[2:])
     return module.recompute(source, plan.row_plans[i], plan.col_plans[j], need_x)
 
-def _backward_block(module: StreamingModule, x, y, g, need_x: bool, wanted: list, grads: list) -> torch.Tensor | None:
+def _backward_block(module, x, y, g, need_x: bool, wanted: list, grads: list) -> torch.Tensor | None:
     """Back-propagate the block's output gradient ``g``: parameter gradients added into
     ``grads``; returns the cone's input gradient (None unless ``need_x``)."""
     g = g.to(y.dtype)
