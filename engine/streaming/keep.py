@@ -37,6 +37,7 @@ from torch import nn
 from engine.streaming.executor import run_block
 from engine.streaming.graph import StreamGraph
 from engine.streaming.plan import AxisGeometry, AxisPlan, TilePlan, plan_axis, plan_tiles
+from engine.streaming.window_ops import WindowRunner
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class SavedProfile:
 
     saved: tuple[float, ...]
     channels: tuple[int, ...]
-    saves_input: tuple[bool, ...] = ()
+    saves_input: tuple[bool, ...]
 
     @property
     def out_channels(self) -> int:
@@ -193,11 +194,11 @@ def _one_block(graph: StreamGraph, rp: AxisPlan, cp: AxisPlan, profile: SavedPro
     per_node = [f * a for f, a in zip(profile.saved, cells, strict=True)]
     for k, node in enumerate(graph.nodes):
         th, tw = rp.tiles[k], cp.tiles[k]
-        if cells[k] and th is not None and tw is not None and getattr(node.run, "copies_tile", None) is not None \
+        if cells[k] and th is not None and tw is not None and isinstance(node.run, WindowRunner) \
                 and node.run.copies_tile(th, tw):
             read = [t.crop.end - t.crop.start for t in (th, tw)]
             padded = [n + t.crop.pad_lo + t.crop.pad_hi for n, t in zip(read, (th, tw), strict=True)]
-            replaced = read[0] * read[1] if profile.saves_input and profile.saves_input[k] else 0
+            replaced = read[0] * read[1] if profile.saves_input[k] else 0
             per_node[k] += profile.channels[node.inputs[0]] * (padded[0] * padded[1] - replaced)
     if whole:
         per_node[0] = 0.0
