@@ -57,6 +57,15 @@ class ModelCombo(QComboBox):
         super().showPopup()
 
 
+def _inline_row(*widgets: QWidget) -> QHBoxLayout:
+    """Fields and their labels on one grid row, spaced so a label never touches the field before it."""
+    row = QHBoxLayout()
+    row.setSpacing(8)
+    for w in widgets:
+        row.addWidget(w)
+    return row
+
+
 class TrainingPanel(QWidget):
     import_csv_requested = Signal(str)
     save_csv_requested = Signal(str)
@@ -188,43 +197,41 @@ class TrainingPanel(QWidget):
         grid.addWidget(self.weights, 5, 1, 1, 4)
         grid.addWidget(self.weights_button, 5, 5)
         grid.addWidget(QLabel("Head"), 6, 0)
-        head_row = QHBoxLayout()
-        head_row.addWidget(self.head, 1)
-        head_row.addWidget(self.tissue_mask)
+        head_row = _inline_row(self.head, self.tissue_mask)
+        head_row.setStretch(0, 1)
         grid.addLayout(head_row, 6, 1, 1, 5)
         grid.addWidget(QLabel("Input"), 7, 0)
-        input_row = QHBoxLayout()
-        for w in (self.input_value, self.input_by, QLabel("size"), self.input_size, QLabel("tile"), self.tile_size):
-            input_row.addWidget(w)
+        input_row = _inline_row(self.input_value, self.input_by, QLabel("size"), self.input_size, QLabel("tile"),
+                                self.tile_size)
         grid.addLayout(input_row, 7, 1, 1, 5)
         grid.addWidget(QLabel("Train"), 8, 0)
-        train_row = QHBoxLayout()
-        for w in (QLabel("epochs"), self.epochs, QLabel("lr"), self.lr, QLabel("device"), self.device):
-            train_row.addWidget(w)
+        train_row = _inline_row(QLabel("epochs"), self.epochs, QLabel("lr"), self.lr, QLabel("device"), self.device)
         grid.addLayout(train_row, 8, 1, 1, 5)
         grid.addWidget(QLabel("Frozen trunk"), 9, 0)
-        staged_row = QHBoxLayout()
-        for w in (self.freeze_trunk_epochs, QLabel("epochs, then trunk lr"), self.finetune_lr, QLabel("tile"),
-                  self.finetune_tile):
-            staged_row.addWidget(w)
-        staged_row.addStretch(1)
-        grid.addLayout(staged_row, 9, 1, 1, 5)
-        grid.addWidget(QLabel("Graph budget"), 10, 0)
-        grid.addWidget(self.graph_budget, 10, 1, 1, 3)
-        grid.addWidget(self.plan_button, 10, 4, 1, 2)
-        grid.addWidget(self.plan_label, 11, 1, 1, 5)
-        grid.addWidget(QLabel("Run folder"), 12, 0)
-        grid.addWidget(self.run_dir, 12, 1, 1, 4)
-        grid.addWidget(self.run_dir_button, 12, 5)
-        grid.addWidget(self.update_saliency, 13, 1, 1, 3)
-        grid.addWidget(self.saliency_now, 13, 4, 1, 2)
-        grid.addWidget(self.spec_problem, 14, 0, 1, 6)
+        frozen_row = _inline_row(self.freeze_trunk_epochs, QLabel("epochs train the head only, then:"))
+        frozen_row.addStretch(1)
+        grid.addLayout(frozen_row, 9, 1, 1, 5)
+        # The trunk's own lr and tile sit on a row of their own, indented under the frozen epochs
+        # they follow: on one row with them the labels ran into the fields.
+        unfrozen_row = _inline_row(QLabel("trunk lr"), self.finetune_lr, QLabel("tile"), self.finetune_tile)
+        unfrozen_row.addStretch(1)
+        grid.addLayout(unfrozen_row, 10, 1, 1, 5)
+        grid.addWidget(QLabel("Graph budget"), 11, 0)
+        grid.addWidget(self.graph_budget, 11, 1, 1, 3)
+        grid.addWidget(self.plan_button, 11, 4, 1, 2)
+        grid.addWidget(self.plan_label, 12, 1, 1, 5)
+        grid.addWidget(QLabel("Run folder"), 13, 0)
+        grid.addWidget(self.run_dir, 13, 1, 1, 4)
+        grid.addWidget(self.run_dir_button, 13, 5)
+        grid.addWidget(self.update_saliency, 14, 1, 1, 3)
+        grid.addWidget(self.saliency_now, 14, 4, 1, 2)
+        grid.addWidget(self.spec_problem, 15, 0, 1, 6)
         buttons = QHBoxLayout()
         for b in (self.start_button, self.pause_button, self.resume_button, self.cancel_button):
             buttons.addWidget(b)
-        grid.addLayout(buttons, 15, 0, 1, 6)
-        grid.addWidget(note, 16, 0, 1, 6)
-        grid.setRowStretch(17, 1)
+        grid.addLayout(buttons, 16, 0, 1, 6)
+        grid.addWidget(note, 17, 0, 1, 6)
+        grid.setRowStretch(18, 1)
         grid.setColumnStretch(2, 1)
 
         self.import_button.clicked.connect(self._choose_csv)
