@@ -1,24 +1,15 @@
 """The main window: composition only. It makes the models, workers, controllers and widgets,
-docks the panels around the :class:`~viewer.render.slide_view.SlideView`, builds the menus, and
-binds widgets to models and controller signals. The logic lives in :mod:`viewer.controllers`."""
+docks the panels around the :class:`~viewer.render.slide_view.SlideView`, and binds widgets to
+models and controller signals. The menus are :mod:`viewer.window_menus`, the dialogs
+:mod:`viewer.window_dialogs`; the logic lives in :mod:`viewer.controllers`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
-from PySide6.QtWidgets import (
-    QComboBox,
-    QDockWidget,
-    QFileDialog,
-    QInputDialog,
-    QLabel,
-    QMainWindow,
-    QMessageBox,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from viewer.controllers.annotations import AnnotationsController, is_annotation_file
 from viewer.controllers.cohort import CohortEvaluation
@@ -30,7 +21,7 @@ from viewer.model.cohort import CohortForm, CohortTable
 from viewer.model.inference import InferenceSettings, ModelChoice
 from viewer.model.labels import LabelTable
 from viewer.model.training_form import TrainingForm
-from viewer.model.viewport import MAGNIFICATION_PRESETS, available_presets, describe_position, describe_zoom
+from viewer.model.viewport import describe_position, describe_zoom
 from viewer.model.workspace import OpenSlide, RecentFiles, Workspace
 from viewer.render.annotation_painter import AnnotationPainter
 from viewer.render.overlay import OverlayPainter
@@ -39,7 +30,7 @@ from viewer.render.tile_cache import TileCache, default_cache_bytes
 from viewer.widgets import training_dock
 from viewer.widgets.annotation_classes import AnnotationClassList
 from viewer.widgets.annotation_list import AnnotationList
-from viewer.widgets.annotation_tools import AnnotationToolbar, ToolDelegate
+from viewer.widgets.annotation_tools import ToolDelegate
 from viewer.widgets.associated_images import AssociatedImagesPanel
 from viewer.widgets.browser_labels import BrowserLabeller
 from viewer.widgets.cohort_panel import CohortPanel
@@ -50,6 +41,8 @@ from viewer.widgets.overview import OverviewWidget
 from viewer.widgets.properties_panel import PropertiesPanel
 from viewer.widgets.score_panel import ScorePanel
 from viewer.widgets.slide_browser import SlideBrowser
+from viewer.window_dialogs import WindowDialogs
+from viewer.window_menus import WindowMenus
 from viewer.workers.background import BackgroundRunner
 from viewer.workers.evaluation import EvaluationRunner, engine_evaluation_runner
 from viewer.workers.gc_pauses import collect_on_ui_thread
@@ -57,13 +50,10 @@ from viewer.workers.inference import Runner, engine_runner
 from viewer.workers.tiles import TileLoader
 from viewer.workers.training import TrainRunner, engine_train_runner
 
-FILE_FILTER = "Slides and images (*.svs *.tif *.tiff *.ndpi *.vms *.vmu *.scn *.mrxs *.bif *.svslide *.dcm *.png *.jpg *.jpeg *.bmp);;All files (*)"
-ANNOTATION_FILTER = "Annotations (*.geojson *.json *.xml);;QuPath GeoJSON (*.geojson *.json);;ASAP XML (*.xml)"
-EXPORT_CHOICES = {"Screen resolution": 1, "2x screen resolution": 2, "4x screen resolution": 4}
 LEFT, RIGHT, BOTTOM = Qt.DockWidgetArea.LeftDockWidgetArea, Qt.DockWidgetArea.RightDockWidgetArea, Qt.DockWidgetArea.BottomDockWidgetArea
 
 
-class MainWindow(QMainWindow):
+class MainWindow(WindowMenus, WindowDialogs, QMainWindow):
     error_reported = Signal(str)
 
     def __init__(self, *, settings: QSettings | None = None, cache_bytes: int | None = None, popups: bool = True,
@@ -130,7 +120,7 @@ class MainWindow(QMainWindow):
                                        self.slides.show_or_open, self.report_error, evaluation_runner, parent=self)
         self.cohort_panel = CohortPanel(self.cohort_form, self.cohort_table)
         self._build_docks()
-        self._build_actions()
+        self.build_menus()
         self._bind()
         self.setAcceptDrops(True)
         self._update_actions()
@@ -178,84 +168,6 @@ class MainWindow(QMainWindow):
         self.resizeDocks(left + right[:2], [300, 300, 380, 380], Qt.Orientation.Horizontal)
         for label in (self.readout, self.position_label, self.zoom_label):
             self.statusBar().addPermanentWidget(label)
-
-    def _action(self, text: str, slot, shortcut: QKeySequence | str | None = None) -> QAction:
-        action = QAction(text, self)
-        if shortcut:
-            action.setShortcut(QKeySequence(shortcut))
-        action.triggered.connect(slot)
-        return action
-
-    def _build_actions(self) -> None:
-        file_menu = self.menuBar().addMenu("&File")
-        self.open_action = self._action("&Open…", self.choose_files, QKeySequence.StandardKey.Open)
-        self.folder_action = self._action("Open &folder…", self.choose_folder, "Ctrl+Shift+O")
-        self.export_action = self._action("&Export view as PNG…", self.choose_export, "Ctrl+E")
-        self.close_action = self._action("&Close slide", self.slides.close_current, QKeySequence.StandardKey.Close)
-        file_menu.addActions([self.open_action, self.folder_action])
-        self.recent_menu = file_menu.addMenu("Open &recent")
-        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
-        file_menu.addActions([self.export_action, self.close_action])
-        file_menu.addSeparator()
-        self.import_annotations_action = self._action("&Import annotations…", self.choose_import_annotations)
-        self.export_annotations_action = self._action("E&xport annotations…", self.choose_export_annotations)
-        file_menu.addActions([self.import_annotations_action, self.export_annotations_action])
-        file_menu.addSeparator()
-        file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
-
-        model_menu = self.menuBar().addMenu("&Model")
-        self.export_maps_action = self._action("Export &maps (.npz, TIFF)…", self.choose_export_maps)
-        self.load_maps_action = self._action("&Load maps as overlay…", self.choose_load_maps)
-        model_menu.addActions([self._action("Load &model…", self.model_panel.choose_model), self.export_maps_action,
-                               self.load_maps_action])
-        model_menu.addSeparator()
-        self.train_action = self._action("&Train a model…", self.show_training, "Ctrl+T")
-        model_menu.addAction(self.train_action)
-        self.cohort_action = self._action("&Evaluate a cohort…", self.show_cohort, "Ctrl+Shift+E")
-        model_menu.addAction(self.cohort_action)
-
-        overlays_menu = self.menuBar().addMenu("&Overlays")
-        self.to_annotations_action = self._action("To &annotations…", self.choose_to_annotations)
-        self.to_annotations_action.setToolTip("The shown layer's cells above its threshold become annotations")
-        overlays_menu.addAction(self.to_annotations_action)
-        self.show_annotations_action = self._action("&Show annotations", self.annotation_painter.set_visible)
-        self.fill_annotations_action = self._action("&Fill annotations", lambda on: self.annotation_painter.set_fill(0.2 * on))
-        for action, on in ((self.show_annotations_action, True), (self.fill_annotations_action, False)):
-            action.setCheckable(True)
-            action.setChecked(on)
-        overlays_menu.addActions([self.show_annotations_action, self.fill_annotations_action])
-
-        view_menu = self.menuBar().addMenu("&View")
-        self.fit_action = self._action("&Fit (0)", self.view.fit)
-        self.zoom_in_action = self._action("Zoom &in (+)", lambda: self.view.zoom_by(1.5))
-        self.zoom_out_action = self._action("Zoom &out (−)", lambda: self.view.zoom_by(1 / 1.5))
-        view_menu.addActions([self.fit_action, self.zoom_in_action, self.zoom_out_action])
-        view_menu.addSeparator()
-
-        toolbar = self.addToolBar("Navigation")
-        toolbar.setObjectName("Navigation")
-        toolbar.addActions([self.open_action, self.fit_action])
-        toolbar.addSeparator()
-        self.mag_actions: dict[float, QAction] = {}
-        group = QActionGroup(self)
-        for index, mag in enumerate(MAGNIFICATION_PRESETS, start=1):
-            action = self._action(f"{mag:g}×", lambda _checked=False, mag=mag: self.view.set_magnification(mag), str(index))
-            action.setToolTip(f"Show the slide at {mag:g}× (key {index})")
-            group.addAction(action)
-            self.mag_actions[mag] = action
-        view_menu.addActions(list(self.mag_actions.values()))
-        toolbar.addActions(list(self.mag_actions.values()))
-        toolbar.addSeparator()
-        self.slide_combo = QComboBox()
-        self.slide_combo.setMinimumContentsLength(24)
-        self.slide_combo.setToolTip("Open slides: pick one to show it")
-        self.slide_combo.activated.connect(lambda index: self.slides.show(self.slide_combo.itemData(index)))
-        toolbar.addWidget(QLabel(" Slide: "))
-        toolbar.addWidget(self.slide_combo)
-        for dock in self.findChildren(QDockWidget):
-            view_menu.addAction(dock.toggleViewAction())
-        self.annotation_toolbar = AnnotationToolbar(self.annotation_tools, self)
-        self.addToolBar(self.annotation_toolbar)
 
     def _bind(self) -> None:
         slides, live, view = self.slides, self.live, self.view
@@ -334,18 +246,6 @@ class MainWindow(QMainWindow):
         if self.browser.folder is None:
             self.browser.set_folder(folder)
 
-    def _update_actions(self) -> None:
-        has_slide = self.workspace.current is not None
-        presets = set(available_presets(self.view.native_magnification())) if has_slide else set()
-        for mag, action in self.mag_actions.items():
-            action.setEnabled(mag in presets)
-        for action in (self.fit_action, self.zoom_in_action, self.zoom_out_action, self.export_action, self.close_action):
-            action.setEnabled(has_slide)
-        self.export_maps_action.setEnabled(self.live.can_export_maps)
-        self.load_maps_action.setEnabled(self.live.can_load_maps)
-        for action in (self.import_annotations_action, self.export_annotations_action, self.to_annotations_action):
-            action.setEnabled(has_slide)
-
     def _on_viewport_changed(self) -> None:
         vp = self.view.viewport
         self.overview.set_view_box(vp.l0_visible_box() if vp is not None else None)
@@ -400,57 +300,6 @@ class MainWindow(QMainWindow):
 
     def _size_training_dock(self) -> None:
         self.resizeDocks([self.training_dock], [max(400, self.height() * 2 // 5)], Qt.Orientation.Vertical)
-
-    # -- dialogs ------------------------------------------------------------------------
-    def choose_files(self) -> None:
-        paths, _ = QFileDialog.getOpenFileNames(self, "Open slides", "", FILE_FILTER)
-        self.open_paths(paths)
-
-    def choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Show the slides in a folder")
-        if folder:
-            self.browser.set_folder(folder)
-
-    def _fill_recent_menu(self) -> None:
-        self.recent_menu.clear()
-        for path in self.workspace.recent.paths:
-            self.recent_menu.addAction(path).triggered.connect(lambda _checked=False, path=path: self.slides.show_or_open(path))
-        self.recent_menu.setEnabled(bool(self.workspace.recent.paths))
-
-    def choose_export(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export view as PNG", "view.png", "PNG images (*.png)")
-        if not path:
-            return
-        choice, ok = QInputDialog.getItem(self, "Export resolution", "Resolution:", list(EXPORT_CHOICES), 0, False)
-        if ok:
-            self.export_view(path, EXPORT_CHOICES[choice])
-
-    def choose_export_maps(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Export maps to a folder")
-        if folder:
-            self.live.export_maps(folder)
-
-    def choose_load_maps(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load maps as overlay", "", "StreamSlide maps (maps.npz *.npz)")
-        if path:
-            self.live.load_maps(path)
-
-    def choose_import_annotations(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Import annotations", "", ANNOTATION_FILTER)
-        if path:
-            self.annotations.import_file(path)
-
-    def choose_export_annotations(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export annotations", "annotations.geojson", ANNOTATION_FILTER)
-        if path:
-            self.annotations.export_file(path)
-
-    def choose_to_annotations(self) -> None:
-        doc = self.annotations.document
-        names = (list(doc.classes) if doc is not None else []) or ["Region"]
-        name, ok = QInputDialog.getItem(self, "To annotations", "Class of the new annotations:", names, 0, True)
-        if ok and name.strip():
-            self.annotations.to_annotations(self.overlay_panel.stack, name.strip())
 
     # -- drag and drop ------------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:

@@ -256,7 +256,7 @@ def test_overlay_to_annotations_on_a_synthetic_map(qtbot, window, slide, monkeyp
     window.overlay_panel.set_stack(stack)
     stack.set_active(key)
     stack.set_style(key, threshold=0.5, visible=True)
-    monkeypatch.setattr("viewer.main_window.QInputDialog.getItem", lambda *a, **k: ("Hot", True))
+    monkeypatch.setattr("viewer.window_dialogs.QInputDialog.getItem", lambda *a, **k: ("Hot", True))
     with qtbot.waitSignal(window.annotations.loaded, timeout=10_000):
         window.overlay_panel.to_annotations_button.click()
     assert len(doc) == 2 and {a.class_name for a in doc.annotations} == {"Hot"}
