@@ -9,7 +9,8 @@ with the targets checked per row and optionally draws the curves as a PNG (PIL).
 
 Where conventional does not run (``--no-conventional-above``, e.g. ResNet at 8192² on a 23 GiB
 machine), the fractions are of the plan's whole-image estimate ("0.5 est.") and "all kept" is
-left out (it needs what conventional needs).
+left out (it needs what conventional needs). A budget above the machine's memory (physical on
+CPU, the GPU's on CUDA) is not run and is reported as such, outside the targets' count.
 
 Targets (ratios to conventional in the same run): a budget at least conventional's peak ->
 at most 1.05x its time; half its peak -> at most 1.15x; "tile only" -> no slower than "stream"
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tempfile
 
 MiB = 2**20
@@ -86,7 +88,13 @@ def main(args, run_config) -> int:
                             label = label.replace("conv", "est.")
                         cfg = dict(base, model=model, size=size, method="stream-budget", tile=tile, budget=budget,
                                    level=label, frac=frac)
-                        rows.append({**cfg, **run_config(cfg)})
+                        memory = machine_memory_bytes(device)
+                        if budget < ALL and budget > memory:
+                            # The kernel would kill the worker part-way (minutes in): say why instead.
+                            rows.append(dict(cfg, skipped=f"the budget is more than this machine's "
+                                                          f"{memory / MiB:.0f} MiB"))
+                        else:
+                            rows.append({**cfg, **run_config(cfg)})
                         _print_row(rows[-1], rows)
     if args.json:
         from engine.io.atomic import write_text
@@ -98,6 +106,15 @@ def main(args, run_config) -> int:
         draw_curves(rows, args.png)
         print(f"\ncurve: {args.png}")
     return 0
+
+
+def machine_memory_bytes(device: str) -> int:
+    """What a row on ``device`` can use at most: the GPU's memory, or the machine's physical memory."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def whole_image_need(model: str, size: int, tile: int, device: str, amp: str | None) -> int:
@@ -192,6 +209,8 @@ def fmt(r: dict, rows) -> str:
     head = f"| {r['model']} | {r['size']}² | {r['tile'] or ''} | {name} |"
     if "error" in r:
         return head + f" | | | | | failed: {r['error']} | | | | | | |"
+    if "skipped" in r:
+        return head + f" {r['budget'] / MiB:.0f} | | | | | not run: {r['skipped']} | | | | | | |"
     conv = _conventional(rows, r)
     key = _time_key(r)
     ratio = f"{r[key] / conv[key]:.2f}" if conv else "–"
@@ -222,11 +241,15 @@ def print_table(rows) -> None:
 def print_targets(rows) -> None:
     """Every budget row's targets, met or NOT met, and a count."""
     print("\ntargets:")
-    met = missed = 0
+    met = missed = not_run = 0
     for r in rows:
         if r.get("method") != "stream-budget":
             continue
         where = f"{r['model']} {r['size']}² tile {r['tile']} {r['level']}"
+        if "skipped" in r:
+            print(f"- {where}: not run ({r['skipped']})")
+            not_run += 1
+            continue
         if "error" in r:
             print(f"- {where}: NOT MET (failed: {r['error']})")
             missed += 1
@@ -235,7 +258,8 @@ def print_targets(rows) -> None:
         met += sum(c.startswith("ok") for c in checks)
         missed += sum(c.startswith("NOT MET") for c in checks)
         print(f"- {where}: " + "; ".join(checks))
-    print(f"{met} met, {missed} NOT met")
+    print(f"{met} met, {missed} NOT met" + (f", {not_run} budget rows not run (more than the machine's memory)"
+                                            if not_run else ""))
 
 
 def draw_curves(rows, path) -> None:
