@@ -56,7 +56,7 @@ def main(args, run_config) -> int:
     device, amp = args.device, args.autocast
     with tempfile.TemporaryDirectory() as ref_dir:
         base = dict(mode="train", threads=args.threads, ref_dir=ref_dir, device=device, autocast=amp,
-                    tensor_peak=True)
+                    tensor_peak=True, steady=args.steady)
         for model in models:
             for size in sizes:
                 for method in ("conventional", "checkpoint"):
@@ -199,18 +199,18 @@ def targets(rows, r) -> list[str]:
     return out
 
 
-HEADER = ("| model | size | tile | method | budget MiB | plan tile | kept/blocks | est. peak MiB | CPU s | wall s "
-          "| x conv | tensor peak MiB | tensors/(budget+map) | RSS peak MiB | RSS/(budget+map) | grad err |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model | size | tile | method | budget MiB | plan tile | kept/blocks | est. peak MiB | CPU s | of it sys s "
+          "| wall s | x conv | tensor peak MiB | tensors/(budget+map) | RSS peak MiB | RSS/(budget+map) | grad err |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def fmt(r: dict, rows) -> str:
     name = r["method"] + (f" {r['level']}" if "level" in r else "")
     head = f"| {r['model']} | {r['size']}² | {r['tile'] or ''} | {name} |"
     if "error" in r:
-        return head + f" | | | | | failed: {r['error']} | | | | | | |"
+        return head + f" | | | | | failed: {r['error']} | | | | | | | |"
     if "skipped" in r:
-        return head + f" {r['budget'] / MiB:.0f} | | | | | not run: {r['skipped']} | | | | | | |"
+        return head + f" {r['budget'] / MiB:.0f} | | | | | not run: {r['skipped']} | | | | | | | |"
     conv = _conventional(rows, r)
     key = _time_key(r)
     ratio = f"{r[key] / conv[key]:.2f}" if conv else "–"
@@ -223,7 +223,9 @@ def fmt(r: dict, rows) -> str:
     q_rss = f"{peak_ratio(r, rss=True):.2f}" if plan else ""
     tensors = f"{tensor_peak_mib(r):.0f}" if "tensor_peak_mib" in r else ""
     err = f"{r['grad_err']:.1e}" if "grad_err" in r else ""
-    return (f"{head} {budget} | {ptile} | {kept} | {est} | {r['cpu_seconds']:.1f} | {r['seconds']:.2f} | {ratio} | "
+    sys_s = f"{r['sys_seconds']:.1f}" if "sys_seconds" in r else ""  # rows from before it was measured
+    return (f"{head} {budget} | {ptile} | {kept} | {est} | {r['cpu_seconds']:.1f} | {sys_s} | {r['seconds']:.2f} | "
+            f"{ratio} | "
             f"{tensors} | {q} | {r['peak_mib']:.0f} | {q_rss} | {err} |")
 
 

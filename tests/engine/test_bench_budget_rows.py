@@ -26,7 +26,7 @@ def fake_run(ran: list[dict]):
     """Rows as a worker returns them: conventional's tensor peak 1000 MiB; every budget row keeps nothing."""
     def run_config(cfg: dict) -> dict:
         ran.append(cfg)
-        row = {"cpu_seconds": 10.0, "seconds": 5.0, "peak_mib": 1000.0, "tensor_peak_mib": 1000.0, "map_mib": 1.0}
+        row = {"cpu_seconds": 10.0, "sys_seconds": 2.5, "seconds": 5.0, "peak_mib": 1000.0, "tensor_peak_mib": 1000.0, "map_mib": 1.0}
         if cfg["method"] == "stream-budget":
             row["plan"] = {"kept": 0, "blocks": 4, "whole_image": False, "tile": (64, 64),
                            "peak_bytes": 100 * MiB, "estimated_peak_bytes": 100 * MiB}
@@ -39,7 +39,7 @@ def test_a_budget_above_the_machines_memory_is_named_not_run_and_never_started(b
     monkeypatch.setattr(budgets, "machine_memory_bytes", lambda device: 600 * MiB)
     args = argparse.Namespace(table_from=None, models=["smallnet"], sizes=[256], tiles=[128], quick=False,
                               device="cpu", autocast=None, threads=1, no_conventional_above=4096,
-                              levels=["tile only", "0.5 conv", "1.0 conv"], json=None, png=None)
+                              levels=["tile only", "0.5 conv", "1.0 conv"], json=None, png=None, steady=False)
     ran: list[dict] = []
     assert budgets.main(args, fake_run(ran)) == 0
     started = [c.get("level") for c in ran if c["method"] == "stream-budget"]
@@ -49,6 +49,7 @@ def test_a_budget_above_the_machines_memory_is_named_not_run_and_never_started(b
     assert "- smallnet 256² tile 128 1.0 conv: not run (the budget is more than this machine's 600 MiB)" in out
     assert "1 budget rows not run (more than the machine's memory)" in out.splitlines()[-1]
     assert "NOT MET (failed" not in out
+    assert "| stream-budget tile only | 0 | 64×64 | 0/4 | 100 | 10.0 | 2.5 | 5.00 |" in out  # CPU s, of it sys s, wall s
 
 
 def test_the_machines_memory_is_its_physical_memory_on_cpu(budgets):
