@@ -59,3 +59,25 @@ def test_the_machines_memory_is_its_physical_memory_on_cpu(budgets):
         kib = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
         assert total == pytest.approx(kib * 1024, rel=0.01)
     assert total > 256 * MiB
+
+
+def _worker(cfg: dict) -> dict:
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(BENCH / "streaming.py"), "--worker", json.dumps(cfg)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_steady_row_times_a_second_step_whose_gradients_are_its_own(tmp_path):
+    """--steady runs one full-size step first: the timed step's gradients must still be one
+    step's (the first one's are cleared), equal to conventional's."""
+    base = dict(mode="train", threads=1, ref_dir=str(tmp_path), device="cpu", autocast=None, tensor_peak=False,
+                model="smallnet", size=256)
+    _worker(dict(base, method="conventional", tile=None))  # writes the reference gradients
+    row = _worker(dict(base, method="stream-budget", tile=128, budget=1 << 44, level="all kept", frac=None,
+                       steady=True))
+    assert row["grad_err"] < 1e-4
+    assert 0.0 <= row["sys_seconds"] <= row["cpu_seconds"]
