@@ -230,7 +230,9 @@ def worker(cfg: dict) -> dict:
         # --steady: a training run's later steps, not its first. The first full-size step also
         # pays for the first touch of every byte it keeps (kernel time, several seconds a GiB on
         # a VM); later steps reuse what the first one faulted in. The peak still counts both.
+        first = _cpu_seconds()
         step(inp)
+        out["first_step_cpu_seconds"] = _cpu_seconds() - first  # in the JSON: what the first step cost
         model.zero_grad(set_to_none=True)
         fc.zero_grad(set_to_none=True)
         if x is not None:

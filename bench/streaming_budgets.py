@@ -9,8 +9,9 @@ with the targets checked per row and optionally draws the curves as a PNG (PIL).
 
 Where conventional does not run (``--no-conventional-above``, e.g. ResNet at 8192² on a 23 GiB
 machine), the fractions are of the plan's whole-image estimate ("0.5 est.") and "all kept" is
-left out (it needs what conventional needs). A budget above the machine's memory (physical on
-CPU, the GPU's on CUDA) is not run and is reported as such, outside the targets' count.
+left out (it needs what conventional needs). A budget whose step the plan says needs more than
+85% of the memory available (the machine's on CPU, the GPU's free memory on CUDA) is not run and
+is reported as such, outside the targets' count.
 
 Targets (ratios to conventional in the same run): a budget at least conventional's peak ->
 at most 1.05x its time; half its peak -> at most 1.15x; "tile only" -> no slower than "stream"
@@ -31,11 +32,15 @@ import io
 import json
 import os
 import tempfile
+from pathlib import Path
 
 MiB = 2**20
 #: (label, fraction of conventional's peak); None: a fixed budget (0 or everything).
 LEVELS = (("tile only", 0.0), ("0.25 conv", 0.25), ("0.5 conv", 0.5), ("1.0 conv", 1.0), ("all kept", None))
 ALL = 1 << 44
+#: A row runs only if the step's estimated need is at most this share of the memory available: the
+#: interpreter, the libraries and the allocator's slack need the rest.
+MEMORY_SHARE = 0.85
 
 
 def plan_rows(models, sizes, tiles) -> list[tuple[str, int, int]]:
@@ -88,11 +93,11 @@ def main(args, run_config) -> int:
                             label = label.replace("conv", "est.")
                         cfg = dict(base, model=model, size=size, method="stream-budget", tile=tile, budget=budget,
                                    level=label, frac=frac)
-                        memory = machine_memory_bytes(device)
-                        if budget < ALL and budget > memory:
+                        need, memory = step_need(model, size, tile, budget, device, amp), available_memory_bytes(device)
+                        if need > MEMORY_SHARE * memory:
                             # The kernel would kill the worker part-way (minutes in): say why instead.
-                            rows.append(dict(cfg, skipped=f"the budget is more than this machine's "
-                                                          f"{memory / MiB:.0f} MiB"))
+                            rows.append(dict(cfg, skipped=f"needs {need / MiB:.0f} MiB, more than "
+                                                          f"{MEMORY_SHARE:.0%} of the {memory / MiB:.0f} MiB available"))
                         else:
                             rows.append({**cfg, **run_config(cfg)})
                         _print_row(rows[-1], rows)
@@ -108,17 +113,34 @@ def main(args, run_config) -> int:
     return 0
 
 
-def machine_memory_bytes(device: str) -> int:
-    """What a row on ``device`` can use at most: the GPU's memory, or the machine's physical memory."""
-    if device == "cuda":
+def available_memory_bytes(device: str, meminfo: Path = Path("/proc/meminfo")) -> int:
+    """What a row on ``device`` can use: the GPU's free memory, or the machine's available memory
+    (MemAvailable: free plus what the kernel can reclaim; physical memory where it is unknown)."""
+    if device.startswith("cuda"):
         import torch
 
-        return torch.cuda.get_device_properties(0).total_memory
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def step_need(model: str, size: int, tile: int, budget: int, device: str, amp: str | None) -> int:
+    """What a training step at ``budget`` needs in all: the plan's estimate (kept graphs, backward
+    work, the stitched map and its gradient) plus the float32 input image and its gradient."""
+    return _plan_peak(model, size, tile, budget, amp) + 2 * 3 * size * size * 4
+
+
 def whole_image_need(model: str, size: int, tile: int, device: str, amp: str | None) -> int:
-    """The plan's bytes for the whole image as one block (what "all kept" would need)."""
+    """The plan's bytes for keeping everything (what "all kept" would need)."""
+    return _plan_peak(model, size, tile, ALL, amp)
+
+
+def _plan_peak(model: str, size: int, tile: int, budget: int, amp: str | None) -> int:
     from streaming import MODELS  # bench/streaming.py, which imports this module
 
     from engine.models import create_model
@@ -126,7 +148,7 @@ def whole_image_need(model: str, size: int, tile: int, device: str, amp: str | N
 
     arch, split, kw = MODELS[model]
     stream = StreamingModule(create_model(arch, split=split, num_classes=2, **kw).eval().trunk(), tile)
-    plan = stream.graph_plan((size, size), graph_budget=ALL, element_bytes=2 if amp else 4)
+    plan = stream.graph_plan((size, size), graph_budget=budget, element_bytes=2 if amp else 4)
     return plan.peak_bytes
 
 
@@ -208,9 +230,10 @@ def fmt(r: dict, rows) -> str:
     name = r["method"] + (f" {r['level']}" if "level" in r else "")
     head = f"| {r['model']} | {r['size']}² | {r['tile'] or ''} | {name} |"
     if "error" in r:
-        return head + f" | | | | | failed: {r['error']} | | | | | | | |"
+        return head + f" | | | | | | failed: {r['error']} | | | | | | |"
     if "skipped" in r:
-        return head + f" {r['budget'] / MiB:.0f} | | | | | not run: {r['skipped']} | | | | | | | |"
+        budget = "∞" if r["budget"] >= ALL else f"{r['budget'] / MiB:.0f}"
+        return head + f" {budget} | | | | | | not run: {r['skipped']} | | | | | | |"
     conv = _conventional(rows, r)
     key = _time_key(r)
     ratio = f"{r[key] / conv[key]:.2f}" if conv else "–"

@@ -211,8 +211,8 @@ class TrainingPanel(QWidget):
         frozen_row = _inline_row(self.freeze_trunk_epochs, QLabel("epochs train the head only, then:"))
         frozen_row.addStretch(1)
         grid.addLayout(frozen_row, 9, 1, 1, 5)
-        # The trunk's own lr and tile sit on a row of their own, indented under the frozen epochs
-        # they follow: on one row with them the labels ran into the fields.
+        # The trunk's own lr and tile sit on a row of their own, under the frozen epochs they
+        # follow: on one row with them the labels ran into the fields.
         unfrozen_row = _inline_row(QLabel("trunk lr"), self.finetune_lr, QLabel("tile"), self.finetune_tile)
         unfrozen_row.addStretch(1)
         grid.addLayout(unfrozen_row, 10, 1, 1, 5)
