@@ -28,6 +28,7 @@ the target.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -141,15 +142,21 @@ def whole_image_need(model: str, size: int, tile: int, device: str, amp: str | N
 
 
 def _plan_peak(model: str, size: int, tile: int, budget: int, amp: str | None) -> int:
+    plan = _stream(model, tile).graph_plan((size, size), graph_budget=budget, element_bytes=2 if amp else 4)
+    return plan.peak_bytes
+
+
+@functools.lru_cache(maxsize=None)
+def _stream(model: str, tile: int):
+    """One streaming trunk per model and tile for the run's plans: its byte profile is measured
+    once, not again for every budget row that asks what its step needs."""
     from streaming import MODELS  # bench/streaming.py, which imports this module
 
     from engine.models import create_model
     from engine.streaming import StreamingModule
 
     arch, split, kw = MODELS[model]
-    stream = StreamingModule(create_model(arch, split=split, num_classes=2, **kw).eval().trunk(), tile)
-    plan = stream.graph_plan((size, size), graph_budget=budget, element_bytes=2 if amp else 4)
-    return plan.peak_bytes
+    return StreamingModule(create_model(arch, split=split, num_classes=2, **kw).eval().trunk(), tile)
 
 
 def _time_key(r: dict) -> str:
